@@ -1,0 +1,139 @@
+/**
+ * Harmony's configuration, decoded from the environment (PROTOCOL.md
+ * "Running it"). The four service URLs choose the mode: none → embedded, all
+ * four → cluster; anything in between is an error that names what is missing.
+ */
+import { Config, Duration, Effect, Option, Redacted, Schema } from "effect"
+
+export class ConfigurationError extends Schema.TaggedError<ConfigurationError>()("ConfigurationError", {
+  message: Schema.String
+}) {}
+
+export interface ClusterServices {
+  readonly databaseUrl: Redacted.Redacted<string>
+  readonly kafkaBrokers: ReadonlyArray<string>
+  readonly redisUrl: Redacted.Redacted<string>
+  readonly dynamodbEndpoint: string
+}
+
+export type Mode =
+  | { readonly _tag: "Embedded"; readonly dataDir: string }
+  | { readonly _tag: "Cluster"; readonly services: ClusterServices }
+
+export interface HarmonyConfig {
+  readonly mode: Mode
+  readonly port: number
+  readonly host: string
+  readonly dataDir: string
+  /** Absent in embedded mode: a development secret is generated then. */
+  readonly jwtSecret: Option.Option<Redacted.Redacted<string>>
+  readonly accessTokenTtl: Duration.Duration
+  readonly refreshTokenTtl: Duration.Duration
+  readonly messagesTable: string
+  readonly awsRegion: string
+  readonly kafkaPartitions: number
+  readonly shutdownTimeout: Duration.Duration
+}
+
+const serviceVariables = ["DATABASE_URL", "KAFKA_BROKERS", "REDIS_URL", "DYNAMODB_ENDPOINT"] as const
+
+const optionalString = (name: string) =>
+  Config.option(Config.String(name)).pipe(Config.map(Option.filter((value) => value.trim() !== "")))
+
+const raw = Config.all({
+  port: Config.Port("PORT").pipe(Config.withDefault(8080)),
+  host: Config.String("HOST").pipe(Config.withDefault("0.0.0.0")),
+  dataDir: Config.String("HARMONY_DATA_DIR").pipe(Config.withDefault("./.harmony")),
+  databaseUrl: optionalString("DATABASE_URL"),
+  kafkaBrokers: optionalString("KAFKA_BROKERS"),
+  redisUrl: optionalString("REDIS_URL"),
+  dynamodbEndpoint: optionalString("DYNAMODB_ENDPOINT"),
+  jwtSecret: Config.option(Config.Redacted("HARMONY_JWT_SECRET")),
+  accessTokenTtl: Config.Duration("ACCESS_TOKEN_TTL").pipe(Config.withDefault(Duration.minutes(15))),
+  refreshTokenTtl: Config.Duration("REFRESH_TOKEN_TTL").pipe(Config.withDefault(Duration.days(30))),
+  messagesTable: Config.String("DYNAMODB_TABLE").pipe(Config.withDefault("harmony_messages")),
+  awsRegion: Config.String("AWS_REGION").pipe(Config.withDefault("us-east-1")),
+  kafkaPartitions: Config.Int("KAFKA_PARTITIONS").pipe(Config.withDefault(8)),
+  shutdownTimeout: Config.Duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(Duration.seconds(20)))
+})
+
+/** Reads and checks the configuration; every problem is one line naming its variable. */
+export const load: Effect.Effect<HarmonyConfig, ConfigurationError> = Effect.gen(function* () {
+  const c = yield* raw.pipe(
+    Effect.mapError((error) => new ConfigurationError({ message: oneLine(error.message) }))
+  )
+  const given = {
+    DATABASE_URL: c.databaseUrl,
+    KAFKA_BROKERS: c.kafkaBrokers,
+    REDIS_URL: c.redisUrl,
+    DYNAMODB_ENDPOINT: c.dynamodbEndpoint
+  }
+  const set = serviceVariables.filter((name) => Option.isSome(given[name]))
+  const missing = serviceVariables.filter((name) => Option.isNone(given[name]))
+  if (set.length > 0 && missing.length > 0) {
+    return yield* new ConfigurationError({
+      message: `cluster mode needs all of ${serviceVariables.join(", ")}: ${set.join(", ")} set but ${missing.join(", ")} missing (set none of them for embedded mode)`
+    })
+  }
+  if (c.kafkaPartitions < 1) {
+    return yield* new ConfigurationError({ message: "KAFKA_PARTITIONS must be at least 1" })
+  }
+  if (Option.isSome(c.jwtSecret) && secretLength(c.jwtSecret.value) < 32) {
+    return yield* new ConfigurationError({ message: "HARMONY_JWT_SECRET must be at least 32 characters" })
+  }
+  let mode: Mode
+  if (set.length === 0) {
+    mode = { _tag: "Embedded", dataDir: c.dataDir }
+  } else {
+    if (Option.isNone(c.jwtSecret)) {
+      return yield* new ConfigurationError({
+        message: "HARMONY_JWT_SECRET is required in cluster mode (at least 32 characters, the same on every node)"
+      })
+    }
+    const endpoint = Option.getOrThrow(c.dynamodbEndpoint)
+    if (!URL.canParse(endpoint)) {
+      return yield* new ConfigurationError({ message: `DYNAMODB_ENDPOINT is not a URL: ${endpoint}` })
+    }
+    const databaseUrl = Option.getOrThrow(c.databaseUrl)
+    if (!/^postgres(ql)?:\/\//.test(databaseUrl)) {
+      return yield* new ConfigurationError({ message: "DATABASE_URL must be a postgres:// URL" })
+    }
+    const redisUrl = Option.getOrThrow(c.redisUrl)
+    if (!/^rediss?:\/\//.test(redisUrl)) {
+      return yield* new ConfigurationError({ message: "REDIS_URL must be a redis:// or rediss:// URL" })
+    }
+    const brokers = Option.getOrThrow(c.kafkaBrokers)
+      .split(",")
+      .map((broker) => broker.trim())
+      .filter((broker) => broker !== "")
+    if (brokers.some((broker) => !/^[^:\s]+:\d+$/.test(broker))) {
+      return yield* new ConfigurationError({ message: "KAFKA_BROKERS must be a comma-separated list of host:port" })
+    }
+    mode = {
+      _tag: "Cluster",
+      services: {
+        databaseUrl: redacted(databaseUrl),
+        kafkaBrokers: brokers,
+        redisUrl: redacted(redisUrl),
+        dynamodbEndpoint: endpoint
+      }
+    }
+  }
+  return {
+    mode,
+    port: c.port,
+    host: c.host,
+    dataDir: c.dataDir,
+    jwtSecret: c.jwtSecret,
+    accessTokenTtl: c.accessTokenTtl,
+    refreshTokenTtl: c.refreshTokenTtl,
+    messagesTable: c.messagesTable,
+    awsRegion: c.awsRegion,
+    kafkaPartitions: c.kafkaPartitions,
+    shutdownTimeout: c.shutdownTimeout
+  }
+})
+
+const redacted = (value: string) => Redacted.make(value)
+const secretLength = (secret: Redacted.Redacted<string>) => Redacted.value(secret).length
+const oneLine = (text: string) => text.replace(/\s*\n\s*/g, " ").trim()

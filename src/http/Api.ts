@@ -1,0 +1,164 @@
+/**
+ * The HTTP contract (PROTOCOL.md "HTTP, under /v1") as one HttpApi
+ * definition: the server's routes, the OpenAPI document at /openapi.json and
+ * the page at /docs all come from it.
+ */
+import { Context, Schema } from "effect"
+import {
+  HttpApi,
+  HttpApiEndpoint,
+  HttpApiGroup,
+  HttpApiMiddleware,
+  HttpApiSchema,
+  HttpApiSecurity,
+  OpenApi
+} from "effect/http-api"
+import {
+  Chat,
+  ChatId,
+  ChatKind,
+  ChatName,
+  ChatSummary,
+  DisplayName,
+  Password,
+  Session,
+  User,
+  UserId,
+  Username
+} from "../schema/Domain.ts"
+import {
+  BadRequestWire,
+  ConflictWire,
+  ForbiddenWire,
+  NotFoundWire,
+  UnauthorizedWire,
+  UnavailableWire
+} from "../schema/Errors.ts"
+
+/** The authenticated caller, provided by the Authentication middleware. */
+export class CurrentUser extends Context.Service<CurrentUser, User>()("harmony/http/CurrentUser") {}
+
+export class Authentication extends HttpApiMiddleware.Service<Authentication, { provides: CurrentUser }>()(
+  "harmony/http/Authentication",
+  {
+    security: { bearer: HttpApiSecurity.bearer },
+    error: [UnauthorizedWire, UnavailableWire]
+  }
+) {}
+
+export const RegisterRequest = Schema.Struct({
+  username: Username,
+  password: Password,
+  displayName: Schema.optionalKey(DisplayName)
+})
+export const LoginRequest = Schema.Struct({ username: Schema.String, password: Schema.String })
+export const RefreshRequest = Schema.Struct({ refreshToken: Schema.String })
+export const CreateChatRequest = Schema.Struct({
+  name: Schema.optionalKey(ChatName),
+  kind: ChatKind,
+  memberIds: Schema.Array(UserId)
+})
+export const RenameChatRequest = Schema.Struct({ name: ChatName })
+export const AddMembersRequest = Schema.Struct({ userIds: Schema.Array(UserId).check(Schema.isMinLength(1)) })
+
+export class AuthApi extends HttpApiGroup.make("auth")
+  .add(
+    HttpApiEndpoint.post("register", "/register", {
+      payload: RegisterRequest,
+      success: Session.pipe(HttpApiSchema.status(201)),
+      error: [BadRequestWire, ConflictWire, UnavailableWire]
+    }),
+    HttpApiEndpoint.post("login", "/login", {
+      payload: LoginRequest,
+      success: Session,
+      error: [BadRequestWire, UnauthorizedWire, UnavailableWire]
+    }),
+    HttpApiEndpoint.post("refresh", "/refresh", {
+      payload: RefreshRequest,
+      success: Session,
+      error: [BadRequestWire, UnauthorizedWire, UnavailableWire]
+    }),
+    HttpApiEndpoint.post("logout", "/logout", {
+      payload: RefreshRequest,
+      success: HttpApiSchema.NoContent,
+      error: [BadRequestWire, UnauthorizedWire, UnavailableWire]
+    })
+  )
+  .prefix("/v1/auth")
+  .annotateMerge(OpenApi.annotations({ title: "Accounts", description: "Registration, login and token refresh" })) {}
+
+export class MeApi extends HttpApiGroup.make("me")
+  .add(
+    HttpApiEndpoint.get("get", "/v1/me", { success: User }),
+    HttpApiEndpoint.delete("close", "/v1/me", { success: HttpApiSchema.NoContent }),
+    HttpApiEndpoint.get("chats", "/v1/me/chats", {
+      success: Schema.Struct({ chats: Schema.Array(ChatSummary) })
+    }),
+    HttpApiEndpoint.get("searchUsers", "/v1/users", {
+      query: { q: Schema.String.check(Schema.isMinLength(1)) },
+      success: Schema.Struct({ users: Schema.Array(User) })
+    })
+  )
+  .middleware(Authentication)
+  .annotateMerge(OpenApi.annotations({ title: "Me", description: "The caller's account and chats" })) {}
+
+const chatParams = { chatId: ChatId }
+const chatErrors = [BadRequestWire, ForbiddenWire, NotFoundWire, ConflictWire, UnavailableWire]
+
+export class ChatsApi extends HttpApiGroup.make("chats")
+  .add(
+    HttpApiEndpoint.post("create", "/", {
+      payload: CreateChatRequest,
+      success: Chat.pipe(HttpApiSchema.status(201)),
+      error: [BadRequestWire, UnavailableWire]
+    }),
+    HttpApiEndpoint.get("get", "/:chatId", { params: chatParams, success: Chat, error: [NotFoundWire] }),
+    HttpApiEndpoint.patch("rename", "/:chatId", {
+      params: chatParams,
+      payload: RenameChatRequest,
+      success: Chat,
+      error: chatErrors
+    }),
+    HttpApiEndpoint.delete("delete", "/:chatId", {
+      params: chatParams,
+      success: HttpApiSchema.NoContent,
+      error: chatErrors
+    }),
+    HttpApiEndpoint.post("addMembers", "/:chatId/members", {
+      params: chatParams,
+      payload: AddMembersRequest,
+      success: Chat,
+      error: chatErrors
+    }),
+    HttpApiEndpoint.delete("removeMember", "/:chatId/members/:userId", {
+      params: { chatId: ChatId, userId: UserId },
+      success: HttpApiSchema.NoContent,
+      error: chatErrors
+    })
+  )
+  .middleware(Authentication)
+  .prefix("/v1/chats")
+  .annotateMerge(OpenApi.annotations({ title: "Chats", description: "Chats and their members" })) {}
+
+export class SystemApi extends HttpApiGroup.make("system")
+  .add(
+    HttpApiEndpoint.get("healthz", "/healthz", { success: Schema.Struct({ status: Schema.Literal("ok") }) }),
+    HttpApiEndpoint.get("readyz", "/readyz", {
+      success: Schema.Struct({ status: Schema.Literal("ready"), checks: Schema.Record(Schema.String, Schema.String) }),
+      error: UnavailableWire
+    })
+  )
+  .annotateMerge(OpenApi.annotations({ title: "System", description: "Liveness and readiness" })) {}
+
+export class Api extends HttpApi.make("harmony")
+  .add(AuthApi)
+  .add(MeApi)
+  .add(ChatsApi)
+  .add(SystemApi)
+  .annotateMerge(
+    OpenApi.annotations({
+      title: "Harmony",
+      version: "1",
+      description: "Real-time chat engine: the HTTP half of the client contract (docs/protocol.md)."
+    })
+  ) {}

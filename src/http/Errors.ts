@@ -1,0 +1,85 @@
+/**
+ * Every HTTP error, whoever raises it, leaves as the contract's
+ * `{"error":{"code","message"}}` (PROTOCOL.md "Errors"): schema failures of
+ * HttpApi (400 with the failing path), oversize bodies (413), unknown routes
+ * (404), and anything unexpected (logged with its cause, answered without
+ * internals). Installed as a global router middleware.
+ */
+import { ByteSize, Cause, Effect } from "effect"
+import { HttpMiddleware, HttpRouter, HttpServerError, HttpServerRequest, HttpServerResponse } from "effect/http"
+import { MaxBodySize } from "effect/http/HttpIncomingMessage"
+import { HttpApiError } from "effect/http-api"
+import { errorBody } from "../schema/Errors.ts"
+
+/** The largest HTTP request body accepted (message bodies are at most 4000 characters). */
+export const MaxBodyBytes = 64 * 1024
+
+const codeForStatus: Record<number, string> = {
+  400: "bad_request",
+  401: "unauthorized",
+  403: "forbidden",
+  404: "not_found",
+  405: "not_found",
+  409: "conflict",
+  413: "too_large",
+  415: "bad_request",
+  429: "rate_limited",
+  503: "unavailable"
+}
+
+export const errorResponse = (status: number, code: string, message: string) =>
+  HttpServerResponse.jsonUnsafe(errorBody(code, message), { status })
+
+const statusResponse = (status: number, message: string) =>
+  errorResponse(status, codeForStatus[status] ?? "internal", message)
+
+const describe = (cause: Cause.Cause<unknown>, request: HttpServerRequest.HttpServerRequest) => {
+  const error = Cause.squash(cause)
+  if (HttpApiError.HttpApiSchemaError.is(error) && error.kind !== "Body" && error.kind !== "ResponseHeaders") {
+    const where = error.kind === "Payload" ? "body" : error.kind.toLowerCase()
+    return statusResponse(400, `invalid ${where}: ${oneLine(error.cause.message)}`)
+  }
+  if (HttpApiError.HttpApiPayloadTooLarge.is(error)) return statusResponse(413, "request body too large")
+  if (HttpServerError.isHttpServerError(error)) {
+    const reason = error.reason
+    if (reason._tag === "RouteNotFound") return statusResponse(404, `no route for ${request.method} ${pathOf(request)}`)
+    if (reason._tag === "RequestParseError") {
+      return reason.reason === "BodyTooLarge"
+        ? statusResponse(413, `request body larger than ${MaxBodyBytes} bytes`)
+        : statusResponse(400, "the request body could not be read")
+    }
+  }
+  return undefined
+}
+
+export const normalizeErrors = HttpRouter.middleware(
+  HttpMiddleware.make((app) =>
+    Effect.gen(function* () {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      const length = Number(request.headers["content-length"] ?? 0)
+      if (length > MaxBodyBytes) return statusResponse(413, `request body larger than ${MaxBodyBytes} bytes`)
+      const response = yield* app.pipe(
+        Effect.catchCause((cause) => {
+          if (Cause.hasInterruptsOnly(cause)) return Effect.failCause(cause)
+          const known = describe(cause, request)
+          if (known !== undefined) return Effect.succeed(known)
+          return Effect.logError("unhandled error in HTTP request", cause).pipe(
+            Effect.as(statusResponse(500, "internal error"))
+          )
+        })
+      )
+      // HttpApi answers some failures (415, its own 400/413) with an empty body.
+      if (response.status >= 400 && response.body._tag === "Empty") {
+        return statusResponse(response.status === 415 ? 400 : response.status, defaultMessage(response.status))
+      }
+      return response
+    }).pipe(Effect.provideService(MaxBodySize, ByteSize.bytes(MaxBodyBytes)))
+  ),
+  { global: true }
+)
+
+const defaultMessage = (status: number) =>
+  status === 415 ? "the request body must be application/json" : `request failed with status ${status}`
+
+const pathOf = (request: HttpServerRequest.HttpServerRequest) => request.url.split("?")[0]
+const oneLine = (text: string) => text.replace(/\s*\n\s*/g, " ").trim()

@@ -1,0 +1,105 @@
+/**
+ * The HttpApi handlers: thin translations from the HTTP contract to the
+ * state services (src/state), whose typed errors are the contract's errors.
+ */
+import { Effect, Layer, Redacted } from "effect"
+import { HttpApiBuilder } from "effect/http-api"
+import { Unavailable } from "../schema/Errors.ts"
+import { Accounts } from "../state/Accounts.ts"
+import { Chats } from "../state/Chats.ts"
+import { Api, Authentication, CurrentUser } from "./Api.ts"
+import { Readiness } from "./Readiness.ts"
+
+/** At most this many users answer a search (PROTOCOL.md). */
+const SearchLimit = 20
+
+export const AuthenticationLive = Layer.effect(
+  Authentication,
+  Effect.gen(function* () {
+    const accounts = yield* Accounts
+    return Authentication.of({
+      bearer: (httpEffect, { credential }) =>
+        Effect.flatMap(accounts.authenticate(Redacted.value(credential)), (user) =>
+          Effect.provideService(httpEffect, CurrentUser, user)
+        )
+    })
+  })
+)
+
+const AuthHandlers = HttpApiBuilder.group(
+  Api,
+  "auth",
+  Effect.fn(function* (handlers) {
+    const accounts = yield* Accounts
+    return handlers.handleAll({
+      register: ({ payload }) => accounts.register(payload),
+      login: ({ payload }) => accounts.login(payload.username, payload.password),
+      refresh: ({ payload }) => accounts.refresh(payload.refreshToken),
+      logout: ({ payload }) => accounts.logout(payload.refreshToken)
+    })
+  })
+)
+
+const MeHandlers = HttpApiBuilder.group(
+  Api,
+  "me",
+  Effect.fn(function* (handlers) {
+    const accounts = yield* Accounts
+    const chats = yield* Chats
+    return handlers.handleAll({
+      get: () => CurrentUser,
+      close: () => Effect.flatMap(CurrentUser, (user) => accounts.close(user.id)),
+      chats: () =>
+        Effect.flatMap(CurrentUser, (user) => Effect.map(chats.listForUser(user.id), (list) => ({ chats: list }))),
+      searchUsers: ({ query }) =>
+        Effect.map(accounts.search(query.q, SearchLimit), (users) => ({ users }))
+    })
+  })
+)
+
+const ChatsHandlers = HttpApiBuilder.group(
+  Api,
+  "chats",
+  Effect.fn(function* (handlers) {
+    const chats = yield* Chats
+    return handlers.handleAll({
+      create: ({ payload }) => Effect.flatMap(CurrentUser, (user) => chats.create(user.id, payload)),
+      get: ({ params }) => Effect.flatMap(CurrentUser, (user) => chats.get(user.id, params.chatId)),
+      rename: ({ params, payload }) =>
+        Effect.flatMap(CurrentUser, (user) => chats.rename(user.id, params.chatId, payload.name)),
+      delete: ({ params }) => Effect.flatMap(CurrentUser, (user) => chats.delete(user.id, params.chatId)),
+      addMembers: ({ params, payload }) =>
+        Effect.flatMap(CurrentUser, (user) => chats.addMembers(user.id, params.chatId, payload.userIds)),
+      removeMember: ({ params }) =>
+        Effect.flatMap(CurrentUser, (user) => chats.removeMember(user.id, params.chatId, params.userId))
+    })
+  })
+)
+
+const SystemHandlers = HttpApiBuilder.group(
+  Api,
+  "system",
+  Effect.fn(function* (handlers) {
+    const readiness = yield* Readiness
+    return handlers.handleAll({
+      healthz: () => Effect.succeed({ status: "ok" as const }),
+      readyz: () =>
+        Effect.flatMap(readiness.check, ({ ready, checks }) =>
+          ready
+            ? Effect.succeed({ status: "ready" as const, checks })
+            : Effect.fail(
+                new Unavailable({
+                  message: `not ready: ${Object.entries(checks)
+                    .filter(([, outcome]) => outcome !== "ok")
+                    .map(([name, outcome]) => `${name} ${outcome}`)
+                    .join(", ")}`
+                })
+              )
+        )
+    })
+  })
+)
+
+export const HandlersLive = Layer.mergeAll(AuthHandlers, MeHandlers, ChatsHandlers, SystemHandlers).pipe(
+  Layer.provide(AuthenticationLive)
+)

@@ -1,0 +1,53 @@
+/**
+ * The `harmony` binary: `harmony serve` runs every role of a node (embedded
+ * when no service URLs are configured); `harmony migrate` applies the state
+ * schema and exits. Configuration comes from the environment (docs: README).
+ */
+import { NodeRuntime, NodeServices } from "@effect/platform-node"
+import { Console, Effect, Layer } from "effect"
+import { Command } from "effect/cli"
+import * as App from "./App.ts"
+import * as Config from "./Config.ts"
+
+const describeMode = (config: Config.HarmonyConfig) =>
+  config.mode._tag === "Embedded"
+    ? `embedded mode (data in ${config.mode.dataDir}): PGlite over pglite-socket, in-process event log, dynalite, in-process cache`
+    : `cluster mode: Postgres, Kafka ${config.mode.services.kafkaBrokers.join(",")}, Redis, DynamoDB ${config.mode.services.dynamodbEndpoint}`
+
+const serve = Command.make(
+  "serve",
+  {},
+  Effect.fn(function* () {
+    const config = yield* Config.load
+    yield* Effect.logInfo(`harmony starting in ${describeMode(config)}`)
+    return yield* Layer.launch(App.serve(config))
+  })
+).pipe(Command.withDescription("Run a Harmony node: HTTP and WebSocket API, actors, relays"))
+
+const migrate = Command.make(
+  "migrate",
+  {},
+  Effect.fn(function* () {
+    const config = yield* Config.load
+    yield* Effect.logInfo(`migrating the state schema in ${describeMode(config)}`)
+    yield* Layer.build(App.sqlLayer(config))
+    yield* Console.log("migrations are up to date")
+  }, Effect.scoped)
+).pipe(Command.withDescription("Apply the state schema migrations and exit"))
+
+const harmony = Command.make("harmony").pipe(
+  Command.withDescription("Harmony, a real-time chat engine"),
+  Command.withSubcommands([serve, migrate])
+)
+
+harmony.pipe(
+  Command.run({ version: "0.1.0" }),
+  Effect.catchTag("ConfigurationError", (error) =>
+    Effect.sync(() => {
+      process.stderr.write(`harmony: configuration error: ${error.message}\n`)
+      process.exitCode = 2
+    })
+  ),
+  Effect.provide(NodeServices.layer),
+  NodeRuntime.runMain
+)

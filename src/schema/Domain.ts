@@ -1,0 +1,98 @@
+/**
+ * The domain types of Harmony, shared by the server, the client SDK and the
+ * tests. Their encoded forms are exactly the JSON of PROTOCOL.md.
+ */
+import { Schema } from "effect"
+
+export const UserId = Schema.String.pipe(Schema.brand("UserId"))
+export type UserId = typeof UserId.Type
+
+export const ChatId = Schema.String.pipe(Schema.brand("ChatId"))
+export type ChatId = typeof ChatId.Type
+
+export const MessageId = Schema.String.pipe(Schema.brand("MessageId"))
+export type MessageId = typeof MessageId.Type
+
+/** A message's position in its chat: contiguous from 1. */
+export const Seq = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
+export type Seq = typeof Seq.Type
+
+export const Username = Schema.String.check(
+  Schema.isPattern(/^[a-z0-9_.-]{3,32}$/, {
+    message: "a username is 3 to 32 of the characters a-z 0-9 _ . -"
+  })
+)
+
+export const Password = Schema.String.check(
+  Schema.isMinLength(8, { message: "a password has at least 8 characters" }),
+  Schema.isMaxLength(128, { message: "a password has at most 128 characters" })
+)
+
+export const DisplayName = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64))
+
+export const ChatName = Schema.String.check(
+  Schema.isMinLength(1, { message: "a chat name has 1 to 100 characters" }),
+  Schema.isMaxLength(100, { message: "a chat name has 1 to 100 characters" })
+)
+
+export const MessageBody = Schema.String.check(
+  Schema.isMinLength(1, { message: "a message body has 1 to 4000 characters" }),
+  Schema.isMaxLength(4000, { message: "a message body has 1 to 4000 characters" })
+)
+
+export const ClientMsgId = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(128))
+
+export const ChatKind = Schema.Literals(["group", "direct"])
+export type ChatKind = typeof ChatKind.Type
+
+export const Role = Schema.Literals(["owner", "admin", "member"])
+export type Role = typeof Role.Type
+
+/** A group holds at most this many members (PROTOCOL.md). */
+export const MaxGroupMembers = 1000
+
+export class User extends Schema.Class<User>("harmony/User")({
+  id: UserId,
+  username: Schema.String,
+  displayName: Schema.String
+}) {}
+
+export class Session extends Schema.Class<Session>("harmony/Session")({
+  user: User,
+  accessToken: Schema.String,
+  refreshToken: Schema.String,
+  expiresIn: Schema.Int
+}) {}
+
+export class Member extends Schema.Class<Member>("harmony/Member")({
+  userId: UserId,
+  role: Role
+}) {}
+
+export class Chat extends Schema.Class<Chat>("harmony/Chat")({
+  id: ChatId,
+  name: Schema.NullOr(Schema.String),
+  kind: ChatKind,
+  ownerId: Schema.NullOr(UserId),
+  createdAt: Schema.String,
+  members: Schema.Array(Member)
+}) {}
+
+export class ChatSummary extends Schema.Class<ChatSummary>("harmony/ChatSummary")({
+  id: ChatId,
+  name: Schema.NullOr(Schema.String),
+  kind: ChatKind,
+  role: Role,
+  lastSeq: Seq,
+  lastReadSeq: Seq
+}) {}
+
+export class Message extends Schema.Class<Message>("harmony/Message")({
+  chatId: ChatId,
+  seq: Seq,
+  id: MessageId,
+  authorId: UserId,
+  body: Schema.String,
+  clientMsgId: Schema.String,
+  createdAt: Schema.String
+}) {}

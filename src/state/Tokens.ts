@@ -1,0 +1,110 @@
+/**
+ * Access tokens (short-lived JWTs, HS256 via `jose`) and refresh tokens
+ * (`<id>.<secret>`, random, stored as a SHA-256 of the secret).
+ */
+import { Context, Duration, Effect, Layer, Option, Redacted, Schema } from "effect"
+import { errors as JoseErrors, jwtVerify, SignJWT } from "jose"
+import { createHash, randomBytes, timingSafeEqual } from "node:crypto"
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import { join } from "node:path"
+import { UserId } from "../schema/Domain.ts"
+import { Unauthorized } from "../schema/Errors.ts"
+
+export interface TokenSettings {
+  readonly secret: Redacted.Redacted<string>
+  readonly accessTokenTtl: Duration.Duration
+  readonly refreshTokenTtl: Duration.Duration
+}
+
+const Claims = Schema.Struct({ sub: UserId, exp: Schema.Number })
+const decodeClaims = Schema.decodeUnknownEffect(Claims)
+
+export interface RefreshToken {
+  readonly id: string
+  readonly secret: string
+  readonly token: string
+}
+
+export class Tokens extends Context.Service<
+  Tokens,
+  {
+    readonly accessTokenTtl: Duration.Duration
+    readonly refreshTokenTtl: Duration.Duration
+    readonly issueAccess: (userId: UserId) => Effect.Effect<string>
+    /** Fails with Unauthorized for a missing, forged, malformed or expired token. */
+    readonly verifyAccess: (token: string) => Effect.Effect<UserId, Unauthorized>
+    readonly newRefresh: () => RefreshToken
+    /** Splits `<id>.<secret>`; fails with Unauthorized when malformed. */
+    readonly parseRefresh: (token: string) => Effect.Effect<{ readonly id: string; readonly secret: string }, Unauthorized>
+    readonly hashSecret: (secret: string) => string
+    readonly secretMatches: (secret: string, hash: string) => boolean
+  }
+>()("harmony/state/Tokens") {
+  static readonly layer = (settings: TokenSettings) =>
+    Layer.sync(Tokens, () => {
+      const key = new TextEncoder().encode(Redacted.value(settings.secret))
+      const ttlSeconds = Math.max(1, Math.floor(Duration.toSeconds(settings.accessTokenTtl)))
+      const hashSecret = (secret: string) => createHash("sha256").update(secret).digest("base64url")
+      return Tokens.of({
+        accessTokenTtl: settings.accessTokenTtl,
+        refreshTokenTtl: settings.refreshTokenTtl,
+        issueAccess: (userId) =>
+          Effect.promise(() =>
+            new SignJWT({})
+              .setProtectedHeader({ alg: "HS256", typ: "JWT" })
+              .setSubject(userId)
+              .setIssuedAt()
+              .setExpirationTime(`${ttlSeconds}s`)
+              .sign(key)
+          ),
+        verifyAccess: (token) =>
+          Effect.tryPromise({
+            try: () => jwtVerify(token, key, { algorithms: ["HS256"] }),
+            catch: (error) =>
+              new Unauthorized({
+                message: error instanceof JoseErrors.JWTExpired ? "access token expired" : "invalid access token"
+              })
+          }).pipe(
+            Effect.flatMap(({ payload }) => decodeClaims(payload)),
+            Effect.map((claims) => claims.sub),
+            Effect.catchTag("SchemaError", () => Effect.fail(new Unauthorized({ message: "invalid access token" })))
+          ),
+        newRefresh: () => {
+          const id = randomBytes(12).toString("base64url")
+          const secret = randomBytes(32).toString("base64url")
+          return { id, secret, token: `${id}.${secret}` }
+        },
+        parseRefresh: (token) => {
+          const match = /^([A-Za-z0-9_-]{16})\.([A-Za-z0-9_-]{43})$/.exec(token)
+          return match === null
+            ? Effect.fail(new Unauthorized({ message: "invalid refresh token" }))
+            : Effect.succeed({ id: match[1]!, secret: match[2]! })
+        },
+        hashSecret,
+        secretMatches: (secret, hash) => {
+          const actual = Buffer.from(hashSecret(secret))
+          const expected = Buffer.from(hash)
+          return actual.length === expected.length && timingSafeEqual(actual, expected)
+        }
+      })
+    })
+
+  /**
+   * The signing secret: the configured one, or (embedded mode only) a
+   * development secret generated once and kept in the data directory so
+   * sessions survive restarts.
+   */
+  static readonly devSecret = (configured: Option.Option<Redacted.Redacted<string>>, dataDir: string) =>
+    Effect.gen(function* () {
+      if (Option.isSome(configured)) return { secret: configured.value, generated: false }
+      const file = join(dataDir, "jwt-secret")
+      const secret = yield* Effect.sync(() => {
+        if (existsSync(file)) return readFileSync(file, "utf8").trim()
+        mkdirSync(dataDir, { recursive: true })
+        const generated = randomBytes(48).toString("base64url")
+        writeFileSync(file, generated, { mode: 0o600 })
+        return generated
+      })
+      return { secret: Redacted.make(secret), generated: true }
+    })
+}

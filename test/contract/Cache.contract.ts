@@ -1,0 +1,368 @@
+/**
+ * The behaviour every Cache + PubSub adapter promises (src/infra/Cache.ts,
+ * src/infra/PubSub.ts). Each adapter's suite calls `cacheContract` with its
+ * layer; the tests run on the live clock because TTLs, refills and Redis TIME
+ * are real time.
+ */
+import { assert, describe, layer } from "@effect/vitest"
+import { Duration, Effect, Exit, Result, Scope, Stream } from "effect"
+import type { Layer } from "effect"
+import { Cache, CacheError } from "../../src/infra/Cache.ts"
+import { PubSub } from "../../src/infra/PubSub.ts"
+import { uniqueName } from "../support/services.ts"
+
+/** How long a test waits for messages that should arrive before calling them lost. */
+const deliveryDeadline = Duration.seconds(5)
+
+/** The first `count` messages of a stream, failing the test when they do not all arrive in time. */
+const collect = (stream: Stream.Stream<string>, count: number) =>
+  stream.pipe(
+    Stream.take(count),
+    Stream.runCollect,
+    Effect.timeoutOrElse({
+      duration: deliveryDeadline,
+      orElse: () => Effect.die(new Error(`expected ${count} messages within ${Duration.format(deliveryDeadline)}`))
+    })
+  )
+
+/** Polls `effect` until it answers `undefined`, failing the test past the deadline. */
+const awaitUndefined = <A, E, R>(effect: Effect.Effect<A | undefined, E, R>, deadlineMs: number) =>
+  Effect.gen(function* () {
+    const start = Date.now()
+    while (Date.now() - start < deadlineMs) {
+      if ((yield* effect) === undefined) return Date.now() - start
+      yield* Effect.sleep(Duration.millis(20))
+    }
+    return yield* Effect.die(new Error(`still present after ${deadlineMs} ms`))
+  })
+
+/** Polls a condition until it holds, failing the test past the delivery deadline. */
+const waitUntil = (condition: () => boolean, failure: string) =>
+  Effect.gen(function* () {
+    const start = Date.now()
+    while (!condition()) {
+      if (Date.now() - start > Duration.toMillis(deliveryDeadline)) return yield* Effect.die(new Error(failure))
+      yield* Effect.sleep(Duration.millis(5))
+    }
+  })
+
+const numbered = (prefix: string, count: number) => Array.from({ length: count }, (_, i) => `${prefix}-${i}`)
+
+export const cacheContract = (name: string, adapter: Layer.Layer<Cache | PubSub, CacheError>): void => {
+  layer(adapter, { excludeTestServices: true })(`${name} Cache and PubSub contract`, (it) => {
+    describe("key/value", () => {
+      it.effect("get answers undefined for a key never set", () =>
+        Effect.gen(function* () {
+          const cache = yield* Cache
+          assert.strictEqual(yield* cache.get(uniqueName("missing")), undefined)
+        })
+      )
+
+      it.effect("set then get round-trips the value, and a second set replaces it", () =>
+        Effect.gen(function* () {
+          const cache = yield* Cache
+          const key = uniqueName("kv")
+          yield* cache.set(key, "first", "1 minute")
+          assert.strictEqual(yield* cache.get(key), "first")
+          yield* cache.set(key, "second ✓ 🎉", "1 minute")
+          assert.strictEqual(yield* cache.get(key), "second ✓ 🎉")
+          yield* cache.set(key, "", "1 minute")
+          assert.strictEqual(yield* cache.get(key), "")
+        })
+      )
+
+      it.effect("delete removes every listed key, leaves the rest, and accepts an empty list", () =>
+        Effect.gen(function* () {
+          const cache = yield* Cache
+          const prefix = uniqueName("del")
+          const keys = numbered(prefix, 5)
+          yield* Effect.forEach(keys, (key) => cache.set(key, key, "1 minute"), { discard: true })
+          yield* cache.delete([keys[0]!, keys[2]!, keys[4]!, `${prefix}-never-set`])
+          yield* cache.delete([])
+          const values = yield* Effect.forEach(keys, (key) => cache.get(key))
+          assert.deepStrictEqual(values, [undefined, keys[1], undefined, keys[3], undefined])
+        })
+      )
+
+      it.effect("an entry vanishes once its TTL has passed, not before, and others stay", () =>
+        Effect.gen(function* () {
+          const cache = yield* Cache
+          const short = uniqueName("ttl-short")
+          const long = uniqueName("ttl-long")
+          const start = Date.now()
+          yield* cache.set(short, "soon gone", "200 millis")
+          yield* cache.set(long, "stays", "1 minute")
+          assert.strictEqual(yield* cache.get(short), "soon gone")
+          yield* awaitUndefined(cache.get(short), 5_000)
+          assert.isAtLeast(Date.now() - start, 190, "expired before its TTL")
+          assert.strictEqual(yield* cache.get(long), "stays")
+        })
+      )
+
+      it.effect("set rejects a TTL that is not a positive, finite duration", () =>
+        Effect.gen(function* () {
+          const cache = yield* Cache
+          const key = uniqueName("bad-ttl")
+          for (const ttl of [0, -5, Duration.infinity]) {
+            const result = yield* Effect.result(cache.set(key, "x", ttl))
+            assert.isTrue(Result.isFailure(result), `TTL ${String(ttl)} was accepted`)
+            if (Result.isFailure(result)) assert.instanceOf(result.failure, CacheError)
+          }
+          assert.strictEqual(yield* cache.get(key), undefined)
+        })
+      )
+
+      it.effect("ping answers", () =>
+        Effect.gen(function* () {
+          const cache = yield* Cache
+          yield* cache.ping
+        })
+      )
+    })
+
+    describe("token bucket", () => {
+      it.effect("a new bucket allows exactly capacity takes, then denies with retryAfterMs of about one refill", () =>
+        Effect.gen(function* () {
+          const cache = yield* Cache
+          const key = uniqueName("bucket")
+          const bucket = { capacity: 5, refillPerSecond: 2 }
+          for (let i = 0; i < bucket.capacity; i++) {
+            const taken = yield* cache.take(key, bucket)
+            assert.isTrue(taken.allowed, `take ${i + 1} of ${bucket.capacity} was denied`)
+          }
+          const denied = yield* cache.take(key, bucket)
+          assert.isFalse(denied.allowed)
+          // One token takes 500 ms; the takes above cost a little of that wait.
+          assert.isAbove(denied.retryAfterMs, 250)
+          assert.isAtMost(denied.retryAfterMs, 500)
+          const again = yield* cache.take(key, bucket)
+          assert.isFalse(again.allowed, "a denied take must not be counted as a token")
+        })
+      )
+
+      it.effect("tokens refill at refillPerSecond, up to capacity", () =>
+        Effect.gen(function* () {
+          const cache = yield* Cache
+          const key = uniqueName("refill")
+          const bucket = { capacity: 2, refillPerSecond: 10 }
+          assert.isTrue((yield* cache.take(key, bucket)).allowed)
+          assert.isTrue((yield* cache.take(key, bucket)).allowed)
+          const denied = yield* cache.take(key, bucket)
+          assert.isFalse(denied.allowed)
+          assert.isAtMost(denied.retryAfterMs, 100)
+          yield* Effect.sleep(Duration.millis(denied.retryAfterMs + 30))
+          assert.isTrue((yield* cache.take(key, bucket)).allowed, "no token after retryAfterMs")
+          assert.isFalse((yield* cache.take(key, bucket)).allowed, "refilled more than one token")
+          // Long enough to refill far past capacity: only capacity tokens come back.
+          yield* Effect.sleep(Duration.millis(600))
+          assert.isTrue((yield* cache.take(key, bucket)).allowed)
+          assert.isTrue((yield* cache.take(key, bucket)).allowed)
+          assert.isFalse((yield* cache.take(key, bucket)).allowed, "refilled past capacity")
+        })
+      )
+
+      it.effect("concurrent takes are atomic: 50 at once on capacity 20 allow exactly 20", () =>
+        Effect.gen(function* () {
+          const cache = yield* Cache
+          const key = uniqueName("atomic")
+          // Slow enough that no token comes back while the takes run.
+          const bucket = { capacity: 20, refillPerSecond: 0.001 }
+          const results = yield* Effect.all(
+            Array.from({ length: 50 }, () => cache.take(key, bucket)),
+            { concurrency: "unbounded" }
+          )
+          assert.strictEqual(results.filter((result) => result.allowed).length, 20)
+          for (const result of results) {
+            if (!result.allowed) assert.isAbove(result.retryAfterMs, 0)
+          }
+        })
+      )
+
+      it.effect("buckets at different keys are independent, and delete refills one", () =>
+        Effect.gen(function* () {
+          const cache = yield* Cache
+          const first = uniqueName("bucket-a")
+          const second = uniqueName("bucket-b")
+          const bucket = { capacity: 1, refillPerSecond: 0.01 }
+          assert.isTrue((yield* cache.take(first, bucket)).allowed)
+          assert.isFalse((yield* cache.take(first, bucket)).allowed)
+          assert.isTrue((yield* cache.take(second, bucket)).allowed)
+          yield* cache.delete([first])
+          assert.isTrue((yield* cache.take(first, bucket)).allowed, "a deleted bucket starts full")
+        })
+      )
+
+      it.effect("take rejects a bucket that cannot refill", () =>
+        Effect.gen(function* () {
+          const cache = yield* Cache
+          const key = uniqueName("bad-bucket")
+          for (const bucket of [
+            { capacity: 5, refillPerSecond: 0 },
+            { capacity: 0, refillPerSecond: 1 },
+            { capacity: Number.NaN, refillPerSecond: 1 }
+          ]) {
+            const result = yield* Effect.result(cache.take(key, bucket))
+            assert.isTrue(Result.isFailure(result), `${JSON.stringify(bucket)} was accepted`)
+            if (Result.isFailure(result)) assert.instanceOf(result.failure, CacheError)
+          }
+        })
+      )
+    })
+
+    describe("pubsub", () => {
+      it.effect("a subscriber gets every message published after subscribe returns, in order", () =>
+        Effect.gen(function* () {
+          const pubsub = yield* PubSub
+          const channel = uniqueName("ordered")
+          const messages = yield* pubsub.subscribe(channel)
+          const sent = numbered("m", 200)
+          yield* Effect.forEach(sent, (message) => pubsub.publish(channel, message), { discard: true })
+          assert.deepStrictEqual(yield* collect(messages, sent.length), sent)
+        })
+      )
+
+      it.effect("two subscribers on one channel each get every message", () =>
+        Effect.gen(function* () {
+          const pubsub = yield* PubSub
+          const channel = uniqueName("shared")
+          const first = yield* pubsub.subscribe(channel)
+          const second = yield* pubsub.subscribe(channel)
+          const sent = numbered("m", 50)
+          yield* Effect.forEach(sent, (message) => pubsub.publish(channel, message), { discard: true })
+          const [a, b] = yield* Effect.all([collect(first, sent.length), collect(second, sent.length)], {
+            concurrency: 2
+          })
+          assert.deepStrictEqual(a, sent)
+          assert.deepStrictEqual(b, sent)
+        })
+      )
+
+      it.effect("subscribers arriving together on a new channel all get the first message", () =>
+        Effect.gen(function* () {
+          const pubsub = yield* PubSub
+          const channel = uniqueName("together")
+          const streams = yield* Effect.all(
+            Array.from({ length: 10 }, () => pubsub.subscribe(channel)),
+            { concurrency: "unbounded" }
+          )
+          yield* pubsub.publish(channel, "first")
+          const received = yield* Effect.forEach(streams, (stream) => collect(stream, 1), { concurrency: "unbounded" })
+          assert.deepStrictEqual(received, Array.from({ length: 10 }, () => ["first"]))
+        })
+      )
+
+      it.effect("channels are isolated", () =>
+        Effect.gen(function* () {
+          const pubsub = yield* PubSub
+          const red = uniqueName("red")
+          const blue = uniqueName("blue")
+          const redMessages = yield* pubsub.subscribe(red)
+          const blueMessages = yield* pubsub.subscribe(blue)
+          yield* pubsub.publish(red, "r1")
+          yield* pubsub.publish(blue, "b1")
+          yield* pubsub.publish(red, "r2")
+          yield* pubsub.publish(`${red}-suffix`, "neighbour")
+          yield* pubsub.publish(blue, "b-end")
+          yield* pubsub.publish(red, "r-end")
+          assert.deepStrictEqual(yield* collect(redMessages, 3), ["r1", "r2", "r-end"])
+          assert.deepStrictEqual(yield* collect(blueMessages, 2), ["b1", "b-end"])
+        })
+      )
+
+      it.effect("after its scope closes a subscriber's stream ends, and the channel can be subscribed again", () =>
+        Effect.gen(function* () {
+          const pubsub = yield* PubSub
+          const channel = uniqueName("closing")
+          const scope = yield* Scope.make()
+          const early = yield* pubsub.subscribe(channel).pipe(Scope.provide(scope))
+          yield* pubsub.publish(channel, "while open")
+          assert.deepStrictEqual(yield* collect(early, 1), ["while open"])
+          yield* Scope.close(scope, Exit.void)
+
+          yield* pubsub.publish(channel, "after close")
+          // Ended, not merely quiet: runCollect returns rather than timing out.
+          assert.deepStrictEqual(yield* collect(early, 1), [])
+
+          // The last subscriber left, so this one starts a fresh underlying subscription.
+          const late = yield* pubsub.subscribe(channel)
+          yield* pubsub.publish(channel, "resubscribed")
+          assert.deepStrictEqual(yield* collect(late, 1), ["resubscribed"])
+        })
+      )
+
+      it.effect("one subscriber leaving does not end the channel for another", () =>
+        Effect.gen(function* () {
+          const pubsub = yield* PubSub
+          const channel = uniqueName("leaving")
+          const staying = yield* pubsub.subscribe(channel)
+          yield* Effect.scoped(pubsub.subscribe(channel))
+          yield* pubsub.publish(channel, "still here")
+          assert.deepStrictEqual(yield* collect(staying, 1), ["still here"])
+        })
+      )
+
+      it.effect("a stalled subscriber neither holds up another nor loses the newest messages", () =>
+        Effect.gen(function* () {
+          const pubsub = yield* PubSub
+          const channel = uniqueName("stalled")
+          const stalled = yield* pubsub.subscribe(channel)
+          const reading = yield* pubsub.subscribe(channel)
+          const received: Array<string> = []
+          yield* Effect.forkScoped(Stream.runForEach(reading, (message) => Effect.sync(() => received.push(message))))
+          // More than any sensible per-subscriber buffer, so the stalled one
+          // overflows; published in batches the reader keeps up with, so the
+          // reading one never does.
+          const sent = numbered("m", 3000)
+          for (let batch = 0; batch < sent.length; batch += 100) {
+            const messages = sent.slice(batch, batch + 100)
+            yield* Effect.forEach(messages, (message) => pubsub.publish(channel, message), { discard: true })
+            yield* waitUntil(() => received.length >= batch + messages.length, "the reading subscriber fell behind")
+          }
+          assert.deepStrictEqual(received, sent)
+
+          // The stalled subscriber has some suffix-ordered subset ending with the last message.
+          const last = sent[sent.length - 1]!
+          const kept = yield* stalled.pipe(
+            Stream.takeUntil((message) => message === last),
+            Stream.runCollect,
+            Effect.timeoutOrElse({
+              duration: deliveryDeadline,
+              orElse: () => Effect.die(new Error("the stalled subscriber never got the newest message"))
+            })
+          )
+          assert.strictEqual(kept[kept.length - 1], last)
+          assert.isBelow(kept.length, sent.length, "a stalled subscriber's buffer must be bounded")
+          const indexes = kept.map((message) => sent.indexOf(message))
+          assert.isTrue(
+            indexes.every((index, i) => index >= 0 && (i === 0 || index > indexes[i - 1]!)),
+            "out of order or unknown messages"
+          )
+        })
+      )
+
+      it.effect("unicode and 64 KiB payloads round-trip", () =>
+        Effect.gen(function* () {
+          const pubsub = yield* PubSub
+          const channel = uniqueName("payloads")
+          const messages = yield* pubsub.subscribe(channel)
+          const sent = [
+            "héllo wörld — 日本語 — 🎉👩‍👩‍👧 — \u0000 nul — \r\n crlf",
+            "x".repeat(64 * 1024),
+            "🎉".repeat(16 * 1024),
+            JSON.stringify({ text: "quote \" and backslash \\", n: 1 }),
+            ""
+          ]
+          yield* Effect.forEach(sent, (message) => pubsub.publish(channel, message), { discard: true })
+          assert.deepStrictEqual(yield* collect(messages, sent.length), sent)
+        })
+      )
+
+      it.effect("publishing to a channel nobody subscribes to succeeds", () =>
+        Effect.gen(function* () {
+          const pubsub = yield* PubSub
+          yield* pubsub.publish(uniqueName("nobody"), "into the void")
+        })
+      )
+    })
+  })
+}

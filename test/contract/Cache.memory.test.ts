@@ -1,0 +1,4 @@
+import { layer } from "../../src/infra/Memory.ts"
+import { cacheContract } from "./Cache.contract.ts"
+
+cacheContract("Memory", layer)
