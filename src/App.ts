@@ -17,6 +17,9 @@ import { normalizeErrors } from "./http/Errors.ts"
 import { HandlersLive } from "./http/Handlers.ts"
 import { Readiness } from "./http/Readiness.ts"
 import { migrate } from "./infra/migrations.ts"
+import * as Dynalite from "./infra/Dynalite.ts"
+import * as DynamoMessageStore from "./infra/DynamoMessageStore.ts"
+import { MessageStore } from "./infra/MessageStore.ts"
 import * as Sql from "./infra/Sql.ts"
 import { Accounts } from "./state/Accounts.ts"
 import { Chats } from "./state/Chats.ts"
@@ -33,11 +36,23 @@ export const sqlLayer = (config: HarmonyConfig) =>
       migrate.pipe(
         Effect.provideContext(context),
         Effect.tap((applied) =>
-          applied.length > 0 ? Effect.logInfo(`migrations applied: ${applied.map(([id, name]) => `${id}_${name}`).join(", ")}`) : Effect.void
+          applied.length > 0
+            ? Effect.logInfo(`migrations applied: ${applied.map(([id, name]) => `${id}_${name}`).join(", ")}`)
+            : Effect.void
         )
       )
     )
   )
+
+/** The MessageStore port: DynamoDB, or dynalite in-process with its data under the data directory. */
+export const messageStoreLayer = (config: HarmonyConfig) =>
+  config.mode._tag === "Cluster"
+    ? DynamoMessageStore.layer({
+        endpoint: config.mode.services.dynamodbEndpoint,
+        region: config.awsRegion,
+        table: config.messagesTable
+      })
+    : Dynalite.embeddedLayer({ path: join(config.mode.dataDir, "dynamo"), table: config.messagesTable })
 
 const stateLayer = (config: HarmonyConfig) =>
   Layer.unwrap(
@@ -53,14 +68,22 @@ const stateLayer = (config: HarmonyConfig) =>
         accessTokenTtl: config.accessTokenTtl,
         refreshTokenTtl: config.refreshTokenTtl
       })
-      return Accounts.layer.pipe(Layer.provideMerge(Chats.layer), Layer.provideMerge(Outbox.layer), Layer.provide(tokens))
+      return Accounts.layer.pipe(
+        Layer.provideMerge(Chats.layer),
+        Layer.provideMerge(Outbox.layer),
+        Layer.provide(tokens)
+      )
     })
   )
 
 const readinessLayer = Layer.unwrap(
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
-    return Readiness.layer([{ name: "sql", run: sql`SELECT 1` }])
+    const messageStore = yield* MessageStore
+    return Readiness.layer([
+      { name: "sql", run: sql`SELECT 1` },
+      { name: "messageStore", run: messageStore.ping }
+    ])
   })
 )
 
@@ -77,6 +100,7 @@ export const serve = (config: HarmonyConfig) =>
     Layer.provide(readinessLayer),
     Layer.provide(stateLayer(config)),
     Layer.provide(sqlLayer(config)),
+    Layer.provide(messageStoreLayer(config)),
     Layer.provide(
       NodeHttpServer.layer(createServer, {
         port: config.port,

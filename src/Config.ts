@@ -59,9 +59,7 @@ const raw = Config.all({
 
 /** Reads and checks the configuration; every problem is one line naming its variable. */
 export const load: Effect.Effect<HarmonyConfig, ConfigurationError> = Effect.gen(function* () {
-  const c = yield* raw.pipe(
-    Effect.mapError((error) => new ConfigurationError({ message: oneLine(error.message) }))
-  )
+  const c = yield* raw.pipe(Effect.mapError((error) => new ConfigurationError({ message: oneLine(error.message) })))
   const given = {
     DATABASE_URL: c.databaseUrl,
     KAFKA_BROKERS: c.kafkaBrokers,

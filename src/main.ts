@@ -4,7 +4,7 @@
  * schema and exits. Configuration comes from the environment (docs: README).
  */
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
-import { Console, Effect, Layer } from "effect"
+import { Console, Effect, Layer, Runtime } from "effect"
 import { Command } from "effect/cli"
 import * as App from "./App.ts"
 import * as Config from "./Config.ts"
@@ -20,7 +20,7 @@ const serve = Command.make(
   Effect.fn(function* () {
     const config = yield* Config.load
     yield* Effect.logInfo(`harmony starting in ${describeMode(config)}`)
-    return yield* Layer.launch(App.serve(config))
+    return yield* Layer.launch(App.serve(config)).pipe(Effect.onInterrupt(() => Effect.logInfo("harmony stopped")))
   })
 ).pipe(Command.withDescription("Run a Harmony node: HTTP and WebSocket API, actors, relays"))
 
@@ -49,5 +49,9 @@ harmony.pipe(
     })
   ),
   Effect.provide(NodeServices.layer),
-  NodeRuntime.runMain
+  NodeRuntime.runMain({
+    // SIGTERM/SIGINT interrupt the program; once its layers have drained and
+    // closed, that is a clean stop (exit 0), not a failure.
+    teardown: (exit, onExit) => Runtime.defaultTeardown(exit, (code) => onExit(code === 130 ? 0 : code))
+  })
 )

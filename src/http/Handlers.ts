@@ -51,8 +51,7 @@ const MeHandlers = HttpApiBuilder.group(
       close: () => Effect.flatMap(CurrentUser, (user) => accounts.close(user.id)),
       chats: () =>
         Effect.flatMap(CurrentUser, (user) => Effect.map(chats.listForUser(user.id), (list) => ({ chats: list }))),
-      searchUsers: ({ query }) =>
-        Effect.map(accounts.search(query.q, SearchLimit), (users) => ({ users }))
+      searchUsers: ({ query }) => Effect.map(accounts.search(query.q, SearchLimit), (users) => ({ users }))
     })
   })
 )

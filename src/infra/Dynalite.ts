@@ -6,9 +6,9 @@
 import type { Server } from "node:http"
 import type { AddressInfo } from "node:net"
 import { createRequire } from "node:module"
-import { Context, Effect, Layer } from "effect"
+import { Context, Effect, Layer, Schema } from "effect"
 import * as DynamoMessageStore from "./DynamoMessageStore.ts"
-import type { MessageStore, MessageStoreError } from "./MessageStore.ts"
+import { type MessageStore, MessageStoreError } from "./MessageStore.ts"
 
 interface DynaliteOptions {
   readonly path?: string
@@ -17,21 +17,62 @@ interface DynaliteOptions {
   readonly updateTableMs?: number
 }
 
-// dynalite is CommonJS without type declarations; this is the part of it we use.
-const dynalite = createRequire(import.meta.url)("dynalite") as (options: DynaliteOptions) => Server
+interface LevelDb {
+  open(): Promise<void>
+  close(): Promise<void>
+}
+
+// dynalite is CommonJS without type declarations; these are the parts of it we use.
+const requireCjs = createRequire(import.meta.url)
+const dynalite = requireCjs("dynalite") as (options: DynaliteOptions) => Server
+// The `level` dynalite itself resolves, so the probe below opens the store exactly as it will.
+const { Level } = createRequire(requireCjs.resolve("dynalite"))("level") as { Level: new (path: string) => LevelDb }
+
+export class DynaliteError extends Schema.TaggedError<DynaliteError>()("DynaliteError", {
+  message: Schema.String,
+  cause: Schema.optional(Schema.Defect())
+}) {}
 
 export class DynaliteServer extends Context.Service<DynaliteServer, { readonly endpoint: string }>()(
   "harmony/infra/DynaliteServer"
 ) {}
 
 /**
+ * dynalite throws storage errors from inside its request callbacks, which
+ * crashes the process; so a store that cannot be opened (most often: locked
+ * by another Harmony on the same data directory) must be caught before it starts.
+ */
+const probeStore = (path: string) =>
+  Effect.tryPromise({
+    try: async () => {
+      const db = new Level(path)
+      try {
+        await db.open()
+      } finally {
+        await db.close()
+      }
+    },
+    catch: (cause) =>
+      new DynaliteError({
+        message: `cannot open the message store under ${path} (is another Harmony using it?): ${describe(cause)}`,
+        cause
+      })
+  })
+
+const describe = (error: unknown): string =>
+  error instanceof Error
+    ? `${error.message}${error.cause === undefined ? "" : ` (${describe(error.cause)})`}`
+    : String(error)
+
+/**
  * Starts dynalite on 127.0.0.1 with an ephemeral port, on LevelDB under `path`
  * when given (the data survives restarts), in memory otherwise.
  */
-export const layer = (options: { readonly path?: string | undefined }): Layer.Layer<DynaliteServer> =>
+export const layer = (options: { readonly path?: string | undefined }): Layer.Layer<DynaliteServer, DynaliteError> =>
   Layer.effect(
     DynaliteServer,
     Effect.gen(function* () {
+      if (options.path !== undefined) yield* probeStore(options.path)
       const server = yield* Effect.acquireRelease(
         Effect.callback<Server>((resume) => {
           // Tables are ACTIVE at once: nothing here gains from imitating AWS's delays.
@@ -41,6 +82,7 @@ export const layer = (options: { readonly path?: string | undefined }): Layer.La
             deleteTableMs: 0,
             updateTableMs: 0
           })
+          // Listening on an ephemeral loopback port fails only on a broken host.
           const onError = (error: Error) => resume(Effect.die(error))
           server.once("error", onError)
           server.listen(0, "127.0.0.1", () => {
@@ -81,4 +123,12 @@ export const embeddedLayer = (options: {
         credentials: { accessKeyId: "embedded", secretAccessKey: "embedded" }
       })
     })
-  ).pipe(Layer.provide(layer({ path: options.path })))
+  ).pipe(
+    Layer.provide(
+      layer({ path: options.path }).pipe(
+        Layer.catchTag("DynaliteError", (error) =>
+          Layer.effect(DynaliteServer, Effect.fail(new MessageStoreError({ message: error.message, cause: error })))
+        )
+      )
+    )
+  )

@@ -96,7 +96,9 @@ export const makeChannelFanout = Effect.fnUntraced(function* (options: ChannelFa
   const release = (channel: string, subscribers: Subscribers) =>
     Effect.callback<void, CacheError>((resume) => {
       for (const queue of subscribers) Queue.endUnsafe(queue)
-      // A newer registration for the channel has taken over (and subscribed).
+      // Released already (its subscribe failed), or a newer registration has
+      // taken the channel over and subscribed: unsubscribing now would leave
+      // that one deaf.
       if (channels.get(channel) !== subscribers) return resume(Effect.void)
       channels.delete(channel)
       if (options.close === undefined) return resume(Effect.void)
@@ -115,9 +117,10 @@ export const makeChannelFanout = Effect.fnUntraced(function* (options: ChannelFa
     lookup: (channel: string) =>
       Effect.gen(function* () {
         const subscribers: Subscribers = new Set()
-        // Before `acquire`, so an interrupted or failed subscribe is undone too.
         yield* Effect.addFinalizer(() => release(channel, subscribers))
-        yield* acquire(channel, subscribers)
+        // Undone at once rather than when the failed entry's borrowers leave:
+        // a SUBSCRIBE that timed out here may still have gone through.
+        yield* acquire(channel, subscribers).pipe(Effect.onError(() => release(channel, subscribers)))
         return subscribers
       })
   })
@@ -181,7 +184,7 @@ const makeCache = Effect.gen(function* () {
   const get = Effect.fnUntraced(function* (key: string) {
     const entry = entries.get(key)
     if (entry === undefined) return undefined
-    if (entry.expiresAt < 0) {
+    if (entry.expiresAt <= (yield* Clock.currentTimeMillis)) {
       entries.delete(key)
       return undefined
     }

@@ -131,10 +131,12 @@ const connection = Effect.fnUntraced(function* (url: string, role: "command" | "
       catch: (cause) => new CacheError({ message: `invalid Redis URL ${where}: ${messageOf(cause)}`, cause })
     }),
     (client) =>
-      command("QUIT", () => client.quit()).pipe(
+      // QUIT lets replies in flight arrive; a connection that is not up has none.
+      (client.status === "ready" ? command("QUIT", () => client.quit()) : Effect.void).pipe(
         Effect.timeoutOrElse({
           duration: quitTimeout,
-          orElse: () => Effect.fail(new CacheError({ message: `Redis QUIT timed out after ${Duration.format(quitTimeout)}` }))
+          orElse: () =>
+            Effect.fail(new CacheError({ message: `Redis QUIT timed out after ${Duration.format(quitTimeout)}` }))
         }),
         Effect.ignore({ log: "Warn" }),
         // Also stops the background reconnects of a connection that never came up.
@@ -161,15 +163,13 @@ const connection = Effect.fnUntraced(function* (url: string, role: "command" | "
 const makeCache = (client: IORedis, subscriber: IORedis) => {
   const runTake = (key: string, bucket: TokenBucket) =>
     command("token bucket script", () =>
-      client
-        .evalsha(takeScriptSha, 1, key, bucket.capacity, bucket.refillPerSecond)
-        .catch((error: unknown) =>
-          // NOSCRIPT after a restart, failover or SCRIPT FLUSH: EVAL sends the
-          // body and caches it again. Anything else is a real failure.
-          messageOf(error).startsWith("NOSCRIPT")
-            ? client.eval(takeScript, 1, key, bucket.capacity, bucket.refillPerSecond)
-            : Promise.reject(error)
-        )
+      client.evalsha(takeScriptSha, 1, key, bucket.capacity, bucket.refillPerSecond).catch((error: unknown) =>
+        // NOSCRIPT after a restart, failover or SCRIPT FLUSH: EVAL sends the
+        // body and caches it again. Anything else is a real failure.
+        messageOf(error).startsWith("NOSCRIPT")
+          ? client.eval(takeScript, 1, key, bucket.capacity, bucket.refillPerSecond)
+          : Promise.reject(error)
+      )
     )
 
   return Cache.of({

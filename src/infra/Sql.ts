@@ -7,7 +7,7 @@
 import { PGlite } from "@electric-sql/pglite"
 import { PGLiteSocketServer } from "@electric-sql/pglite-socket"
 import { PgClient } from "@effect/sql-pg"
-import { Duration, Effect, Layer, Redacted } from "effect"
+import { Duration, Effect, Layer, type Redacted } from "effect"
 import type { SqlClient } from "effect/sql"
 import { ConnectionError, SqlError } from "effect/sql/SqlError"
 import { mkdirSync } from "node:fs"
@@ -27,10 +27,9 @@ export const postgres = (options: { readonly url: Redacted.Redacted<string>; rea
  * through pglite-socket would share one session and interleave the
  * statements of two transactions, so the pool holds exactly one connection.
  */
-export const embedded = (options: { readonly dataDir?: string | undefined }): Layer.Layer<
-  PgClient.PgClient | SqlClient.SqlClient,
-  SqlError
-> =>
+export const embedded = (options: {
+  readonly dataDir?: string | undefined
+}): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient, SqlError> =>
   Layer.unwrap(
     Effect.gen(function* () {
       const db = yield* Effect.acquireRelease(

@@ -42,7 +42,15 @@ export class Unavailable extends Schema.TaggedError<Unavailable>()("Unavailable"
   static readonly status = 503
 }
 
-export type ApiError = BadRequest | Unauthorized | Forbidden | NotFound | Conflict | TooLarge | RateLimited | Unavailable
+export type ApiError =
+  | BadRequest
+  | Unauthorized
+  | Forbidden
+  | NotFound
+  | Conflict
+  | TooLarge
+  | RateLimited
+  | Unavailable
 
 export const ErrorCode = Schema.Literals([
   "bad_request",
@@ -90,7 +98,10 @@ const wire = <Tag extends string, C extends Schema.Codec<any, { readonly _tag: T
   Schema.Struct({ error: Schema.Struct({ code: Schema.Literal(code), message: Schema.String }) }).pipe(
     Schema.decodeTo(
       schema,
-      SchemaTransformation.transform<C["Encoded"], { readonly error: { readonly code: ErrorCode; readonly message: string } }>({
+      SchemaTransformation.transform<
+        C["Encoded"],
+        { readonly error: { readonly code: ErrorCode; readonly message: string } }
+      >({
         decode: ({ error }) => ({ _tag: tag, message: error.message }),
         encode: (e) => ({ error: { code, message: e.message } })
       })

@@ -153,9 +153,11 @@ export class Accounts extends Context.Service<
               SELECT family_id, user_id, secret_hash, expires_at, rotated_at, revoked_at
               FROM refresh_tokens WHERE id = ${id} FOR UPDATE`
             const token = rows[0]
-            if (token === undefined || !tokens.secretMatches(secret, token.secret_hash)) return { _tag: "invalid" as const }
+            if (token === undefined || !tokens.secretMatches(secret, token.secret_hash))
+              return { _tag: "invalid" as const }
             const at = yield* now
-            if (token.revoked_at !== null || token.expires_at.getTime() <= at.getTime()) return { _tag: "invalid" as const }
+            if (token.revoked_at !== null || token.expires_at.getTime() <= at.getTime())
+              return { _tag: "invalid" as const }
             if (
               token.rotated_at !== null &&
               at.getTime() - token.rotated_at.getTime() > Duration.toMillis(RefreshGracePeriod)

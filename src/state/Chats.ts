@@ -52,7 +52,11 @@ export class Chats extends Context.Service<
     readonly get: (callerId: UserId, chatId: ChatId) => Effect.Effect<Chat, NotFound | Unavailable>
     readonly rename: (callerId: UserId, chatId: ChatId, name: string) => Effect.Effect<Chat, Failure>
     readonly delete: (callerId: UserId, chatId: ChatId) => Effect.Effect<void, Failure>
-    readonly addMembers: (callerId: UserId, chatId: ChatId, userIds: ReadonlyArray<UserId>) => Effect.Effect<Chat, Failure>
+    readonly addMembers: (
+      callerId: UserId,
+      chatId: ChatId,
+      userIds: ReadonlyArray<UserId>
+    ) => Effect.Effect<Chat, Failure>
     readonly removeMember: (callerId: UserId, chatId: ChatId, userId: UserId) => Effect.Effect<void, Failure>
     readonly listForUser: (userId: UserId) => Effect.Effect<ReadonlyArray<ChatSummary>, Unavailable>
     /** The member's role, or none for a non-member or an unknown chat (authorization). */
@@ -237,7 +241,8 @@ export class Chats extends Context.Service<
         yield* sql.withTransaction(
           Effect.gen(function* () {
             const { kind, role } = yield* lockAs(chatId, callerId)
-            if (role === "member") return yield* new Forbidden({ message: "only the owner or an admin may add members" })
+            if (role === "member")
+              return yield* new Forbidden({ message: "only the owner or an admin may add members" })
             if (kind === "direct") return yield* new Conflict({ message: "a direct chat cannot take more members" })
             const wanted = [...new Set(userIds)]
             yield* requireUsers(wanted)

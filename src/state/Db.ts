@@ -11,11 +11,11 @@ export const orUnavailable = <A, E, R>(
   self: Effect.Effect<A, E | SqlError, R>
 ): Effect.Effect<A, Exclude<E, SqlError> | Unavailable, R> =>
   Effect.catchIf(self, isSqlError, (error) =>
-      error.reason.isRetryable
-        ? Effect.logWarning("database unavailable", error).pipe(
-            Effect.andThen(Effect.fail(new Unavailable({ message: "the database is unavailable, try again" })))
-          )
-        : Effect.die(error)
+    error.reason.isRetryable
+      ? Effect.logWarning("database unavailable", error).pipe(
+          Effect.andThen(Effect.fail(new Unavailable({ message: "the database is unavailable, try again" })))
+        )
+      : Effect.die(error)
   ) as Effect.Effect<A, Exclude<E, SqlError> | Unavailable, R>
 
 /** Milliseconds → the ISO-8601 UTC form used on the wire. */

@@ -35,7 +35,9 @@ export class Tokens extends Context.Service<
     readonly verifyAccess: (token: string) => Effect.Effect<UserId, Unauthorized>
     readonly newRefresh: () => RefreshToken
     /** Splits `<id>.<secret>`; fails with Unauthorized when malformed. */
-    readonly parseRefresh: (token: string) => Effect.Effect<{ readonly id: string; readonly secret: string }, Unauthorized>
+    readonly parseRefresh: (
+      token: string
+    ) => Effect.Effect<{ readonly id: string; readonly secret: string }, Unauthorized>
     readonly hashSecret: (secret: string) => string
     readonly secretMatches: (secret: string, hash: string) => boolean
   }

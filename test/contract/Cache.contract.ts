@@ -247,7 +247,10 @@ export const cacheContract = (name: string, adapter: Layer.Layer<Cache | PubSub,
           )
           yield* pubsub.publish(channel, "first")
           const received = yield* Effect.forEach(streams, (stream) => collect(stream, 1), { concurrency: "unbounded" })
-          assert.deepStrictEqual(received, Array.from({ length: 10 }, () => ["first"]))
+          assert.deepStrictEqual(
+            received,
+            Array.from({ length: 10 }, () => ["first"])
+          )
         })
       )
 
@@ -287,6 +290,26 @@ export const cacheContract = (name: string, adapter: Layer.Layer<Cache | PubSub,
           const late = yield* pubsub.subscribe(channel)
           yield* pubsub.publish(channel, "resubscribed")
           assert.deepStrictEqual(yield* collect(late, 1), ["resubscribed"])
+        })
+      )
+
+      it.effect("a subscriber joining while the last one leaves still gets messages", () =>
+        Effect.gen(function* () {
+          const pubsub = yield* PubSub
+          const channel = uniqueName("rejoin")
+          // Many rounds, since whether the leave or the join runs first varies.
+          for (let round = 0; round < 30; round++) {
+            const leaving = yield* Scope.make()
+            yield* pubsub.subscribe(channel).pipe(Scope.provide(leaving))
+            const joining = yield* Scope.make()
+            const [, joined] = yield* Effect.all(
+              [Scope.close(leaving, Exit.void), pubsub.subscribe(channel).pipe(Scope.provide(joining))],
+              { concurrency: 2 }
+            )
+            yield* pubsub.publish(channel, `round ${round}`)
+            assert.deepStrictEqual(yield* collect(joined, 1), [`round ${round}`])
+            yield* Scope.close(joining, Exit.void)
+          }
         })
       )
 
@@ -349,7 +372,7 @@ export const cacheContract = (name: string, adapter: Layer.Layer<Cache | PubSub,
             "héllo wörld — 日本語 — 🎉👩‍👩‍👧 — \u0000 nul — \r\n crlf",
             "x".repeat(64 * 1024),
             "🎉".repeat(16 * 1024),
-            JSON.stringify({ text: "quote \" and backslash \\", n: 1 }),
+            JSON.stringify({ text: 'quote " and backslash \\', n: 1 }),
             ""
           ]
           yield* Effect.forEach(sent, (message) => pubsub.publish(channel, message), { discard: true })

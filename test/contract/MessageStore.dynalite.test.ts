@@ -176,6 +176,20 @@ describe("DynamoMessageStore outside the contract", () => {
       assert.deepStrictEqual(reread, written)
     })
   )
+
+  it.live("a data directory in use by another dynalite is a MessageStoreError, not a crash", () =>
+    Effect.gen(function* () {
+      const directory = yield* Effect.acquireRelease(
+        Effect.promise(() => mkdtemp(join(tmpdir(), "harmony-dynalite-"))),
+        (directory) => Effect.promise(() => rm(directory, { recursive: true, force: true }))
+      )
+      const options = { path: join(directory, "db"), table: "messages" }
+      yield* Layer.build(Dynalite.embeddedLayer(options))
+      const error = yield* Effect.flip(Layer.build(Dynalite.embeddedLayer(options)))
+      assert.instanceOf(error, MessageStoreError)
+      assert.include(error.message, "lock")
+    })
+  )
 })
 
 type Fault =

@@ -6,7 +6,9 @@
 export const serviceUrl = (name: "DATABASE_URL" | "KAFKA_BROKERS" | "REDIS_URL" | "DYNAMODB_ENDPOINT"): string => {
   const value = process.env[name]
   if (value === undefined || value === "") {
-    throw new Error(`${name} is not set: run the suites with \`npm test\`, which starts the services (scripts/services.sh)`)
+    throw new Error(
+      `${name} is not set: run the suites with \`npm test\`, which starts the services (scripts/services.sh)`
+    )
   }
   return value
 }

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# `npm test`: every suite — unit, property, contract (both adapters of each
+# port) and integration (the real binary, embedded and cluster mode). Unless
+# the four service URLs are given, it starts the real services on loopback
+# first (scripts/services.sh installs what is missing and caches downloads).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${DATABASE_URL:-}${KAFKA_BROKERS:-}${REDIS_URL:-}${DYNAMODB_ENDPOINT:-}" ]; then
+  bash scripts/services.sh up
+  eval "$(bash scripts/services.sh env)"
+fi
+
+exec vitest run "$@"
