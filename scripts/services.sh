@@ -106,6 +106,10 @@ kill_wait() {
 log_tail() {
   local f=$1
   if [[ -f "$f" ]]; then
+    if grep -qE '(ERROR|FATAL|PANIC|Exception)' "$f" 2>/dev/null; then
+      printf -- '----- first errors in %s -----\n' "$f" >&2
+      grep -m 5 -E '(ERROR|FATAL|PANIC|Exception)' "$f" >&2 || true
+    fi
     printf -- '----- last lines of %s -----\n' "$f" >&2
     tail -n "${2:-40}" "$f" >&2 || true
     printf -- '-----\n' >&2
@@ -250,7 +254,6 @@ pg_base_recorded() {
   fi
 }
 
-PG_STARTED=0
 pg_start() {
   local bin base data pwfile
   bin="$(pg_bin)"
@@ -296,9 +299,8 @@ EOF
   : >"$base/postgres.log"
   if is_root; then chown "$PG_OS_USER:" "$base/postgres.log"; fi
   ln -sfn "$base/postgres.log" "$LOG_DIR/postgres.log"
-  as_pg "$bin/pg_ctl" -D "$data" -l "$base/postgres.log" -W start >/dev/null 2>&1 ||
+  as_pg "$bin/pg_ctl" -D "$data" -l "$base/postgres.log" -W start >/dev/null 2>&1 9>&- ||
     { log_tail "$base/postgres.log"; die "postgres: pg_ctl start failed"; }
-  PG_STARTED=1
 }
 
 pg_after_ready() {
@@ -346,7 +348,7 @@ redis_start() {
   redis-server --bind "$HOST" --port "$REDIS_PORT" --protected-mode yes \
     --save '' --appendonly no --dir "$SERVICES_DIR/redis" \
     --daemonize yes --pidfile "$RUN_DIR/redis.pid" --logfile "$LOG_DIR/redis.log" \
-    >>"$LOG_DIR/redis.log" 2>&1 || { log_tail "$LOG_DIR/redis.log"; die "redis: redis-server failed to start"; }
+    >>"$LOG_DIR/redis.log" 2>&1 9>&- || { log_tail "$LOG_DIR/redis.log"; die "redis: redis-server failed to start"; }
 }
 
 redis_stop() {
@@ -418,6 +420,7 @@ EOF
   log "kafka $KAFKA_VERSION: starting on $HOST:$KAFKA_PORT (controller $HOST:$KAFKA_CONTROLLER_PORT)"
   (
     cd "$KAFKA_DIR"
+    exec 9>&- # the lock of services.sh stays with services.sh
     exec setsid nohup java "${java_opts[@]}" -cp "$KAFKA_LIB/*" \
       kafka.Kafka "$KAFKA_DIR/server.properties" >>"$KAFKA_LOG" 2>&1 </dev/null
   ) &
@@ -471,6 +474,7 @@ dynamodb_start() {
   log "dynamodb local $DYNAMODB_VERSION: starting on $HOST:$DYNAMODB_PORT"
   (
     cd "$SERVICES_DIR/dynamodb"
+    exec 9>&- # the lock of services.sh stays with services.sh
     exec setsid nohup java -Xmx256m -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
       -Djava.library.path="$DYNAMODB_LIB/native" -cp "$DYNAMODB_LIB/*" "$DYNAMODB_MAIN" \
       -inMemory -sharedDb -disableTelemetry -port "$DYNAMODB_PORT" >"$DYNAMODB_LOG" 2>&1 </dev/null
@@ -527,6 +531,8 @@ ready_after_start() {
   esac
 }
 
+# Serializes up/down. Fd 9 holds the lock: every long-lived process started here gets 9>&-,
+# or it would hold the lock for as long as it runs.
 lock() {
   mkdir -p "$SERVICES_DIR"
   exec 9>"$SERVICES_DIR/.lock"
@@ -539,6 +545,7 @@ cmd_up() {
   mkdir -p "$LOG_DIR" "$RUN_DIR"
   for s in "${SERVICES[@]}"; do
     if answering "$s"; then
+      [[ $s == postgres ]] && pg_after_ready
       log "$s: already up on $(service_addr "$s")"
     else
       to_start+=("$s")
@@ -654,7 +661,7 @@ case "${1:-}" in
   env) cmd_env ;;
   smoke) cmd_smoke ;;
   -h | --help | help)
-    sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"
     ;;
   *)
     echo "usage: bash scripts/services.sh up|down|status|env|smoke" >&2

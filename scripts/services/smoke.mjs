@@ -84,7 +84,7 @@ async function dynamodb() {
         BillingMode: "PAY_PER_REQUEST",
       }),
     );
-    await waitUntilTableExists({ client, maxWaitTime: 20 }, { TableName });
+    await waitUntilTableExists({ client, minDelay: 1, maxWaitTime: 20 }, { TableName });
     await client.send(new PutItemCommand({ TableName, Item: { pk: { S: "a" }, v: { S: id } } }));
     const { Item } = await client.send(new GetItemCommand({ TableName, Key: { pk: { S: "a" } }, ConsistentRead: true }));
     if (Item?.v?.S !== id) throw new Error(`dynamodb: read back ${JSON.stringify(Item)}`);
