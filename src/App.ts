@@ -1,30 +1,43 @@
 /**
  * The layer graph of `harmony serve`: the ports (embedded or cluster
- * adapters, chosen by the configuration), the state services, and the HTTP
+ * adapters, chosen by the configuration), the state services, the message
+ * path (ingest, actors, fanout, history), the WebSocket gateway and the HTTP
  * server. Built here so main.ts stays a thin CLI.
  */
 import { NodeHttpServer } from "@effect/platform-node"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Redacted } from "effect"
 import { HttpRouter } from "effect/http"
 import { HttpApiBuilder, HttpApiScalar } from "effect/http-api"
 import { PrometheusMetrics } from "effect/observability"
 import { SqlClient } from "effect/sql"
 import { createServer } from "node:http"
 import { join } from "node:path"
+import * as Actors from "./actors/Actors.ts"
+import { LocalActors } from "./actors/ActorRegistry.ts"
 import type { HarmonyConfig } from "./Config.ts"
 import { Api } from "./http/Api.ts"
 import { normalizeErrors } from "./http/Errors.ts"
+import { Gateway } from "./http/Gateway.ts"
 import { HandlersLive } from "./http/Handlers.ts"
 import { Readiness } from "./http/Readiness.ts"
-import { migrate } from "./infra/migrations.ts"
+import { Cache } from "./infra/Cache.ts"
 import * as Dynalite from "./infra/Dynalite.ts"
 import * as DynamoMessageStore from "./infra/DynamoMessageStore.ts"
+import { EventLog } from "./infra/EventLog.ts"
+import * as KafkaEventLog from "./infra/KafkaEventLog.ts"
+import * as Memory from "./infra/Memory.ts"
+import * as MemoryEventLog from "./infra/MemoryEventLog.ts"
 import { MessageStore } from "./infra/MessageStore.ts"
+import { migrate } from "./infra/migrations.ts"
+import * as Redis from "./infra/Redis.ts"
 import * as Sql from "./infra/Sql.ts"
 import { Accounts } from "./state/Accounts.ts"
 import { Chats } from "./state/Chats.ts"
 import { Outbox } from "./state/Outbox.ts"
 import { Tokens } from "./state/Tokens.ts"
+import { Fanout } from "./streams/Fanout.ts"
+import { History } from "./streams/History.ts"
+import { Ingest } from "./streams/Ingest.ts"
 
 /** The SQL port for the configured mode, migrated. */
 export const sqlLayer = (config: HarmonyConfig) =>
@@ -54,6 +67,16 @@ export const messageStoreLayer = (config: HarmonyConfig) =>
       })
     : Dynalite.embeddedLayer({ path: join(config.mode.dataDir, "dynamo"), table: config.messagesTable })
 
+/** The Cache and PubSub ports: Redis, or in-process. */
+export const cacheLayer = (config: HarmonyConfig) =>
+  config.mode._tag === "Cluster" ? Redis.layer({ url: Redacted.value(config.mode.services.redisUrl) }) : Memory.layer
+
+/** The EventLog port: Kafka, or the in-process log. */
+export const eventLogLayer = (config: HarmonyConfig) =>
+  config.mode._tag === "Cluster"
+    ? KafkaEventLog.layer({ brokers: config.mode.services.kafkaBrokers, partitions: config.kafkaPartitions })
+    : MemoryEventLog.layer({ partitions: config.kafkaPartitions })
+
 const stateLayer = (config: HarmonyConfig) =>
   Layer.unwrap(
     Effect.gen(function* () {
@@ -76,13 +99,24 @@ const stateLayer = (config: HarmonyConfig) =>
     })
   )
 
+/** The message path: ingest, the actors role, fanout and history. */
+const messagePathLayer = (config: HarmonyConfig) =>
+  Actors.layer({ partitions: config.kafkaPartitions }).pipe(
+    Layer.provideMerge(Layer.mergeAll(Ingest.layer, History.layer)),
+    Layer.provideMerge(Layer.mergeAll(Fanout.layer, LocalActors.layer))
+  )
+
 const readinessLayer = Layer.unwrap(
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
     const messageStore = yield* MessageStore
+    const cache = yield* Cache
+    const log = yield* EventLog
     return Readiness.layer([
       { name: "sql", run: sql`SELECT 1` },
-      { name: "messageStore", run: messageStore.ping }
+      { name: "eventLog", run: log.ping },
+      { name: "messageStore", run: messageStore.ping },
+      { name: "cache", run: cache.ping }
     ])
   })
 )
@@ -94,18 +128,28 @@ const routes = Layer.mergeAll(
   normalizeErrors
 )
 
-/** Everything `harmony serve` runs, listening on the configured port. */
-export const serve = (config: HarmonyConfig) =>
-  HttpRouter.serve(routes, { disableLogger: true }).pipe(
-    Layer.provide(readinessLayer),
-    Layer.provide(stateLayer(config)),
-    Layer.provide(sqlLayer(config)),
-    Layer.provide(messageStoreLayer(config)),
-    Layer.provide(
-      NodeHttpServer.layer(createServer, {
+const httpServerLayer = (config: HarmonyConfig) =>
+  Layer.unwrap(
+    Effect.gen(function* () {
+      const gateway = yield* Gateway
+      return NodeHttpServer.layer(() => gateway.attach(createServer()), {
         port: config.port,
         host: config.host,
         gracefulShutdownTimeout: config.shutdownTimeout
       })
-    )
+    })
+  )
+
+/** Everything `harmony serve` runs, listening on the configured port. */
+export const serve = (config: HarmonyConfig) =>
+  HttpRouter.serve(routes, { disableLogger: true }).pipe(
+    Layer.provide(httpServerLayer(config)),
+    Layer.provideMerge(Gateway.layer()),
+    Layer.provideMerge(readinessLayer),
+    Layer.provideMerge(messagePathLayer(config)),
+    Layer.provideMerge(stateLayer(config)),
+    Layer.provideMerge(sqlLayer(config)),
+    Layer.provideMerge(messageStoreLayer(config)),
+    Layer.provideMerge(cacheLayer(config)),
+    Layer.provideMerge(eventLogLayer(config))
   )

@@ -19,8 +19,13 @@ import {
   ChatKind,
   ChatName,
   ChatSummary,
+  ClientMsgId,
   DisplayName,
+  Message,
+  MessageBody,
+  MessageId,
   Password,
+  Seq,
   Session,
   User,
   UserId,
@@ -140,6 +145,47 @@ export class ChatsApi extends HttpApiGroup.make("chats")
   .prefix("/v1/chats")
   .annotateMerge(OpenApi.annotations({ title: "Chats", description: "Chats and their members" })) {}
 
+export const HistoryQuery = {
+  before: Schema.optionalKey(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))),
+  after: Schema.optionalKey(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))),
+  limit: Schema.optionalKey(
+    Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 100 }, { message: "limit is 1 to 100" }))
+  )
+}
+export const HistoryPage = Schema.Struct({
+  messages: Schema.Array(Message),
+  nextBefore: Schema.optionalKey(Schema.NullOr(Seq)),
+  nextAfter: Schema.optionalKey(Schema.NullOr(Seq))
+})
+export const PostMessageRequest = Schema.Struct({ clientMsgId: ClientMsgId, body: MessageBody })
+export const PostMessageAccepted = Schema.Struct({ id: MessageId, clientMsgId: Schema.String })
+export const ReadRequest = Schema.Struct({ seq: Seq })
+
+export class MessagesApi extends HttpApiGroup.make("messages")
+  .add(
+    HttpApiEndpoint.get("history", "/:chatId/messages", {
+      params: chatParams,
+      query: HistoryQuery,
+      success: HistoryPage,
+      error: [BadRequestWire, NotFoundWire, UnavailableWire]
+    }),
+    HttpApiEndpoint.post("send", "/:chatId/messages", {
+      params: chatParams,
+      payload: PostMessageRequest,
+      success: PostMessageAccepted.pipe(HttpApiSchema.status(202)),
+      error: [BadRequestWire, NotFoundWire, UnavailableWire]
+    }),
+    HttpApiEndpoint.post("read", "/:chatId/read", {
+      params: chatParams,
+      payload: ReadRequest,
+      success: HttpApiSchema.NoContent,
+      error: [BadRequestWire, NotFoundWire, UnavailableWire]
+    })
+  )
+  .middleware(Authentication)
+  .prefix("/v1/chats")
+  .annotateMerge(OpenApi.annotations({ title: "Messages", description: "History, sending, read positions" })) {}
+
 export class SystemApi extends HttpApiGroup.make("system")
   .add(
     HttpApiEndpoint.get("healthz", "/healthz", { success: Schema.Struct({ status: Schema.Literal("ok") }) }),
@@ -154,6 +200,7 @@ export class Api extends HttpApi.make("harmony")
   .add(AuthApi)
   .add(MeApi)
   .add(ChatsApi)
+  .add(MessagesApi)
   .add(SystemApi)
   .annotateMerge(
     OpenApi.annotations({

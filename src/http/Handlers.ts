@@ -9,6 +9,9 @@ import { Accounts } from "../state/Accounts.ts"
 import { Chats } from "../state/Chats.ts"
 import { Api, Authentication, CurrentUser } from "./Api.ts"
 import { Readiness } from "./Readiness.ts"
+import { Fanout } from "../streams/Fanout.ts"
+import { History } from "../streams/History.ts"
+import { Ingest } from "../streams/Ingest.ts"
 
 /** At most this many users answer a search (PROTOCOL.md). */
 const SearchLimit = 20
@@ -75,6 +78,48 @@ const ChatsHandlers = HttpApiBuilder.group(
   })
 )
 
+/** The default history page size (PROTOCOL.md). */
+const DefaultPageSize = 50
+
+const MessagesHandlers = HttpApiBuilder.group(
+  Api,
+  "messages",
+  Effect.fn(function* (handlers) {
+    const history = yield* History
+    const ingest = yield* Ingest
+    const chats = yield* Chats
+    const fanout = yield* Fanout
+    return handlers.handleAll({
+      history: ({ params, query }) =>
+        Effect.flatMap(CurrentUser, (user) =>
+          history.page(user.id, params.chatId, {
+            before: query.before,
+            after: query.after,
+            limit: query.limit ?? DefaultPageSize
+          })
+        ),
+      send: ({ params, payload }) =>
+        Effect.flatMap(CurrentUser, (user) => ingest.send(user.id, params.chatId, payload.clientMsgId, payload.body)),
+      read: ({ params, payload }) =>
+        Effect.flatMap(CurrentUser, (user) =>
+          chats.markRead(user.id, params.chatId, payload.seq).pipe(
+            Effect.tap(() =>
+              fanout
+                .publishFrame(params.chatId, user.id, {
+                  type: "read",
+                  chatId: params.chatId,
+                  userId: user.id,
+                  seq: payload.seq
+                })
+                .pipe(Effect.catchTag("CacheError", (error) => Effect.logWarning("read not published", error)))
+            ),
+            Effect.asVoid
+          )
+        )
+    })
+  })
+)
+
 const SystemHandlers = HttpApiBuilder.group(
   Api,
   "system",
@@ -99,6 +144,6 @@ const SystemHandlers = HttpApiBuilder.group(
   })
 )
 
-export const HandlersLive = Layer.mergeAll(AuthHandlers, MeHandlers, ChatsHandlers, SystemHandlers).pipe(
+export const HandlersLive = Layer.mergeAll(AuthHandlers, MeHandlers, ChatsHandlers, MessagesHandlers, SystemHandlers).pipe(
   Layer.provide(AuthenticationLive)
 )

@@ -62,6 +62,10 @@ export class Accounts extends Context.Service<
     readonly logout: (refreshToken: string) => Effect.Effect<void, Unauthorized | Unavailable>
     /** The user behind an access token; a closed account's tokens stop working at once. */
     readonly authenticate: (accessToken: string) => Effect.Effect<User, Unauthorized | Unavailable>
+    /** Like `authenticate`, with when the token expires (milliseconds since the epoch). */
+    readonly authenticateSession: (
+      accessToken: string
+    ) => Effect.Effect<{ readonly user: User; readonly expiresAt: number }, Unauthorized | Unavailable>
     readonly get: (userId: UserId) => Effect.Effect<User, NotFound | Unavailable>
     readonly search: (prefix: string, limit: number) => Effect.Effect<ReadonlyArray<User>, Unavailable>
     readonly close: (userId: UserId) => Effect.Effect<void, Unavailable>
@@ -200,14 +204,15 @@ export class Accounts extends Context.Service<
           (rows) => rows[0]
         )
 
-      const authenticate = Effect.fn("Accounts.authenticate")(function* (accessToken: string) {
-        const userId = yield* tokens.verifyAccess(accessToken)
+      const authenticateSession = Effect.fn("Accounts.authenticate")(function* (accessToken: string) {
+        const { userId, expiresAt } = yield* tokens.verifyAccess(accessToken)
         const row = yield* findUser(userId)
         if (row === undefined || row.deleted_at !== null) {
           return yield* new Unauthorized({ message: "the account is closed" })
         }
-        return toUser(row)
+        return { user: toUser(row), expiresAt }
       }, orUnavailable)
+      const authenticate = (accessToken: string) => Effect.map(authenticateSession(accessToken), (s) => s.user)
 
       const get = Effect.fn("Accounts.get")(function* (userId: UserId) {
         const row = yield* findUser(userId)
@@ -240,7 +245,7 @@ export class Accounts extends Context.Service<
         )
       }, orUnavailable)
 
-      return Accounts.of({ register, login, refresh, logout, authenticate, get, search, close })
+      return Accounts.of({ register, login, refresh, logout, authenticate, authenticateSession, get, search, close })
     })
   )
 }

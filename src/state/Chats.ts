@@ -59,6 +59,8 @@ export class Chats extends Context.Service<
     ) => Effect.Effect<Chat, Failure>
     readonly removeMember: (callerId: UserId, chatId: ChatId, userId: UserId) => Effect.Effect<void, Failure>
     readonly listForUser: (userId: UserId) => Effect.Effect<ReadonlyArray<ChatSummary>, Unavailable>
+    /** Moves the member's read position forward (never back); answers whether it moved. */
+    readonly markRead: (userId: UserId, chatId: ChatId, seq: number) => Effect.Effect<boolean, NotFound | Unavailable>
     /** The member's role, or none for a non-member or an unknown chat (authorization). */
     readonly roleOf: (chatId: ChatId, userId: UserId) => Effect.Effect<Option.Option<Role>, Unavailable>
     /**
@@ -313,6 +315,15 @@ export class Chats extends Context.Service<
         )
       }, orUnavailable)
 
+      const markRead = Effect.fn("Chats.markRead")(function* (userId: UserId, chatId: ChatId, seq: number) {
+        const rows = yield* sql<{ moved: boolean }>`
+          UPDATE memberships SET last_read_seq = GREATEST(last_read_seq, ${seq})
+          WHERE chat_id = ${chatId} AND user_id = ${userId}
+          RETURNING last_read_seq = ${seq} AS moved`
+        if (rows.length === 0) return yield* notFound(chatId)
+        return rows[0]!.moved
+      }, orUnavailable)
+
       const roleOf = Effect.fn("Chats.roleOf")(function* (chatId: ChatId, userId: UserId) {
         const rows = yield* sql<{ role: Role }>`
           SELECT role FROM memberships WHERE chat_id = ${chatId} AND user_id = ${userId}`
@@ -336,6 +347,7 @@ export class Chats extends Context.Service<
         addMembers,
         removeMember,
         listForUser,
+        markRead,
         roleOf,
         leaveAll
       })

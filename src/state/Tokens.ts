@@ -32,7 +32,9 @@ export class Tokens extends Context.Service<
     readonly refreshTokenTtl: Duration.Duration
     readonly issueAccess: (userId: UserId) => Effect.Effect<string>
     /** Fails with Unauthorized for a missing, forged, malformed or expired token. */
-    readonly verifyAccess: (token: string) => Effect.Effect<UserId, Unauthorized>
+    readonly verifyAccess: (
+      token: string
+    ) => Effect.Effect<{ readonly userId: UserId; readonly expiresAt: number }, Unauthorized>
     readonly newRefresh: () => RefreshToken
     /** Splits `<id>.<secret>`; fails with Unauthorized when malformed. */
     readonly parseRefresh: (
@@ -68,7 +70,7 @@ export class Tokens extends Context.Service<
               })
           }).pipe(
             Effect.flatMap(({ payload }) => decodeClaims(payload)),
-            Effect.map((claims) => claims.sub),
+            Effect.map((claims) => ({ userId: claims.sub, expiresAt: claims.exp * 1000 })),
             Effect.catchTag("SchemaError", () => Effect.fail(new Unauthorized({ message: "invalid access token" })))
           ),
         newRefresh: () => {

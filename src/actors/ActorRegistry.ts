@@ -1,0 +1,109 @@
+/**
+ * Actors by chat: each partition runner has a registry that activates a
+ * chat's actor on its first record, routes records to it, and drains every
+ * actor when the partition is revoked. `LocalActors` is the node-wide view
+ * that reconnecting clients use to recover from an actor's ring.
+ */
+import { type Cause, Context, Effect, FiberSet, Layer, Queue } from "effect"
+import type { Scope } from "effect"
+import type { MessageStore } from "../infra/MessageStore.ts"
+import type { ChatId, Message } from "../schema/Domain.ts"
+import type { SendRecord } from "../schema/Records.ts"
+import * as ChatActor from "./ChatActor.ts"
+
+export class LocalActors extends Context.Service<
+  LocalActors,
+  {
+    readonly register: (handle: ChatActor.ChatActorHandle) => void
+    readonly unregister: (handle: ChatActor.ChatActorHandle) => void
+    /** Messages with seq > sinceSeq from the chat's actor ring, if the actor is active here and reaches back that far. */
+    readonly since: (chatId: ChatId, sinceSeq: number) => ReadonlyArray<Message> | undefined
+    /** The chat's last seq as its local actor knows it. */
+    readonly lastSeq: (chatId: ChatId) => number | undefined
+    readonly active: () => number
+  }
+>()("harmony/actors/LocalActors") {
+  static readonly layer = Layer.sync(LocalActors, () => {
+    const actors = new Map<ChatId, ChatActor.ChatActorHandle>()
+    return LocalActors.of({
+      register: (handle) => {
+        actors.set(handle.chatId, handle)
+      },
+      unregister: (handle) => {
+        if (actors.get(handle.chatId) === handle) actors.delete(handle.chatId)
+      },
+      since: (chatId, sinceSeq) => actors.get(chatId)?.sequencer?.since(sinceSeq),
+      lastSeq: (chatId) => actors.get(chatId)?.sequencer?.lastSeq,
+      active: () => actors.size
+    })
+  })
+}
+
+export interface ActorRegistry {
+  /** Routes a record to its chat's actor, activating it; waits while the mailbox is full. */
+  readonly route: (record: SendRecord, offset: number) => Effect.Effect<void>
+  /** Ends every mailbox and waits for the actors to process what they hold. */
+  readonly drain: Effect.Effect<void>
+  readonly size: () => number
+}
+
+export const make = Effect.fnUntraced(function* (
+  context: Omit<ChatActor.ActorContext, "passivate">
+): Effect.fn.Return<ActorRegistry, never, Scope.Scope | MessageStore | LocalActors> {
+  const local = yield* LocalActors
+  const fibers = yield* FiberSet.make<void>()
+  const actors = new Map<ChatId, ChatActor.ChatActorHandle>()
+  const runFork = yield* FiberSet.runtime(fibers)<MessageStore>()
+
+  const passivate = (handle: ChatActor.ChatActorHandle) => {
+    // Ending the mailbox makes any later offer to it fail, so a record routed
+    // at the same moment goes to a fresh actor — which restores from the store,
+    // where everything of this one already is.
+    if (handle.unpersisted > 0 || Queue.sizeUnsafe(handle.mailbox) > 0) return false
+    Queue.endUnsafe(handle.mailbox)
+    if (actors.get(handle.chatId) === handle) actors.delete(handle.chatId)
+    local.unregister(handle)
+    return true
+  }
+  const actorContext: ChatActor.ActorContext = { ...context, passivate }
+
+  const activate = Effect.fnUntraced(function* (chatId: ChatId) {
+    const handle: ChatActor.ChatActorHandle = {
+      chatId,
+      mailbox: yield* Queue.bounded<ChatActor.Envelope, Cause.Done>(context.options.mailboxSize),
+      sequencer: undefined,
+      unpersisted: 0
+    }
+    actors.set(chatId, handle)
+    local.register(handle)
+    runFork(
+      ChatActor.run(handle, actorContext).pipe(
+        Effect.ensuring(
+          Effect.sync(() => {
+            if (actors.get(chatId) === handle) actors.delete(chatId)
+            local.unregister(handle)
+          })
+        )
+      )
+    )
+    return handle
+  })
+
+  const route = Effect.fnUntraced(function* (record: SendRecord, offset: number) {
+    const envelope = { record, offset }
+    const current = actors.get(record.chatId)
+    if (current !== undefined && (yield* Queue.offer(current.mailbox, envelope))) return
+    // No actor, or it passivated just now: a fresh one takes the record.
+    const handle = yield* activate(record.chatId)
+    yield* Queue.offer(handle.mailbox, envelope)
+  })
+
+  return {
+    route,
+    drain: Effect.suspend(() => {
+      for (const handle of actors.values()) Queue.endUnsafe(handle.mailbox)
+      return FiberSet.awaitEmpty(fibers)
+    }),
+    size: () => actors.size
+  }
+})

@@ -1,0 +1,45 @@
+/**
+ * The actors role of a node: it joins the consumer group "actors" on
+ * `chat.messages`; for every partition Kafka assigns it, a PartitionRunner
+ * hosts that partition's chat actors. Sharding is Kafka's group assignment —
+ * more nodes, more owners; a rebalance moves partitions, and with them actors.
+ */
+import { Duration, Effect, Layer } from "effect"
+import type { SqlClient } from "effect/sql"
+import { EventLog } from "../infra/EventLog.ts"
+import type { MessageStore } from "../infra/MessageStore.ts"
+import { Fanout } from "../streams/Fanout.ts"
+import * as PartitionRunner from "../streams/PartitionRunner.ts"
+import { ActorsGroup, MessagesTopic } from "../streams/Topics.ts"
+import type { LocalActors } from "./ActorRegistry.ts"
+
+export const defaultRunnerOptions: PartitionRunner.RunnerOptions = {
+  actors: {
+    mailboxSize: 1024,
+    idleTimeout: Duration.minutes(5),
+    dedupeWindow: 1000,
+    ringSize: 256,
+    // The dedupe window plus the largest batch a dying sink can leave half-written.
+    restoreWindow: 1500
+  },
+  backlog: 20_000,
+  batchSize: 500,
+  commitInterval: Duration.millis(200)
+}
+
+export const layer = (options: { readonly partitions: number; readonly runner?: PartitionRunner.RunnerOptions }) =>
+  Layer.effectDiscard(
+    Effect.gen(function* () {
+      const log = yield* EventLog
+      const fanout = yield* Fanout
+      const context = yield* Effect.context<MessageStore | SqlClient.SqlClient | LocalActors>()
+      yield* log.createTopic(MessagesTopic, options.partitions)
+      yield* log.consume({
+        group: ActorsGroup,
+        topic: MessagesTopic,
+        onClaim: (claim) =>
+          PartitionRunner.run(claim, options.runner ?? defaultRunnerOptions, fanout).pipe(Effect.provideContext(context))
+      })
+      yield* Effect.logInfo(`actors: joined group "${ActorsGroup}" on ${MessagesTopic}`)
+    })
+  )

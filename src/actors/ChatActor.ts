@@ -1,0 +1,120 @@
+/**
+ * A ChatActor: one fiber per active chat on the node that owns the chat's
+ * partition, with a bounded mailbox of records and a Sequencer for state.
+ * On activation it restores the chat's last seq and recent ids from the
+ * MessageStore; then, for each batch from its mailbox, it sequences the
+ * records, publishes the messages for fanout (never waiting for the store)
+ * and hands the new ones to the partition's persistence sink. Idle, with
+ * nothing left to persist, it passivates: its memory goes, its state is in
+ * the store.
+ */
+import { Cause, Duration, Effect, Queue, Schedule } from "effect"
+import { MessageStore } from "../infra/MessageStore.ts"
+import type { ChatId, Message } from "../schema/Domain.ts"
+import type { SendRecord } from "../schema/Records.ts"
+import type { Fanout } from "../streams/Fanout.ts"
+import type { OffsetTracker } from "../streams/OffsetTracker.ts"
+import type { PersistenceSink, SinkItem } from "../streams/PersistenceSink.ts"
+import { Sequencer, type SequencerOptions } from "./Sequencer.ts"
+
+export interface Envelope {
+  readonly record: SendRecord
+  readonly offset: number
+}
+
+export interface ActorOptions extends SequencerOptions {
+  readonly mailboxSize: number
+  /** How long an actor with nothing to do stays active. */
+  readonly idleTimeout: Duration.Duration
+  /** How many persisted messages activation reads back (the dedupe window plus a partial batch). */
+  readonly restoreWindow: number
+}
+
+export interface ChatActorHandle {
+  readonly chatId: ChatId
+  readonly mailbox: Queue.Queue<Envelope, Cause.Done>
+  /** Undefined until the actor has restored its state. */
+  sequencer: Sequencer | undefined
+  /** Messages sequenced but not yet persisted. */
+  unpersisted: number
+}
+
+export interface ActorContext {
+  readonly options: ActorOptions
+  readonly fanout: Fanout["Service"]
+  readonly sink: PersistenceSink
+  readonly tracker: OffsetTracker
+  readonly partition: number
+  /** Removes the actor from its registry if it may passivate now (synchronously, so no record slips in between). */
+  readonly passivate: (handle: ChatActorHandle) => boolean
+}
+
+const restoreRetry = Schedule.min([Schedule.exponential("100 millis"), Schedule.spaced("5 seconds")]).pipe(
+  Schedule.jittered
+)
+
+const restore = Effect.fn("ChatActor.restore")(function* (chatId: ChatId, options: ActorOptions) {
+  const store = yield* MessageStore
+  const latest = yield* store.latest(chatId, options.restoreWindow).pipe(
+    Effect.tapError((error) => Effect.logWarning(`chat ${chatId}: cannot restore its actor yet, retrying`, error)),
+    Effect.retry(restoreRetry),
+    Effect.orDie
+  )
+  return Sequencer.restore(chatId, latest, { ...options, complete: latest.length < options.restoreWindow })
+})
+
+/** The actor's life: restore, then process its mailbox until it ends or the actor passivates. */
+export const run = Effect.fnUntraced(function* (handle: ChatActorHandle, context: ActorContext) {
+  const sequencer = yield* restore(handle.chatId, context.options)
+  handle.sequencer = sequencer
+  while (true) {
+    const batch = yield* Queue.takeBetween(handle.mailbox, 1, context.options.mailboxSize).pipe(
+      Effect.timeoutOption(context.options.idleTimeout),
+      Effect.catchIf(Cause.isDone, () => Effect.succeed(undefined))
+    )
+    if (batch === undefined) return
+    if (batch._tag === "None") {
+      if (context.passivate(handle)) return
+      continue
+    }
+    yield* process(handle, sequencer, batch.value, context)
+  }
+})
+
+const process = Effect.fn("ChatActor.sequence")(function* (
+  handle: ChatActorHandle,
+  sequencer: Sequencer,
+  batch: ReadonlyArray<Envelope>,
+  context: ActorContext
+) {
+  const published: Array<Message> = []
+  const persist: Array<SinkItem> = []
+  const onPersisted = () => {
+    handle.unpersisted--
+  }
+  for (const { record, offset } of batch) {
+    const outcome = sequencer.sequence(record)
+    if (outcome._tag === "New") {
+      published.push(outcome.message)
+      persist.push({ message: outcome.message, offset, onPersisted })
+      handle.unpersisted++
+    } else {
+      // Already sequenced (a retried send or a replayed record): publish the
+      // earlier copy again — sessions drop seqs they delivered — so a message
+      // whose fanout was lost in a crash still reaches live subscribers.
+      if (outcome.message !== undefined) published.push(outcome.message)
+      context.tracker.complete(offset)
+    }
+  }
+  yield* context.fanout
+    .publishMessages(published)
+    .pipe(
+      Effect.catchCause((cause) =>
+        Effect.logWarning(
+          `chat ${handle.chatId}: fanout of ${published.length} messages failed; subscribers recover from history`,
+          cause
+        )
+      )
+    )
+  yield* context.sink.offer(persist)
+})

@@ -1,0 +1,328 @@
+/**
+ * A session: one WebSocket connection, as an Effect fiber (Discord's
+ * "sessions as processes"). It authenticates the first frame, decodes every
+ * frame with the protocol schema, and owns the connection's subscriptions.
+ *
+ * Outbound frames go straight to the socket; the socket's send buffer is the
+ * session's bounded queue. A client too slow to drain it is disconnected
+ * with 4008 (like Centrifugo's 3008) — it never holds up fanout to others.
+ */
+import { Cause, Clock, Deferred, Duration, Effect, Fiber, Option, Queue, Schema, Scope, Stream } from "effect"
+import { randomUUID } from "node:crypto"
+import type { WebSocket } from "ws"
+import type { ChatId, Message, User } from "../schema/Domain.ts"
+import { type ApiError, errorCode, Unavailable } from "../schema/Errors.ts"
+import { type ClientFrame, CloseCode, decodeClientFrame, type ServerFrame } from "../schema/Protocol.ts"
+import type { Accounts } from "../state/Accounts.ts"
+import type { Chats } from "../state/Chats.ts"
+import { type Fanout, type FanoutItem, messageFrame } from "../streams/Fanout.ts"
+import type { History } from "../streams/History.ts"
+import type { Ingest } from "../streams/Ingest.ts"
+
+export interface SessionOptions {
+  /** The first frame must authenticate within this time (PROTOCOL.md: 5 s). */
+  readonly authTimeout: Duration.Duration
+  /** Bytes the socket may hold unsent before the client counts as too slow. */
+  readonly maxBufferedBytes: number
+  /** Consecutive malformed frames tolerated before closing with 4400. */
+  readonly maxMalformed: number
+  /** How long recovery waits for the store to catch up with the live stream. */
+  readonly recoveryDeadline: Duration.Duration
+}
+
+export const defaultSessionOptions: SessionOptions = {
+  authTimeout: Duration.seconds(5),
+  maxBufferedBytes: 1024 * 1024,
+  maxMalformed: 5,
+  recoveryDeadline: Duration.seconds(3)
+}
+
+export interface SessionServices {
+  readonly accounts: Accounts["Service"]
+  readonly chats: Chats["Service"]
+  readonly ingest: Ingest["Service"]
+  readonly history: History["Service"]
+  readonly fanout: Fanout["Service"]
+}
+
+/** What the gateway feeds a session: text frames, or a protocol violation it already saw. */
+export type Inbound = { readonly _tag: "Text"; readonly text: string } | { readonly _tag: "Binary" }
+
+interface Subscription {
+  readonly scope: Scope.Closeable
+  lastDelivered: number
+}
+
+export class Closed {
+  constructor(
+    readonly code: number,
+    readonly reason: string
+  ) {}
+}
+
+/** Runs a session until the socket closes or the session closes it. */
+export const run = Effect.fnUntraced(function* (
+  socket: WebSocket,
+  inbound: Queue.Dequeue<Inbound, Cause.Done>,
+  services: SessionServices,
+  options: SessionOptions
+) {
+  const sessionId = randomUUID()
+  const subscriptions = new Map<ChatId, Subscription>()
+  const closed = yield* Deferred.make<Closed>()
+  const sessionScope = yield* Effect.scope
+
+  const close = (code: number, reason: string) =>
+    Effect.sync(() => {
+      if (socket.readyState === socket.OPEN || socket.readyState === socket.CONNECTING) socket.close(code, reason)
+    }).pipe(Effect.andThen(Deferred.succeed(closed, new Closed(code, reason))))
+
+  /** Sends a text frame; a client that lets its buffer fill is closed with 4008. */
+  const sendText = (text: string) =>
+    Effect.suspend(() => {
+      if (socket.readyState !== socket.OPEN) return Effect.void
+      if (socket.bufferedAmount > options.maxBufferedBytes) {
+        return close(CloseCode.tooSlow, "too slow: outbound queue overflowed")
+      }
+      socket.send(text)
+      return Effect.void
+    })
+  const send = (frame: ServerFrame) => sendText(JSON.stringify(frame))
+
+  const withRef = <F extends object>(frame: F, ref: string | undefined): F => (ref === undefined ? frame : { ...frame, ref })
+  const sendError = (error: ApiError, ref: string | undefined) =>
+    send(withRef({ type: "error", code: errorCode(error), message: error.message }, ref))
+
+  // --- authentication -------------------------------------------------------
+  const first = yield* Queue.take(inbound).pipe(
+    Effect.timeoutOption(options.authTimeout),
+    Effect.catchIf(Cause.isDone, () => Effect.succeed(Option.none<Inbound>()))
+  )
+  if (first._tag === "None") return yield* close(CloseCode.unauthorized, "authentication timed out")
+  const authFrame = first.value._tag === "Text" ? yield* Effect.option(decodeClientFrame(first.value.text)) : Option.none()
+  if (authFrame._tag === "None" || authFrame.value.type !== "auth") {
+    return yield* close(CloseCode.unauthorized, "the first frame must be auth")
+  }
+  const authenticated = yield* services.accounts.authenticateSession(authFrame.value.token).pipe(Effect.option)
+  if (authenticated._tag === "None") return yield* close(CloseCode.unauthorized, "unauthorized")
+  const user: User = authenticated.value.user
+  let expiresAt = authenticated.value.expiresAt
+  yield* send(withRef({ type: "ready", userId: user.id, sessionId }, authFrame.value.ref))
+
+  // The access token's expiry ends the session unless the client re-authenticates.
+  yield* Effect.forkIn(
+    Effect.gen(function* () {
+      while (true) {
+        const now = yield* Clock.currentTimeMillis
+        if (now >= expiresAt) return yield* close(CloseCode.unauthorized, "token expired")
+        yield* Effect.sleep(Duration.millis(Math.min(expiresAt - now, 60_000)))
+      }
+    }),
+    sessionScope
+  )
+
+  // --- subscriptions --------------------------------------------------------
+  const unsubscribe = (chatId: ChatId) =>
+    Effect.suspend(() => {
+      const subscription = subscriptions.get(chatId)
+      if (subscription === undefined) return Effect.void
+      subscriptions.delete(chatId)
+      return Scope.close(subscription.scope, Cause.Done as any)
+    })
+
+  const subscribe = Effect.fnUntraced(function* (chatId: ChatId, sinceSeq: number | undefined, ref: string | undefined) {
+    const role = yield* services.chats.roleOf(chatId, user.id)
+    if (role._tag === "None") {
+      return yield* send(withRef({ type: "error", code: "not_found", message: `chat ${chatId} not found` }, ref))
+    }
+    yield* unsubscribe(chatId)
+    const scope = yield* Scope.fork(sessionScope, "sequential")
+    const subscription: Subscription = { scope, lastDelivered: 0 }
+    subscriptions.set(chatId, subscription)
+    // Live first, buffered, so nothing published during recovery is missed.
+    const live = yield* services.fanout.subscribe(chatId).pipe(Scope.provide(scope))
+    const buffer = yield* Queue.unbounded<FanoutItem, Cause.Done>().pipe(Scope.provide(scope))
+    yield* live.pipe(Stream.runIntoQueue(buffer), Effect.forkIn(scope))
+
+    const pendingLive: Array<FanoutItem> = []
+    const recovery = yield* recover(chatId, sinceSeq, buffer, pendingLive)
+    yield* send(
+      withRef({ type: "subscribed", chatId, lastSeq: recovery.lastSeq, recovered: recovery.recovered }, ref)
+    )
+    for (const message of recovery.messages) {
+      if (message.seq > subscription.lastDelivered) {
+        yield* sendText(messageFrame(message))
+        subscription.lastDelivered = message.seq
+      }
+    }
+    if (sinceSeq === undefined) subscription.lastDelivered = Math.max(subscription.lastDelivered, recovery.lastSeq)
+    const deliver = (item: FanoutItem) => {
+      if (item.seq > 0) {
+        if (item.seq <= subscription.lastDelivered) return Effect.void
+        subscription.lastDelivered = item.seq
+      } else if (item.from === user.id) {
+        // Typing and read signals are for the others.
+        return Effect.void
+      }
+      return sendText(item.frame)
+    }
+    yield* Effect.forEach(pendingLive, deliver, { discard: true })
+    yield* Queue.take(buffer).pipe(
+      Effect.flatMap(deliver),
+      Effect.forever,
+      Effect.catchIf(Cause.isDone, () => Effect.void),
+      Effect.forkIn(scope)
+    )
+  })
+
+  /** What a subscriber missed after `sinceSeq`, made contiguous with the live buffer when it can be. */
+  const recover = (
+    chatId: ChatId,
+    sinceSeq: number | undefined,
+    buffer: Queue.Queue<FanoutItem, Cause.Done>,
+    pendingLive: Array<FanoutItem>
+  ) =>
+    Effect.gen(function* () {
+      const lastSeq = yield* services.history.lastSeq(chatId).pipe(Effect.orElseSucceed(() => 0))
+      if (sinceSeq === undefined) return { lastSeq, recovered: true, messages: [] }
+      const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(options.recoveryDeadline)
+      const messages: Array<Message> = []
+      let known = sinceSeq
+      while (true) {
+        pendingLive.push(...(yield* Queue.clear(buffer).pipe(Effect.orElseSucceed(() => []))))
+        const firstLive = pendingLive.find((item) => item.seq > 0)?.seq
+        const target = firstLive === undefined ? lastSeq : firstLive - 1
+        if (known >= target) break
+        const found = yield* services.history.since(chatId, known, target).pipe(Effect.option)
+        if (found._tag === "Some") {
+          for (const message of found.value) {
+            if (message.seq === known + 1) {
+              messages.push(message)
+              known = message.seq
+            }
+          }
+        }
+        if (known >= target) break
+        if ((yield* Clock.currentTimeMillis) >= deadline) {
+          return { lastSeq: Math.max(lastSeq, known), recovered: false, messages }
+        }
+        yield* Effect.sleep(Duration.millis(50))
+      }
+      return { lastSeq: Math.max(lastSeq, known), recovered: true, messages }
+    })
+
+  // --- frames ---------------------------------------------------------------
+  const handle = (frame: ClientFrame): Effect.Effect<void> => {
+    switch (frame.type) {
+      case "auth":
+        return services.accounts.authenticateSession(frame.token).pipe(
+          Effect.flatMap((again) =>
+            again.user.id === user.id
+              ? Effect.sync(() => {
+                  expiresAt = again.expiresAt
+                }).pipe(Effect.andThen(send(withRef({ type: "ready", userId: user.id, sessionId }, frame.ref))))
+              : close(CloseCode.unauthorized, "a session cannot change user")
+          ),
+          Effect.catch(() => close(CloseCode.unauthorized, "unauthorized"))
+        )
+      case "ping":
+        return send(withRef({ type: "pong" }, frame.ref))
+      case "subscribe":
+        return subscribe(frame.chatId, frame.sinceSeq, frame.ref).pipe(
+          Effect.catchTags({
+            Unavailable: (error) => sendError(error, frame.ref),
+            CacheError: (error) =>
+              Effect.logWarning("subscribe failed: fanout unavailable", error).pipe(
+                Effect.andThen(
+                  sendError(new Unavailable({ message: "live delivery is unavailable, try again" }), frame.ref)
+                )
+              )
+          })
+        )
+      case "unsubscribe":
+        return unsubscribe(frame.chatId).pipe(
+          Effect.andThen(send(withRef({ type: "unsubscribed", chatId: frame.chatId }, frame.ref)))
+        )
+      case "send":
+        // Sends run concurrently (the ingest batches them); each answers on its own.
+        return services.ingest.send(user.id, frame.chatId, frame.clientMsgId, frame.body).pipe(
+          Effect.flatMap((accepted) =>
+            send(withRef({ type: "ack", clientMsgId: accepted.clientMsgId, id: accepted.id }, frame.ref))
+          ),
+          Effect.catch((error) => sendError(error, frame.ref)),
+          Effect.forkIn(sessionScope),
+          Effect.asVoid
+        )
+      case "typing":
+        return services.chats.roleOf(frame.chatId, user.id).pipe(
+          Effect.flatMap((role) =>
+            role._tag === "None"
+              ? send(withRef({ type: "error", code: "not_found", message: `chat ${frame.chatId} not found` }, frame.ref))
+              : services.fanout.publishFrame(frame.chatId, user.id, {
+                  type: "typing",
+                  chatId: frame.chatId,
+                  userId: user.id
+                })
+          ),
+          Effect.catchTags({
+            Unavailable: (error) => sendError(error, frame.ref),
+            CacheError: (error) => Effect.logWarning("typing not published", error)
+          })
+        )
+      case "read":
+        return services.chats.markRead(user.id, frame.chatId, frame.seq).pipe(
+          Effect.flatMap(() =>
+            services.fanout.publishFrame(frame.chatId, user.id, {
+              type: "read",
+              chatId: frame.chatId,
+              userId: user.id,
+              seq: frame.seq
+            })
+          ),
+          Effect.catchTags({
+            CacheError: (error) => Effect.logWarning("read not published", error),
+            NotFound: (error) => sendError(error, frame.ref),
+            Unavailable: (error) => sendError(error, frame.ref)
+          })
+        )
+    }
+  }
+
+  let malformed = 0
+  const loop = Queue.take(inbound).pipe(
+    Effect.flatMap((input) =>
+      Effect.gen(function* () {
+        const frame =
+          input._tag === "Text" ? yield* decodeClientFrame(input.text).pipe(Effect.result) : undefined
+        if (frame === undefined || frame._tag === "Failure") {
+          malformed++
+          if (malformed >= options.maxMalformed) return yield* close(CloseCode.malformed, "malformed frames")
+          const ref = input._tag === "Text" ? refOf(input.text) : undefined
+          return yield* send(
+            withRef(
+              {
+                type: "error",
+                code: "bad_request",
+                message:
+                  frame === undefined ? "frames are JSON text" : `malformed frame: ${oneLine(frame.failure.message)}`
+              },
+              ref
+            )
+          )
+        }
+        malformed = 0
+        yield* handle(frame.success)
+      })
+    ),
+    Effect.forever,
+    Effect.catchIf(Cause.isDone, () => Effect.void)
+  )
+  const reader = yield* Effect.forkIn(loop, sessionScope)
+  yield* Effect.raceFirst(Fiber.await(reader), Deferred.await(closed))
+})
+
+/** The `ref` of a frame that failed to decode, so its error can still answer it. */
+const decodeRef = Schema.decodeUnknownOption(Schema.fromJsonString(Schema.Struct({ ref: Schema.String })))
+const refOf = (text: string): string | undefined => Option.getOrUndefined(decodeRef(text))?.ref
+
+const oneLine = (text: string) => text.replace(/\s*\n\s*/g, " ").trim()

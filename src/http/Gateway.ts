@@ -1,0 +1,107 @@
+/**
+ * The WebSocket gateway at `/v1/ws`: the `ws` server handles the upgrade and
+ * the framing (frames over 64 KiB close with 1009 by `maxPayload`), and each
+ * connection runs as a Session fiber.
+ *
+ * The gateway takes its upgrades straight from the Node HTTP server rather
+ * than through effect's HttpServerRequest.upgrade: it needs the raw socket's
+ * `bufferedAmount` to tell a slow client (close 4008) from a busy one, which
+ * effect's Socket abstraction does not expose.
+ */
+import { Cause, Context, Effect, FiberSet, Layer, Queue } from "effect"
+import type { IncomingMessage, Server } from "node:http"
+import type { Duplex } from "node:stream"
+import { WebSocketServer } from "ws"
+import * as Session from "../actors/Session.ts"
+import { CloseCode, MaxFrameBytes } from "../schema/Protocol.ts"
+import { Accounts } from "../state/Accounts.ts"
+import { Chats } from "../state/Chats.ts"
+import { Fanout } from "../streams/Fanout.ts"
+import { History } from "../streams/History.ts"
+import { Ingest } from "../streams/Ingest.ts"
+
+export const GatewayPath = "/v1/ws"
+
+export class Gateway extends Context.Service<
+  Gateway,
+  {
+    /** Takes over the upgrade requests for the gateway path on `server`. */
+    readonly attach: (server: Server) => Server
+    readonly sessions: () => number
+  }
+>()("harmony/http/Gateway") {
+  static readonly layer = (options: Session.SessionOptions = Session.defaultSessionOptions) =>
+    Layer.effect(
+      Gateway,
+      Effect.gen(function* () {
+        const services: Session.SessionServices = {
+          accounts: yield* Accounts,
+          chats: yield* Chats,
+          ingest: yield* Ingest,
+          history: yield* History,
+          fanout: yield* Fanout
+        }
+        const wss = new WebSocketServer({ noServer: true, maxPayload: MaxFrameBytes })
+        const fibers = yield* FiberSet.make<void>()
+        const runFork = yield* FiberSet.runtime(fibers)()
+        let open = 0
+
+        // Stopping: every session is told to reconnect elsewhere (1001) and
+        // its fiber ends; then the ws server closes.
+        yield* Effect.addFinalizer(() =>
+          Effect.gen(function* () {
+            for (const client of wss.clients) client.close(CloseCode.goingAway, "server shutting down")
+            yield* FiberSet.clear(fibers)
+            yield* Effect.callback<void>((resume) => wss.close(() => resume(Effect.void)))
+          })
+        )
+
+        const connect = (request: IncomingMessage, socket: Duplex, head: Buffer) =>
+          wss.handleUpgrade(request, socket, head, (ws) => {
+            const inbound = Effect.runSync(Queue.unbounded<Session.Inbound, Cause.Done>())
+            ws.on("message", (data, isBinary) => {
+              Queue.offerUnsafe(inbound, isBinary ? { _tag: "Binary" } : { _tag: "Text", text: data.toString() })
+            })
+            ws.on("close", () => {
+              Queue.endUnsafe(inbound)
+            })
+            ws.on("error", () => {
+              // ws reports protocol violations (oversize frames: 1009) by closing; the close ends the session.
+            })
+            open++
+            runFork(
+              Session.run(ws, inbound, services, options).pipe(
+                Effect.scoped,
+                Effect.catchCause((cause) =>
+                  Cause.hasInterruptsOnly(cause) ? Effect.void : Effect.logError("session failed", cause)
+                ),
+                Effect.ensuring(
+                  Effect.sync(() => {
+                    open--
+                    if (ws.readyState === ws.OPEN) ws.close(CloseCode.normal, "session ended")
+                  })
+                )
+              )
+            )
+          })
+
+        return Gateway.of({
+          attach: (server) => {
+            // Upgrades for the gateway path never reach the HTTP router.
+            const emit = server.emit.bind(server)
+            server.emit = ((event: string, ...args: Array<any>) => {
+              if (event === "upgrade" && pathOf(args[0] as IncomingMessage) === GatewayPath) {
+                connect(args[0], args[1], args[2])
+                return true
+              }
+              return emit(event, ...args)
+            }) as Server["emit"]
+            return server
+          },
+          sessions: () => open
+        })
+      })
+    )
+}
+
+const pathOf = (request: IncomingMessage) => (request.url ?? "").split("?")[0]

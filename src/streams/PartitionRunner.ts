@@ -1,0 +1,88 @@
+/**
+ * The runner of one `chat.messages` partition, for as long as this node
+ * owns it: it decodes each record, routes it to its chat's actor, and
+ * commits the group's offset for the prefix of records that are persisted
+ * (or needed no persisting: duplicates, undecodable records). When the
+ * partition is revoked, it drains — actors, then the sink — and makes its
+ * final commit before the partition moves.
+ */
+import { Duration, Effect, Schedule, Stream } from "effect"
+import type { SqlClient } from "effect/sql"
+import * as ActorRegistry from "../actors/ActorRegistry.ts"
+import type { LocalActors } from "../actors/ActorRegistry.ts"
+import type { ActorOptions } from "../actors/ChatActor.ts"
+import type { PartitionClaim } from "../infra/EventLog.ts"
+import type { MessageStore } from "../infra/MessageStore.ts"
+import { decodeSendRecord } from "../schema/Records.ts"
+import type { Fanout } from "./Fanout.ts"
+import { OffsetTracker } from "./OffsetTracker.ts"
+import * as PersistenceSink from "./PersistenceSink.ts"
+
+export interface RunnerOptions {
+  readonly actors: ActorOptions
+  /** Unpersisted messages per partition before consumption pauses. */
+  readonly backlog: number
+  readonly batchSize: number
+  /** How often the committed offset catches up with the persisted prefix. */
+  readonly commitInterval: Duration.Duration
+}
+
+export const run = (
+  claim: PartitionClaim,
+  options: RunnerOptions,
+  fanout: Fanout["Service"]
+): Effect.Effect<void, never, MessageStore | SqlClient.SqlClient | LocalActors> =>
+  Effect.gen(function* () {
+    const tracker = new OffsetTracker()
+    const sink = yield* PersistenceSink.make({
+      partition: claim.partition,
+      tracker,
+      backlog: options.backlog,
+      batchSize: options.batchSize
+    })
+    const registry = yield* ActorRegistry.make({
+      options: options.actors,
+      fanout,
+      sink,
+      tracker,
+      partition: claim.partition
+    })
+
+    let committed: number | undefined
+    const commit = Effect.suspend(() => {
+      const next = tracker.committable
+      if (next === undefined || next === committed) return Effect.void
+      return claim.commit(next).pipe(
+        Effect.tap(() =>
+          Effect.sync(() => {
+            committed = next
+          })
+        ),
+        Effect.catchCause((cause) => Effect.logWarning(`partition ${claim.partition}: commit of ${next} failed`, cause))
+      )
+    })
+    yield* Effect.forkScoped(commit.pipe(Effect.repeat(Schedule.spaced(options.commitInterval))))
+
+    yield* claim.records.pipe(
+      Stream.runForEach((record) =>
+        Effect.gen(function* () {
+          tracker.register(record.offset)
+          const decoded = yield* decodeSendRecord(new TextDecoder().decode(record.value)).pipe(Effect.option)
+          if (decoded._tag === "None" || decoded.value.chatId !== record.key) {
+            yield* Effect.logError(
+              `partition ${claim.partition}: skipping undecodable record at offset ${record.offset}`
+            )
+            tracker.complete(record.offset)
+            return
+          }
+          yield* registry.route(decoded.value, record.offset)
+        })
+      )
+    )
+    // Revoked or stopping: everything routed gets sequenced and persisted
+    // before the final commit, so the next owner starts exactly after it.
+    yield* registry.drain
+    yield* sink.drain
+    yield* commit
+    yield* Effect.logDebug(`partition ${claim.partition}: released at offset ${committed}`)
+  }).pipe(Effect.scoped, Effect.withSpan("PartitionRunner.run", { attributes: { partition: claim.partition } }))

@@ -1,0 +1,102 @@
+/**
+ * The persistence sink of one partition: sequenced messages queue here
+ * (bounded: a full sink back-pressures the actors and so the partition),
+ * are written to the MessageStore in batches, and only then are their
+ * records completed in the partition's OffsetTracker — Kafka offsets are
+ * committed for the persisted prefix only. A store that fails is retried
+ * forever with capped, jittered backoff: live fanout does not wait for it,
+ * and nothing is lost when it comes back.
+ *
+ * Batches are written one after the other, so a chat's messages reach the
+ * store in seq order and a crash leaves at most one batch partly written
+ * (the actors' restore logic tolerates exactly that).
+ */
+import { Array as Arr, Cause, Effect, Fiber, Queue, Schedule } from "effect"
+import type { Scope } from "effect"
+import { SqlClient } from "effect/sql"
+import { MessageStore } from "../infra/MessageStore.ts"
+import type { Message } from "../schema/Domain.ts"
+import type { OffsetTracker } from "./OffsetTracker.ts"
+
+export interface SinkItem {
+  readonly message: Message
+  readonly offset: number
+  /** Called once the message is durable. */
+  readonly onPersisted: () => void
+}
+
+export interface SinkOptions {
+  readonly partition: number
+  readonly tracker: OffsetTracker
+  /** The most messages waiting to be persisted before the sink back-pressures. */
+  readonly backlog: number
+  /** The most messages in one store write. */
+  readonly batchSize: number
+}
+
+export interface PersistenceSink {
+  /** Queues messages for persistence; waits while the backlog is full. */
+  readonly offer: (items: ReadonlyArray<SinkItem>) => Effect.Effect<void>
+  /** Persists everything queued, then stops (partition revoked or node stopping). */
+  readonly drain: Effect.Effect<void>
+  /** Messages queued and not yet persisted. */
+  readonly backlog: Effect.Effect<number>
+}
+
+const retryForever = Schedule.min([Schedule.exponential("100 millis"), Schedule.spaced("5 seconds")]).pipe(
+  Schedule.jittered
+)
+
+export const make = Effect.fnUntraced(function* (
+  options: SinkOptions
+): Effect.fn.Return<PersistenceSink, never, Scope.Scope | MessageStore | SqlClient.SqlClient> {
+  const store = yield* MessageStore
+  const sql = yield* SqlClient.SqlClient
+  const queue = yield* Queue.bounded<SinkItem, Cause.Done>(options.backlog)
+
+  const persist = Effect.fn("PersistenceSink.persist")(function* (batch: ReadonlyArray<SinkItem>) {
+    yield* Effect.annotateCurrentSpan({ partition: options.partition, size: batch.length })
+    yield* store.putBatch(batch.map((item) => item.message)).pipe(
+      Effect.tapError((error) =>
+        Effect.logWarning(`partition ${options.partition}: persisting ${batch.length} messages failed, retrying`, error)
+      ),
+      Effect.retry(retryForever),
+      // The schedule never ends: the store's failures are retried, not returned.
+      Effect.orDie
+    )
+    for (const item of batch) {
+      options.tracker.complete(item.offset)
+      item.onPersisted()
+    }
+    yield* recordLastSeqs(batch)
+  })
+
+  // `chats.last_seq` feeds `lastSeq` of /v1/me/chats; it trails the store and
+  // never goes backwards. A failure here costs freshness, not messages.
+  const recordLastSeqs = (batch: ReadonlyArray<SinkItem>) => {
+    const last = new Map<string, number>()
+    for (const { message } of batch) last.set(message.chatId, Math.max(last.get(message.chatId) ?? 0, message.seq))
+    const rows = Array.from(last, ([id, seq]) => ({ id, seq: String(seq) }))
+    if (!Arr.isArrayNonEmpty(rows)) return Effect.void
+    return sql`
+      UPDATE chats SET last_seq = GREATEST(chats.last_seq, v.seq::bigint)
+      FROM ${sql.updateValues(rows, "v")} WHERE chats.id = v.id`.pipe(
+      Effect.catchCause((cause) =>
+        Effect.logWarning(`partition ${options.partition}: could not record chats' last seq`, cause)
+      )
+    )
+  }
+
+  const run = Queue.takeBetween(queue, 1, options.batchSize).pipe(
+    Effect.flatMap(persist),
+    Effect.forever,
+    Effect.catchIf(Cause.isDone, () => Effect.void)
+  )
+  const fiber = yield* Effect.forkScoped(run)
+
+  return {
+    offer: (items) => Queue.offerAll(queue, items).pipe(Effect.asVoid),
+    drain: Queue.end(queue).pipe(Effect.andThen(Fiber.join(fiber))),
+    backlog: Queue.size(queue)
+  }
+})
