@@ -55,22 +55,21 @@ export class History extends Context.Service<
       const page = Effect.fn("History.page")(function* (callerId: UserId, chatId: ChatId, request: PageRequest) {
         const role = yield* chats.roleOf(chatId, callerId)
         if (role._tag === "None") return yield* new NotFound({ message: `chat ${chatId} not found` })
-        if (request.before !== undefined) {
+        // `after` pages forward, oldest first; otherwise pages back from
+        // `before` (or from the newest message), newest first.
+        if (request.after !== undefined && request.before === undefined) {
           const messages = yield* store
-            .page(chatId, { before: request.before, limit: request.limit })
+            .page(chatId, { after: request.after, limit: request.limit })
             .pipe(Effect.catchTag("MessageStoreError", storeUnavailable))
-          const oldest = messages.at(-1)?.seq
-          return {
-            messages,
-            nextBefore: messages.length === request.limit && oldest !== undefined && oldest > 1 ? oldest : null
-          }
+          return { messages, nextAfter: messages.length === request.limit ? messages.at(-1)!.seq : null }
         }
         const messages = yield* store
-          .page(chatId, { after: request.after ?? 0, limit: request.limit })
+          .page(chatId, { before: request.before ?? Number.MAX_SAFE_INTEGER, limit: request.limit })
           .pipe(Effect.catchTag("MessageStoreError", storeUnavailable))
+        const oldest = messages.at(-1)?.seq
         return {
           messages,
-          nextAfter: messages.length === request.limit ? messages.at(-1)!.seq : null
+          nextBefore: messages.length === request.limit && oldest !== undefined && oldest > 1 ? oldest : null
         }
       })
 
