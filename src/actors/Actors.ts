@@ -38,7 +38,9 @@ export const layer = (options: { readonly partitions: number; readonly runner?: 
         group: ActorsGroup,
         topic: MessagesTopic,
         onClaim: (claim) =>
-          PartitionRunner.run(claim, options.runner ?? defaultRunnerOptions, fanout).pipe(Effect.provideContext(context))
+          PartitionRunner.run(claim, options.runner ?? defaultRunnerOptions, fanout).pipe(
+            Effect.provideContext(context)
+          )
       })
       yield* Effect.logInfo(`actors: joined group "${ActorsGroup}" on ${MessagesTopic}`)
     })

@@ -8,7 +8,7 @@
  * nothing left to persist, it passivates: its memory goes, its state is in
  * the store.
  */
-import { Cause, Duration, Effect, Queue, Schedule } from "effect"
+import { Cause, type Duration, Effect, Queue, Schedule } from "effect"
 import { MessageStore } from "../infra/MessageStore.ts"
 import type { ChatId, Message } from "../schema/Domain.ts"
 import type { SendRecord } from "../schema/Records.ts"

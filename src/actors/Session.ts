@@ -89,7 +89,8 @@ export const run = Effect.fnUntraced(function* (
     })
   const send = (frame: ServerFrame) => sendText(JSON.stringify(frame))
 
-  const withRef = <F extends object>(frame: F, ref: string | undefined): F => (ref === undefined ? frame : { ...frame, ref })
+  const withRef = <F extends object>(frame: F, ref: string | undefined): F =>
+    ref === undefined ? frame : { ...frame, ref }
   const sendError = (error: ApiError, ref: string | undefined) =>
     send(withRef({ type: "error", code: errorCode(error), message: error.message }, ref))
 
@@ -99,7 +100,8 @@ export const run = Effect.fnUntraced(function* (
     Effect.catchIf(Cause.isDone, () => Effect.succeed(Option.none<Inbound>()))
   )
   if (first._tag === "None") return yield* close(CloseCode.unauthorized, "authentication timed out")
-  const authFrame = first.value._tag === "Text" ? yield* Effect.option(decodeClientFrame(first.value.text)) : Option.none()
+  const authFrame =
+    first.value._tag === "Text" ? yield* Effect.option(decodeClientFrame(first.value.text)) : Option.none()
   if (authFrame._tag === "None" || authFrame.value.type !== "auth") {
     return yield* close(CloseCode.unauthorized, "the first frame must be auth")
   }
@@ -130,7 +132,11 @@ export const run = Effect.fnUntraced(function* (
       return Scope.close(subscription.scope, Cause.Done as any)
     })
 
-  const subscribe = Effect.fnUntraced(function* (chatId: ChatId, sinceSeq: number | undefined, ref: string | undefined) {
+  const subscribe = Effect.fnUntraced(function* (
+    chatId: ChatId,
+    sinceSeq: number | undefined,
+    ref: string | undefined
+  ) {
     const role = yield* services.chats.roleOf(chatId, user.id)
     if (role._tag === "None") {
       return yield* send(withRef({ type: "error", code: "not_found", message: `chat ${chatId} not found` }, ref))
@@ -146,9 +152,7 @@ export const run = Effect.fnUntraced(function* (
 
     const pendingLive: Array<FanoutItem> = []
     const recovery = yield* recover(chatId, sinceSeq, buffer, pendingLive)
-    yield* send(
-      withRef({ type: "subscribed", chatId, lastSeq: recovery.lastSeq, recovered: recovery.recovered }, ref)
-    )
+    yield* send(withRef({ type: "subscribed", chatId, lastSeq: recovery.lastSeq, recovered: recovery.recovered }, ref))
     for (const message of recovery.messages) {
       if (message.seq > subscription.lastDelivered) {
         yield* sendText(messageFrame(message))
@@ -257,7 +261,9 @@ export const run = Effect.fnUntraced(function* (
         return services.chats.roleOf(frame.chatId, user.id).pipe(
           Effect.flatMap((role) =>
             role._tag === "None"
-              ? send(withRef({ type: "error", code: "not_found", message: `chat ${frame.chatId} not found` }, frame.ref))
+              ? send(
+                  withRef({ type: "error", code: "not_found", message: `chat ${frame.chatId} not found` }, frame.ref)
+                )
               : services.fanout.publishFrame(frame.chatId, user.id, {
                   type: "typing",
                   chatId: frame.chatId,
@@ -292,8 +298,7 @@ export const run = Effect.fnUntraced(function* (
   const loop = Queue.take(inbound).pipe(
     Effect.flatMap((input) =>
       Effect.gen(function* () {
-        const frame =
-          input._tag === "Text" ? yield* decodeClientFrame(input.text).pipe(Effect.result) : undefined
+        const frame = input._tag === "Text" ? yield* decodeClientFrame(input.text).pipe(Effect.result) : undefined
         if (frame === undefined || frame._tag === "Failure") {
           malformed++
           if (malformed >= options.maxMalformed) return yield* close(CloseCode.malformed, "malformed frames")

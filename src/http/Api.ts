@@ -21,6 +21,7 @@ import {
   ChatSummary,
   ClientMsgId,
   DisplayName,
+  isStorableText,
   Message,
   MessageBody,
   MessageId,
@@ -56,7 +57,7 @@ export const RegisterRequest = Schema.Struct({
   password: Password,
   displayName: Schema.optionalKey(DisplayName)
 })
-export const LoginRequest = Schema.Struct({ username: Schema.String, password: Schema.String })
+export const LoginRequest = Schema.Struct({ username: Schema.String.check(isStorableText), password: Schema.String })
 export const RefreshRequest = Schema.Struct({ refreshToken: Schema.String })
 export const CreateChatRequest = Schema.Struct({
   name: Schema.optionalKey(ChatName),
@@ -100,7 +101,7 @@ export class MeApi extends HttpApiGroup.make("me")
       success: Schema.Struct({ chats: Schema.Array(ChatSummary) })
     }),
     HttpApiEndpoint.get("searchUsers", "/v1/users", {
-      query: { q: Schema.String.check(Schema.isMinLength(1)) },
+      query: { q: Schema.String.check(Schema.isMinLength(1), isStorableText) },
       success: Schema.Struct({ users: Schema.Array(User) })
     })
   )

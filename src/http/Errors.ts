@@ -68,8 +68,9 @@ export const normalizeErrors = HttpRouter.middleware(
           )
         })
       )
-      // HttpApi answers some failures (415, its own 400/413) with an empty body.
-      if (response.status >= 400 && response.body._tag === "Empty") {
+      // HttpApi answers some failures itself: 415 as text, its own 400/413
+      // with an empty body. Every error leaves in the contract's shape.
+      if (response.status >= 400 && !isJson(response)) {
         return statusResponse(response.status === 415 ? 400 : response.status, defaultMessage(response.status))
       }
       return response
@@ -77,6 +78,9 @@ export const normalizeErrors = HttpRouter.middleware(
   ),
   { global: true }
 )
+
+const isJson = (response: HttpServerResponse.HttpServerResponse) =>
+  response.body._tag !== "Empty" && (response.body.contentType ?? "").startsWith("application/json")
 
 const defaultMessage = (status: number) =>
   status === 415 ? "the request body must be application/json" : `request failed with status ${status}`

@@ -144,6 +144,10 @@ const SystemHandlers = HttpApiBuilder.group(
   })
 )
 
-export const HandlersLive = Layer.mergeAll(AuthHandlers, MeHandlers, ChatsHandlers, MessagesHandlers, SystemHandlers).pipe(
-  Layer.provide(AuthenticationLive)
-)
+export const HandlersLive = Layer.mergeAll(
+  AuthHandlers,
+  MeHandlers,
+  ChatsHandlers,
+  MessagesHandlers,
+  SystemHandlers
+).pipe(Layer.provide(AuthenticationLive))

@@ -38,7 +38,20 @@
  * kafkajs fetches the next batches only when all the current ones are done.)
  */
 import { randomUUID } from "node:crypto"
-import { Cause, Deferred, Duration, Effect, Fiber, FiberSet, Layer, Queue, Schedule, type Scope, Stream } from "effect"
+import {
+  Cause,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  FiberSet,
+  Layer,
+  Queue,
+  Schedule,
+  type Scope,
+  Stream
+} from "effect"
 import type * as Arr from "effect/Array"
 import {
   type Admin,
@@ -162,15 +175,20 @@ interface Holdings {
   readonly held: ReadonlyArray<{ readonly partition: number; readonly id: string }>
 }
 
-const decodeHoldings = (metadata: Buffer): Holdings | undefined => {
-  if (metadata.length === 0) return undefined
+/** A member's holdings, or undefined (reported to `invalid`) when its metadata is not ours. */
+const decodeHoldings = (metadata: Buffer, invalid: (reason: string) => void): Holdings | undefined => {
   try {
-    const { userData } = AssignerProtocol.MemberMetadata.decode(metadata)!
-    if (userData.length === 0) return undefined
-    const parsed = JSON.parse(userData.toString("utf8")) as Holdings
-    return Array.isArray(parsed.held) ? parsed : undefined
-  } catch {
-    // A member that is not one of ours (or an older format) holds nothing we can wait for.
+    const decoded = AssignerProtocol.MemberMetadata.decode(metadata)
+    if (decoded === null || decoded.userData.length === 0) {
+      invalid("its metadata has no holdings")
+      return undefined
+    }
+    const parsed = JSON.parse(decoded.userData.toString("utf8")) as Holdings
+    if (typeof parsed.topic === "string" && Array.isArray(parsed.held)) return parsed
+    invalid("its holdings are malformed")
+    return undefined
+  } catch (error) {
+    invalid(`its metadata does not decode (${describeError(error)})`)
     return undefined
   }
 }
@@ -210,6 +228,16 @@ export const stickyAssignment = (
   }
   return result
 }
+
+/** Logs why a claim's handler is started again. */
+const reportEarlyEnd = (exit: Exit.Exit<void>): Effect.Effect<void> =>
+  Exit.isSuccess(exit)
+    ? Effect.logWarning("claim handler returned before its claim ended; restarting it from the committed offset")
+    : Cause.hasInterruptsOnly(exit.cause)
+      ? Effect.logWarning(
+          "claim handler was interrupted before its claim ended; restarting it from the committed offset"
+        )
+      : Effect.logError("claim handler failed; restarting it from the committed offset", exit.cause)
 
 interface Claim {
   readonly partition: number
@@ -440,6 +468,11 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
             }
           })
 
+        const holdingsOf = (metadata: Buffer): Holdings | undefined =>
+          decodeHoldings(metadata, (reason) =>
+            runDetached(log(Effect.logWarning(`${describe}: a member's holdings are ignored: ${reason}`)))
+          )
+
         const holdings = (): Holdings => ({
           topic,
           held: [
@@ -470,7 +503,7 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
               const subscribers = members.flatMap((member) => {
                 const metadata = AssignerProtocol.MemberMetadata.decode(member.memberMetadata)
                 if (metadata === null || !metadata.topics.includes(assigned)) return []
-                const held = decodeHoldings(member.memberMetadata)
+                const held = holdingsOf(member.memberMetadata)
                 return [
                   {
                     memberId: member.memberId,
@@ -536,7 +569,7 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
               // Members' metadata is only described in a stable group.
               if (description?.state !== "Stable") return undefined
               return description.members.flatMap((member) => {
-                const held = decodeHoldings(member.memberMetadata)
+                const held = holdingsOf(member.memberMetadata)
                 if (held?.topic !== topic) return []
                 return held.held.filter((h) => h.partition === partition).map((h) => h.id)
               })
@@ -708,14 +741,7 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
                 )
               )
               if (Deferred.isDoneUnsafe(claim.revoked)) return
-              yield* log(
-                exit._tag === "Success"
-                  ? Effect.logWarning(
-                      "claim handler returned before its claim ended; restarting it from the committed offset"
-                    )
-                  : Effect.logError("claim handler failed; restarting it from the committed offset", exit.cause),
-                claim.partition
-              )
+              yield* log(reportEarlyEnd(exit), claim.partition)
               close(claim)
               yield* Effect.raceFirst(
                 Effect.sleep(Duration.millis(Math.min(100 * 2 ** attempt, 5_000))),

@@ -125,6 +125,16 @@ const signal = (deferred: Deferred.Deferred<void>): void => {
 
 const backoff = (attempt: number): Duration.Duration => Duration.millis(Math.min(100 * 2 ** attempt, 5_000))
 
+/** Logs why a claim's handler is started again. */
+const reportEarlyEnd = (exit: Exit.Exit<void>): Effect.Effect<void> =>
+  Exit.isSuccess(exit)
+    ? Effect.logWarning("claim handler returned before its claim ended; restarting it from the committed offset")
+    : Cause.hasInterruptsOnly(exit.cause)
+      ? Effect.logWarning(
+          "claim handler was interrupted before its claim ended; restarting it from the committed offset"
+        )
+      : Effect.logError("claim handler failed; restarting it from the committed offset", exit.cause)
+
 export const make = (options?: MemoryEventLogOptions): EventLog["Service"] => {
   const implicitPartitions = options?.partitions ?? defaultPartitions
   const drainTimeout = Duration.fromInputUnsafe(options?.drainTimeout ?? Duration.seconds(30))
@@ -254,9 +264,7 @@ export const make = (options?: MemoryEventLogOptions): EventLog["Service"] => {
         const exit = yield* Fiber.await(handler)
         if (Deferred.isDoneUnsafe(claim.revoked)) return
         const delay = backoff(attempt)
-        yield* Exit.isSuccess(exit)
-          ? Effect.logWarning("claim handler returned before its claim ended; restarting it from the committed offset")
-          : Effect.logError("claim handler failed; restarting it from the committed offset", exit.cause)
+        yield* reportEarlyEnd(exit)
         yield* Effect.raceFirst(Effect.sleep(delay), Deferred.await(claim.revoked))
         if (Deferred.isDoneUnsafe(claim.revoked)) return
       }

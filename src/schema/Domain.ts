@@ -4,10 +4,18 @@
  */
 import { Schema } from "effect"
 
-export const UserId = Schema.String.pipe(Schema.brand("UserId"))
+/** Text Postgres can store: no NUL characters. */
+export const isStorableText = Schema.isPattern(/^[^\u0000]*$/, { message: "must not contain NUL characters" })
+
+/** An id: 1 to 128 characters, no control characters. */
+const Id = Schema.String.check(
+  Schema.isPattern(/^[^\u0000-\u001f\u007f]{1,128}$/, { message: "an id is 1 to 128 printable characters" })
+)
+
+export const UserId = Id.pipe(Schema.brand("UserId"))
 export type UserId = typeof UserId.Type
 
-export const ChatId = Schema.String.pipe(Schema.brand("ChatId"))
+export const ChatId = Id.pipe(Schema.brand("ChatId"))
 export type ChatId = typeof ChatId.Type
 
 export const MessageId = Schema.String.pipe(Schema.brand("MessageId"))
@@ -28,11 +36,12 @@ export const Password = Schema.String.check(
   Schema.isMaxLength(128, { message: "a password has at most 128 characters" })
 )
 
-export const DisplayName = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64))
+export const DisplayName = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(64), isStorableText)
 
 export const ChatName = Schema.String.check(
   Schema.isMinLength(1, { message: "a chat name has 1 to 100 characters" }),
-  Schema.isMaxLength(100, { message: "a chat name has 1 to 100 characters" })
+  Schema.isMaxLength(100, { message: "a chat name has 1 to 100 characters" }),
+  isStorableText
 )
 
 export const MessageBody = Schema.String.check(

@@ -4,7 +4,7 @@
  * server frames are built with the constructors below and encoded once.
  */
 import { Schema } from "effect"
-import { ChatId, ClientMsgId, Message, MessageBody, Seq, UserId } from "./Domain.ts"
+import { ChatId, ClientMsgId, type Message, MessageBody, Seq, type UserId } from "./Domain.ts"
 
 const Ref = Schema.optionalKey(Schema.String.check(Schema.isMaxLength(128)))
 

@@ -50,7 +50,11 @@ export class Fanout extends Context.Service<
     /** Publishes messages on their chats' channels. */
     readonly publishMessages: (messages: ReadonlyArray<Message>) => Effect.Effect<void, CacheError>
     /** Publishes a frame that is not a message (seq 0) on a chat's channel, from a user or from nobody. */
-    readonly publishFrame: (chatId: ChatId, from: string | undefined, frame: ServerFrame) => Effect.Effect<void, CacheError>
+    readonly publishFrame: (
+      chatId: ChatId,
+      from: string | undefined,
+      frame: ServerFrame
+    ) => Effect.Effect<void, CacheError>
     /** The chat's live items for the lifetime of the scope; active once this returns. */
     readonly subscribe: (chatId: ChatId) => Effect.Effect<Stream.Stream<FanoutItem>, CacheError, Scope.Scope>
   }

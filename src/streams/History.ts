@@ -31,7 +31,11 @@ const storeUnavailable = (error: MessageStoreError) =>
 export class History extends Context.Service<
   History,
   {
-    readonly page: (callerId: UserId, chatId: ChatId, request: PageRequest) => Effect.Effect<Page, NotFound | Unavailable>
+    readonly page: (
+      callerId: UserId,
+      chatId: ChatId,
+      request: PageRequest
+    ) => Effect.Effect<Page, NotFound | Unavailable>
     /**
      * Messages with seq in (sinceSeq, untilSeq] (untilSeq absent: all known),
      * oldest first: from the local actor's ring, else the store.

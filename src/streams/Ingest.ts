@@ -46,16 +46,18 @@ export class Ingest extends Context.Service<
 
       yield* Queue.takeBetween(queue, 1, MaxBatch).pipe(
         Effect.flatMap((batch) =>
-          log.produce(
-            MessagesTopic,
-            batch.map((pending) => pending.record)
-          ).pipe(
-            Effect.exit,
-            Effect.flatMap((exit) => {
-              const outcome = Exit.asVoid(exit)
-              return Effect.forEach(batch, (pending) => Deferred.done(pending.done, outcome))
-            })
-          )
+          log
+            .produce(
+              MessagesTopic,
+              batch.map((pending) => pending.record)
+            )
+            .pipe(
+              Effect.exit,
+              Effect.flatMap((exit) => {
+                const outcome = Exit.asVoid(exit)
+                return Effect.forEach(batch, (pending) => Deferred.done(pending.done, outcome))
+              })
+            )
         ),
         Effect.forever,
         Effect.forkScoped

@@ -6,7 +6,7 @@
  * partition is revoked, it drains — actors, then the sink — and makes its
  * final commit before the partition moves.
  */
-import { Duration, Effect, Schedule, Stream } from "effect"
+import { type Duration, Effect, Schedule, Stream } from "effect"
 import type { SqlClient } from "effect/sql"
 import * as ActorRegistry from "../actors/ActorRegistry.ts"
 import type { LocalActors } from "../actors/ActorRegistry.ts"

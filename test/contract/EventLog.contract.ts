@@ -336,6 +336,54 @@ export const eventLogContract = (name: string, eventLog: Layer.Layer<EventLog, a
     )
 
     it.effect(
+      "refuses commits beyond the delivered records and after the claim ended",
+      () =>
+        Effect.gen(function* () {
+          const log = yield* EventLog
+          const topic = uniqueName("contract-commit-bounds")
+          const group = uniqueName("group")
+          yield* log.createTopic(topic, 1)
+          yield* log.produce(
+            topic,
+            range(0, 3).map((i) => ({ key: "k", value: `${i}` }))
+          )
+          const journal = new Journal()
+          const refusals: Array<string> = []
+          let ended: PartitionClaim | undefined
+          const a = yield* startConsumer({
+            journal,
+            name: "A",
+            group,
+            topic,
+            onRecord: (claim, record) =>
+              Effect.gen(function* () {
+                ended = claim
+                if (record.offset !== 0) return yield* claim.commit(record.offset + 1)
+                // Only 3 records exist: no claim can have delivered up to 1000.
+                const refused = yield* Effect.flip(claim.commit(1_000))
+                refusals.push(refused._tag)
+                yield* claim.commit(1)
+              })
+          })
+          yield* until("A sees 3 records", () => journal.recordsOf("A").length >= 3)
+          assert.deepStrictEqual(refusals, ["EventLogError"])
+          yield* a.leave
+          const late = yield* Effect.flip(ended!.commit(1))
+          assert.strictEqual(late._tag, "EventLogError")
+
+          // The refused commits changed nothing: the group resumes after offset 2.
+          yield* log.produce(topic, [{ key: "k", value: "3" }])
+          yield* startConsumer({ journal, name: "B", group, topic })
+          yield* until("B sees a record", () => journal.recordsOf("B").length >= 1)
+          assert.deepStrictEqual(
+            journal.recordsOf("B").map((r) => r.offset),
+            [3]
+          )
+        }),
+      60_000
+    )
+
+    it.effect(
       "keeps the final commit a handler makes after its records end",
       () =>
         Effect.gen(function* () {
@@ -399,7 +447,7 @@ export const eventLogContract = (name: string, eventLog: Layer.Layer<EventLog, a
     )
 
     it.effect(
-      "redelivers from the committed offset after a handler dies",
+      "redelivers from the committed offset after a handler dies or is interrupted",
       () =>
         Effect.gen(function* () {
           const log = yield* EventLog
@@ -411,37 +459,42 @@ export const eventLogContract = (name: string, eventLog: Layer.Layer<EventLog, a
             range(0, 6).map((i) => ({ key: "k", value: `${i}` }))
           )
           const journal = new Journal()
-          let crashed = false
+          let run = 0
           const a = yield* startConsumer({
             journal,
             name: "A",
             group,
             topic,
-            // First run: makes 0..1 durable, processes 2..3, then dies.
+            beforeStart: Effect.sync(() => {
+              run++
+            }),
             onRecord: (claim, record) => {
-              if (crashed) return Effect.void
-              if (record.offset === 1) return claim.commit(2)
-              if (record.offset === 3) {
-                crashed = true
+              // Run 1 makes 0..1 durable, processes 2..3, then dies.
+              if (run === 1 && record.offset === 1) return claim.commit(2)
+              if (run === 1 && record.offset === 3) {
                 return Effect.die(new Error("simulated handler crash (expected by the test)"))
               }
+              // Run 2 (from 2) makes 2 durable, processes 3..4, then is interrupted.
+              if (run === 2 && record.offset === 2) return claim.commit(3)
+              if (run === 2 && record.offset === 4) return Effect.interrupt
+              // Run 3 (from 3) processes the rest and commits nothing.
               return Effect.void
             }
           })
-          // 4 records before the crash, then 2..5 again from the committed offset.
-          yield* until("A's handler to run again", () => journal.recordsOf("A").length >= 8)
+          yield* until("A's handler to run a third time", () => journal.recordsOf("A").length >= 10)
           assert.deepStrictEqual(
             journal.recordsOf("A").map((r) => r.offset),
-            [0, 1, 2, 3, 2, 3, 4, 5]
+            [0, 1, 2, 3, 2, 3, 4, 3, 4, 5]
           )
+          assert.strictEqual(run, 3)
           yield* a.leave
 
-          // The second run committed nothing either: the next member starts at 2.
+          // The last run committed nothing: the next member starts at 3.
           yield* startConsumer({ journal, name: "B", group, topic })
-          yield* until("B sees 4 records", () => journal.recordsOf("B").length >= 4)
+          yield* until("B sees 3 records", () => journal.recordsOf("B").length >= 3)
           assert.deepStrictEqual(
             journal.recordsOf("B").map((r) => r.offset),
-            [2, 3, 4, 5]
+            [3, 4, 5]
           )
         }),
       60_000
