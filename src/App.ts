@@ -5,7 +5,7 @@
  * server. Built here so main.ts stays a thin CLI.
  */
 import { NodeHttpServer } from "@effect/platform-node"
-import { Effect, Layer, Redacted } from "effect"
+import { Duration, Effect, Layer, Redacted } from "effect"
 import { HttpRouter } from "effect/http"
 import { HttpApiBuilder, HttpApiScalar } from "effect/http-api"
 import { PrometheusMetrics } from "effect/observability"
@@ -14,6 +14,7 @@ import { createServer } from "node:http"
 import { join } from "node:path"
 import * as Actors from "./actors/Actors.ts"
 import { LocalActors } from "./actors/ActorRegistry.ts"
+import { PresenceTracker } from "./actors/PresenceTracker.ts"
 import type { HarmonyConfig } from "./Config.ts"
 import { Api } from "./http/Api.ts"
 import { normalizeErrors } from "./http/Errors.ts"
@@ -33,11 +34,15 @@ import * as Redis from "./infra/Redis.ts"
 import * as Sql from "./infra/Sql.ts"
 import { Accounts } from "./state/Accounts.ts"
 import { Chats } from "./state/Chats.ts"
+import { Membership } from "./state/Membership.ts"
+import { RateLimits } from "./state/RateLimits.ts"
 import { Outbox } from "./state/Outbox.ts"
 import { Tokens } from "./state/Tokens.ts"
+import * as EventConsumers from "./streams/EventConsumers.ts"
 import { Fanout } from "./streams/Fanout.ts"
 import { History } from "./streams/History.ts"
 import { Ingest } from "./streams/Ingest.ts"
+import * as OutboxRelay from "./streams/OutboxRelay.ts"
 
 /** The SQL port for the configured mode, migrated. */
 export const sqlLayer = (config: HarmonyConfig) =>
@@ -91,7 +96,7 @@ const stateLayer = (config: HarmonyConfig) =>
         accessTokenTtl: config.accessTokenTtl,
         refreshTokenTtl: config.refreshTokenTtl
       })
-      return Accounts.layer.pipe(
+      return Layer.mergeAll(Accounts.layer, Membership.layer, RateLimits.layer(config.rateLimits)).pipe(
         Layer.provideMerge(Chats.layer),
         Layer.provideMerge(Outbox.layer),
         Layer.provide(tokens)
@@ -99,10 +104,19 @@ const stateLayer = (config: HarmonyConfig) =>
     })
   )
 
-/** The message path: ingest, the actors role, fanout and history. */
-const messagePathLayer = (config: HarmonyConfig) =>
-  Actors.layer({ partitions: config.kafkaPartitions }).pipe(
+/** The message path (ingest, the actors role, fanout, history) and the state path's relay and consumers. */
+const streamsLayer = (config: HarmonyConfig) =>
+  Layer.mergeAll(
+    Actors.layer({ partitions: config.kafkaPartitions }),
+    OutboxRelay.layer({
+      exclusive: config.mode._tag === "Cluster",
+      pollInterval: config.mode._tag === "Cluster" ? Duration.seconds(1) : Duration.millis(100),
+      batchSize: 500
+    }),
+    EventConsumers.layer
+  ).pipe(
     Layer.provideMerge(Layer.mergeAll(Ingest.layer, History.layer)),
+    Layer.provideMerge(PresenceTracker.layer()),
     Layer.provideMerge(Layer.mergeAll(Fanout.layer, LocalActors.layer))
   )
 
@@ -146,7 +160,7 @@ export const serve = (config: HarmonyConfig) =>
     Layer.provide(httpServerLayer(config)),
     Layer.provideMerge(Gateway.layer()),
     Layer.provideMerge(readinessLayer),
-    Layer.provideMerge(messagePathLayer(config)),
+    Layer.provideMerge(streamsLayer(config)),
     Layer.provideMerge(stateLayer(config)),
     Layer.provideMerge(sqlLayer(config)),
     Layer.provideMerge(messageStoreLayer(config)),

@@ -3,7 +3,9 @@
  * "Running it"). The four service URLs choose the mode: none → embedded, all
  * four → cluster; anything in between is an error that names what is missing.
  */
-import { Config, Duration, Effect, Option, Redacted, Schema } from "effect"
+import { Config, Duration, Effect, Option, Redacted, Schema, SchemaTransformation } from "effect"
+import type { TokenBucket } from "./infra/Cache.ts"
+import { defaultRateLimits, type RateLimitSettings } from "./state/RateLimits.ts"
 
 export class ConfigurationError extends Schema.TaggedError<ConfigurationError>()("ConfigurationError", {
   message: Schema.String
@@ -33,7 +35,26 @@ export interface HarmonyConfig {
   readonly awsRegion: string
   readonly kafkaPartitions: number
   readonly shutdownTimeout: Duration.Duration
+  readonly rateLimits: RateLimitSettings
 }
+
+/** A token bucket as `capacity/refillPerSecond`, e.g. `100/50`. */
+const BucketSpec = Schema.String.pipe(
+  Schema.check(Schema.isPattern(/^\d+\/\d+(\.\d+)?$/, { message: "expected capacity/refillPerSecond, e.g. 100/50" })),
+  Schema.decodeTo(
+    Schema.Struct({ capacity: Schema.Int, refillPerSecond: Schema.Number }),
+    SchemaTransformation.transform({
+      decode: (spec: string) => {
+        const [capacity, refill] = spec.split("/")
+        return { capacity: Number(capacity), refillPerSecond: Number(refill) }
+      },
+      encode: (bucket: { readonly capacity: number; readonly refillPerSecond: number }) =>
+        `${bucket.capacity}/${bucket.refillPerSecond}`
+    })
+  )
+)
+const bucket = (name: string, fallback: TokenBucket) =>
+  Config.schema(BucketSpec, name).pipe(Config.withDefault(fallback))
 
 const serviceVariables = ["DATABASE_URL", "KAFKA_BROKERS", "REDIS_URL", "DYNAMODB_ENDPOINT"] as const
 
@@ -54,7 +75,13 @@ const raw = Config.all({
   messagesTable: Config.String("DYNAMODB_TABLE").pipe(Config.withDefault("harmony_messages")),
   awsRegion: Config.String("AWS_REGION").pipe(Config.withDefault("us-east-1")),
   kafkaPartitions: Config.Int("KAFKA_PARTITIONS").pipe(Config.withDefault(8)),
-  shutdownTimeout: Config.Duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(Duration.seconds(20)))
+  shutdownTimeout: Config.Duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(Duration.seconds(20))),
+  rateLimits: Config.all({
+    send: bucket("RATE_LIMIT_SEND", defaultRateLimits.send),
+    loginUser: bucket("RATE_LIMIT_LOGIN_USER", defaultRateLimits.loginUser),
+    loginAddress: bucket("RATE_LIMIT_LOGIN_ADDRESS", defaultRateLimits.loginAddress),
+    register: bucket("RATE_LIMIT_REGISTER", defaultRateLimits.register)
+  })
 })
 
 /** Reads and checks the configuration; every problem is one line naming its variable. */
@@ -128,7 +155,8 @@ export const load: Effect.Effect<HarmonyConfig, ConfigurationError> = Effect.gen
     messagesTable: c.messagesTable,
     awsRegion: c.awsRegion,
     kafkaPartitions: c.kafkaPartitions,
-    shutdownTimeout: c.shutdownTimeout
+    shutdownTimeout: c.shutdownTimeout,
+    rateLimits: c.rateLimits
   }
 })
 

@@ -4,9 +4,12 @@
  * actor when the partition is revoked. `LocalActors` is the node-wide view
  * that reconnecting clients use to recover from an actor's ring.
  */
-import { type Cause, Context, Effect, FiberSet, Layer, Queue } from "effect"
+import { type Cause, Context, Effect, FiberSet, Layer, Queue, Schema, Stream } from "effect"
 import type { Scope } from "effect"
+import type { SqlClient } from "effect/sql"
 import type { MessageStore } from "../infra/MessageStore.ts"
+import { PubSub } from "../infra/PubSub.ts"
+import { ControlChannel } from "../streams/EventConsumers.ts"
 import type { ChatId, Message } from "../schema/Domain.ts"
 import type { SendRecord } from "../schema/Records.ts"
 import * as ChatActor from "./ChatActor.ts"
@@ -23,21 +26,43 @@ export class LocalActors extends Context.Service<
     readonly active: () => number
   }
 >()("harmony/actors/LocalActors") {
-  static readonly layer = Layer.sync(LocalActors, () => {
-    const actors = new Map<ChatId, ChatActor.ChatActorHandle>()
-    return LocalActors.of({
-      register: (handle) => {
-        actors.set(handle.chatId, handle)
-      },
-      unregister: (handle) => {
-        if (actors.get(handle.chatId) === handle) actors.delete(handle.chatId)
-      },
-      since: (chatId, sinceSeq) => actors.get(chatId)?.sequencer?.since(sinceSeq),
-      lastSeq: (chatId) => actors.get(chatId)?.sequencer?.lastSeq,
-      active: () => actors.size
+  static readonly layer = Layer.effect(
+    LocalActors,
+    Effect.gen(function* () {
+      const actors = new Map<ChatId, ChatActor.ChatActorHandle>()
+      // A deleted chat's actor drops what is left in its mailbox.
+      const pubsub = yield* PubSub
+      const control = yield* pubsub.subscribe(ControlChannel)
+      yield* control.pipe(
+        Stream.map((payload) => decodeControl(payload)),
+        Stream.runForEach((signal) =>
+          Effect.sync(() => {
+            if (signal._tag === "Some") {
+              const handle = actors.get(signal.value.chatId as ChatId)
+              if (handle !== undefined) handle.deleted = true
+            }
+          })
+        ),
+        Effect.forkScoped
+      )
+      return LocalActors.of({
+        register: (handle) => {
+          actors.set(handle.chatId, handle)
+        },
+        unregister: (handle) => {
+          if (actors.get(handle.chatId) === handle) actors.delete(handle.chatId)
+        },
+        since: (chatId, sinceSeq) => actors.get(chatId)?.sequencer?.since(sinceSeq),
+        lastSeq: (chatId) => actors.get(chatId)?.sequencer?.lastSeq,
+        active: () => actors.size
+      })
     })
-  })
+  )
 }
+
+const decodeControl = Schema.decodeUnknownOption(
+  Schema.fromJsonString(Schema.Struct({ type: Schema.Literal("chat_deleted"), chatId: Schema.String }))
+)
 
 export interface ActorRegistry {
   /** Routes a record to its chat's actor, activating it; waits while the mailbox is full. */
@@ -49,11 +74,11 @@ export interface ActorRegistry {
 
 export const make = Effect.fnUntraced(function* (
   context: Omit<ChatActor.ActorContext, "passivate">
-): Effect.fn.Return<ActorRegistry, never, Scope.Scope | MessageStore | LocalActors> {
+): Effect.fn.Return<ActorRegistry, never, Scope.Scope | MessageStore | SqlClient.SqlClient | LocalActors> {
   const local = yield* LocalActors
   const fibers = yield* FiberSet.make<void>()
   const actors = new Map<ChatId, ChatActor.ChatActorHandle>()
-  const runFork = yield* FiberSet.runtime(fibers)<MessageStore>()
+  const runFork = yield* FiberSet.runtime(fibers)<MessageStore | SqlClient.SqlClient>()
 
   const passivate = (handle: ChatActor.ChatActorHandle) => {
     // Ending the mailbox makes any later offer to it fail, so a record routed
@@ -72,7 +97,8 @@ export const make = Effect.fnUntraced(function* (
       chatId,
       mailbox: yield* Queue.bounded<ChatActor.Envelope, Cause.Done>(context.options.mailboxSize),
       sequencer: undefined,
-      unpersisted: 0
+      unpersisted: 0,
+      deleted: false
     }
     actors.set(chatId, handle)
     local.register(handle)

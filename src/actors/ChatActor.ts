@@ -9,6 +9,7 @@
  * the store.
  */
 import { Cause, type Duration, Effect, Queue, Schedule } from "effect"
+import { SqlClient } from "effect/sql"
 import { MessageStore } from "../infra/MessageStore.ts"
 import type { ChatId, Message } from "../schema/Domain.ts"
 import type { SendRecord } from "../schema/Records.ts"
@@ -37,6 +38,8 @@ export interface ChatActorHandle {
   sequencer: Sequencer | undefined
   /** Messages sequenced but not yet persisted. */
   unpersisted: number
+  /** The chat was deleted: its remaining records are dropped, not sequenced. */
+  deleted: boolean
 }
 
 export interface ActorContext {
@@ -67,6 +70,14 @@ const restore = Effect.fn("ChatActor.restore")(function* (chatId: ChatId, option
 export const run = Effect.fnUntraced(function* (handle: ChatActorHandle, context: ActorContext) {
   const sequencer = yield* restore(handle.chatId, context.options)
   handle.sequencer = sequencer
+  // Records can outlive their chat (sent just before it was deleted, or
+  // replayed after): a deleted chat gets no new messages in the store.
+  const sql = yield* SqlClient.SqlClient
+  const exists = yield* sql`SELECT 1 FROM chats WHERE id = ${handle.chatId}`.pipe(
+    Effect.retry(restoreRetry),
+    Effect.orDie
+  )
+  if (exists.length === 0) handle.deleted = true
   while (true) {
     const batch = yield* Queue.takeBetween(handle.mailbox, 1, context.options.mailboxSize).pipe(
       Effect.timeoutOption(context.options.idleTimeout),
@@ -87,6 +98,10 @@ const process = Effect.fn("ChatActor.sequence")(function* (
   batch: ReadonlyArray<Envelope>,
   context: ActorContext
 ) {
+  if (handle.deleted) {
+    for (const { offset } of batch) context.tracker.complete(offset)
+    return
+  }
   const published: Array<Message> = []
   const persist: Array<SinkItem> = []
   const onPersisted = () => {

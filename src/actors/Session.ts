@@ -7,7 +7,7 @@
  * session's bounded queue. A client too slow to drain it is disconnected
  * with 4008 (like Centrifugo's 3008) — it never holds up fanout to others.
  */
-import { Cause, Clock, Deferred, Duration, Effect, Fiber, Option, Queue, Schema, Scope, Stream } from "effect"
+import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, Option, Queue, Schema, Scope, Stream } from "effect"
 import { randomUUID } from "node:crypto"
 import type { WebSocket } from "ws"
 import type { ChatId, Message, User } from "../schema/Domain.ts"
@@ -15,8 +15,10 @@ import { type ApiError, errorCode, Unavailable } from "../schema/Errors.ts"
 import { type ClientFrame, CloseCode, decodeClientFrame, type ServerFrame } from "../schema/Protocol.ts"
 import type { Accounts } from "../state/Accounts.ts"
 import type { Chats } from "../state/Chats.ts"
+import type { Membership } from "../state/Membership.ts"
 import { type Fanout, type FanoutItem, messageFrame } from "../streams/Fanout.ts"
 import type { History } from "../streams/History.ts"
+import type { PresenceTracker } from "./PresenceTracker.ts"
 import type { Ingest } from "../streams/Ingest.ts"
 
 export interface SessionOptions {
@@ -28,21 +30,29 @@ export interface SessionOptions {
   readonly maxMalformed: number
   /** How long recovery waits for the store to catch up with the live stream. */
   readonly recoveryDeadline: Duration.Duration
+  /** Consecutive rate-limited sends before closing with 4029. */
+  readonly maxRateLimited: number
+  /** At most one typing signal per chat in this interval. */
+  readonly typingInterval: Duration.Duration
 }
 
 export const defaultSessionOptions: SessionOptions = {
   authTimeout: Duration.seconds(5),
   maxBufferedBytes: 1024 * 1024,
   maxMalformed: 5,
-  recoveryDeadline: Duration.seconds(3)
+  recoveryDeadline: Duration.seconds(3),
+  maxRateLimited: 10,
+  typingInterval: Duration.seconds(2)
 }
 
 export interface SessionServices {
   readonly accounts: Accounts["Service"]
   readonly chats: Chats["Service"]
+  readonly membership: Membership["Service"]
   readonly ingest: Ingest["Service"]
   readonly history: History["Service"]
   readonly fanout: Fanout["Service"]
+  readonly presence: PresenceTracker["Service"]
 }
 
 /** What the gateway feeds a session: text frames, or a protocol violation it already saw. */
@@ -129,7 +139,7 @@ export const run = Effect.fnUntraced(function* (
       const subscription = subscriptions.get(chatId)
       if (subscription === undefined) return Effect.void
       subscriptions.delete(chatId)
-      return Scope.close(subscription.scope, Cause.Done as any)
+      return Scope.close(subscription.scope, Exit.void).pipe(Effect.andThen(services.presence.leave(user.id, chatId)))
     })
 
   const subscribe = Effect.fnUntraced(function* (
@@ -137,7 +147,7 @@ export const run = Effect.fnUntraced(function* (
     sinceSeq: number | undefined,
     ref: string | undefined
   ) {
-    const role = yield* services.chats.roleOf(chatId, user.id)
+    const role = yield* services.membership.roleOf(chatId, user.id)
     if (role._tag === "None") {
       return yield* send(withRef({ type: "error", code: "not_found", message: `chat ${chatId} not found` }, ref))
     }
@@ -145,6 +155,7 @@ export const run = Effect.fnUntraced(function* (
     const scope = yield* Scope.fork(sessionScope, "sequential")
     const subscription: Subscription = { scope, lastDelivered: 0 }
     subscriptions.set(chatId, subscription)
+    yield* services.presence.join(user.id, chatId)
     // Live first, buffered, so nothing published during recovery is missed.
     const live = yield* services.fanout.subscribe(chatId).pipe(Scope.provide(scope))
     const buffer = yield* Queue.unbounded<FanoutItem, Cause.Done>().pipe(Scope.provide(scope))
@@ -167,6 +178,9 @@ export const run = Effect.fnUntraced(function* (
       } else if (item.from === user.id) {
         // Typing and read signals are for the others.
         return Effect.void
+      } else if (item.from === undefined && endsSubscription(item.frame, user.id)) {
+        // Removed from the chat, or the chat is gone: say so, then stop.
+        return sendText(item.frame).pipe(Effect.andThen(Effect.forkIn(unsubscribe(chatId), sessionScope)), Effect.asVoid)
       }
       return sendText(item.frame)
     }
@@ -250,15 +264,28 @@ export const run = Effect.fnUntraced(function* (
       case "send":
         // Sends run concurrently (the ingest batches them); each answers on its own.
         return services.ingest.send(user.id, frame.chatId, frame.clientMsgId, frame.body).pipe(
+          Effect.tap(() =>
+            Effect.sync(() => {
+              rateLimitedInARow = 0
+            })
+          ),
           Effect.flatMap((accepted) =>
             send(withRef({ type: "ack", clientMsgId: accepted.clientMsgId, id: accepted.id }, frame.ref))
           ),
-          Effect.catch((error) => sendError(error, frame.ref)),
+          Effect.catch((error) =>
+            error._tag === "RateLimited" && ++rateLimitedInARow >= options.maxRateLimited
+              ? close(CloseCode.rateLimited, "rate limited too long")
+              : sendError(error, frame.ref)
+          ),
           Effect.forkIn(sessionScope),
           Effect.asVoid
         )
-      case "typing":
-        return services.chats.roleOf(frame.chatId, user.id).pipe(
+      case "typing": {
+        // Typing is ephemeral: at most one signal per chat per interval.
+        const now = Date.now()
+        if ((lastTyping.get(frame.chatId) ?? 0) + Duration.toMillis(options.typingInterval) > now) return Effect.void
+        lastTyping.set(frame.chatId, now)
+        return services.membership.roleOf(frame.chatId, user.id).pipe(
           Effect.flatMap((role) =>
             role._tag === "None"
               ? send(
@@ -275,6 +302,7 @@ export const run = Effect.fnUntraced(function* (
             CacheError: (error) => Effect.logWarning("typing not published", error)
           })
         )
+      }
       case "read":
         return services.chats.markRead(user.id, frame.chatId, frame.seq).pipe(
           Effect.flatMap(() =>
@@ -295,6 +323,8 @@ export const run = Effect.fnUntraced(function* (
   }
 
   let malformed = 0
+  let rateLimitedInARow = 0
+  const lastTyping = new Map<ChatId, number>()
   const loop = Queue.take(inbound).pipe(
     Effect.flatMap((input) =>
       Effect.gen(function* () {
@@ -322,9 +352,22 @@ export const run = Effect.fnUntraced(function* (
     Effect.forever,
     Effect.catchIf(Cause.isDone, () => Effect.void)
   )
+  // However the session ends, its presence in every chat ends with it.
+  yield* Effect.addFinalizer(() => Effect.forEach([...subscriptions.keys()], unsubscribe, { discard: true }))
   const reader = yield* Effect.forkIn(loop, sessionScope)
   yield* Effect.raceFirst(Fiber.await(reader), Deferred.await(closed))
 })
+
+const Signal = Schema.fromJsonString(
+  Schema.Struct({ type: Schema.Literals(["member_removed", "chat_deleted"]), userId: Schema.optional(Schema.String) })
+)
+const decodeSignal = Schema.decodeUnknownOption(Signal)
+
+/** Whether a membership signal ends this user's subscription to the chat. */
+const endsSubscription = (frame: string, userId: string) => {
+  const signal = Option.getOrUndefined(decodeSignal(frame))
+  return signal !== undefined && (signal.type === "chat_deleted" || signal.userId === userId)
+}
 
 /** The `ref` of a frame that failed to decode, so its error can still answer it. */
 const decodeRef = Schema.decodeUnknownOption(Schema.fromJsonString(Schema.Struct({ ref: Schema.String })))

@@ -37,6 +37,7 @@ import {
   ConflictWire,
   ForbiddenWire,
   NotFoundWire,
+  RateLimitedWire,
   UnauthorizedWire,
   UnavailableWire
 } from "../schema/Errors.ts"
@@ -72,12 +73,12 @@ export class AuthApi extends HttpApiGroup.make("auth")
     HttpApiEndpoint.post("register", "/register", {
       payload: RegisterRequest,
       success: Session.pipe(HttpApiSchema.status(201)),
-      error: [BadRequestWire, ConflictWire, UnavailableWire]
+      error: [BadRequestWire, ConflictWire, RateLimitedWire, UnavailableWire]
     }),
     HttpApiEndpoint.post("login", "/login", {
       payload: LoginRequest,
       success: Session,
-      error: [BadRequestWire, UnauthorizedWire, UnavailableWire]
+      error: [BadRequestWire, UnauthorizedWire, RateLimitedWire, UnavailableWire]
     }),
     HttpApiEndpoint.post("refresh", "/refresh", {
       payload: RefreshRequest,
@@ -174,7 +175,7 @@ export class MessagesApi extends HttpApiGroup.make("messages")
       params: chatParams,
       payload: PostMessageRequest,
       success: PostMessageAccepted.pipe(HttpApiSchema.status(202)),
-      error: [BadRequestWire, NotFoundWire, UnavailableWire]
+      error: [BadRequestWire, NotFoundWire, RateLimitedWire, UnavailableWire]
     }),
     HttpApiEndpoint.post("read", "/:chatId/read", {
       params: chatParams,

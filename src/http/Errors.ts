@@ -68,6 +68,7 @@ export const normalizeErrors = HttpRouter.middleware(
           )
         })
       )
+      if (response.status === 429) return moveRetryAfter(response)
       // HttpApi answers some failures itself: 415 as text, its own 400/413
       // with an empty body. Every error leaves in the contract's shape.
       if (response.status >= 400 && !isJson(response)) {
@@ -78,6 +79,18 @@ export const normalizeErrors = HttpRouter.middleware(
   ),
   { global: true }
 )
+
+/** A 429 leaves with `Retry-After` and the plain error body (see RateLimitedWire). */
+const moveRetryAfter = (response: HttpServerResponse.HttpServerResponse) => {
+  if (response.body._tag !== "Uint8Array") return response
+  const body = JSON.parse(new TextDecoder().decode(response.body.body)) as {
+    error: { code: string; message: string; retryAfter?: number }
+  }
+  const retryAfter = Math.max(1, Math.ceil(body.error.retryAfter ?? 1))
+  return errorResponse(429, "rate_limited", body.error.message).pipe(
+    HttpServerResponse.setHeader("retry-after", String(retryAfter))
+  )
+}
 
 const isJson = (response: HttpServerResponse.HttpServerResponse) =>
   response.body._tag !== "Empty" && (response.body.contentType ?? "").startsWith("application/json")

@@ -12,10 +12,12 @@ import { Cause, Context, Effect, FiberSet, Layer, Queue } from "effect"
 import type { IncomingMessage, Server } from "node:http"
 import type { Duplex } from "node:stream"
 import { WebSocketServer } from "ws"
+import { PresenceTracker } from "../actors/PresenceTracker.ts"
 import * as Session from "../actors/Session.ts"
 import { CloseCode, MaxFrameBytes } from "../schema/Protocol.ts"
 import { Accounts } from "../state/Accounts.ts"
 import { Chats } from "../state/Chats.ts"
+import { Membership } from "../state/Membership.ts"
 import { Fanout } from "../streams/Fanout.ts"
 import { History } from "../streams/History.ts"
 import { Ingest } from "../streams/Ingest.ts"
@@ -37,9 +39,11 @@ export class Gateway extends Context.Service<
         const services: Session.SessionServices = {
           accounts: yield* Accounts,
           chats: yield* Chats,
+          membership: yield* Membership,
           ingest: yield* Ingest,
           history: yield* History,
-          fanout: yield* Fanout
+          fanout: yield* Fanout,
+          presence: yield* PresenceTracker
         }
         const wss = new WebSocketServer({ noServer: true, maxPayload: MaxFrameBytes })
         const fibers = yield* FiberSet.make<void>()

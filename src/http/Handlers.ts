@@ -2,16 +2,21 @@
  * The HttpApi handlers: thin translations from the HTTP contract to the
  * state services (src/state), whose typed errors are the contract's errors.
  */
-import { Effect, Layer, Redacted } from "effect"
+import { Effect, Layer, Option, Redacted } from "effect"
+import type { HttpServerRequest } from "effect/http"
 import { HttpApiBuilder } from "effect/http-api"
 import { Unavailable } from "../schema/Errors.ts"
 import { Accounts } from "../state/Accounts.ts"
 import { Chats } from "../state/Chats.ts"
+import { RateLimits } from "../state/RateLimits.ts"
 import { Api, Authentication, CurrentUser } from "./Api.ts"
 import { Readiness } from "./Readiness.ts"
 import { Fanout } from "../streams/Fanout.ts"
 import { History } from "../streams/History.ts"
 import { Ingest } from "../streams/Ingest.ts"
+
+/** The client's address for per-address limits (the socket peer; no proxy headers are trusted). */
+const addressOf = (request: HttpServerRequest.HttpServerRequest) => Option.getOrElse(request.remoteAddress, () => "unknown")
 
 /** At most this many users answer a search (PROTOCOL.md). */
 const SearchLimit = 20
@@ -34,9 +39,15 @@ const AuthHandlers = HttpApiBuilder.group(
   "auth",
   Effect.fn(function* (handlers) {
     const accounts = yield* Accounts
+    const limits = yield* RateLimits
     return handlers.handleAll({
-      register: ({ payload }) => accounts.register(payload),
-      login: ({ payload }) => accounts.login(payload.username, payload.password),
+      register: ({ payload, request }) =>
+        limits.take("register", addressOf(request)).pipe(Effect.andThen(accounts.register(payload))),
+      login: ({ payload, request }) =>
+        limits.take("loginAddress", addressOf(request)).pipe(
+          Effect.andThen(limits.take("loginUser", payload.username)),
+          Effect.andThen(accounts.login(payload.username, payload.password))
+        ),
       refresh: ({ payload }) => accounts.refresh(payload.refreshToken),
       logout: ({ payload }) => accounts.logout(payload.refreshToken)
     })

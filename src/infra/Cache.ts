@@ -29,6 +29,12 @@ export class Cache extends Context.Service<
   {
     readonly get: (key: string) => Effect.Effect<string | undefined, CacheError>
     readonly set: (key: string, value: string, ttl: Duration.Input) => Effect.Effect<void, CacheError>
+    /**
+     * Sets the key only when it is absent; answers whether it did. Cache-aside
+     * readers fill with this, so a value read from the database before an
+     * invalidation cannot overwrite what the invalidator wrote after it.
+     */
+    readonly setIfAbsent: (key: string, value: string, ttl: Duration.Input) => Effect.Effect<boolean, CacheError>
     readonly delete: (keys: ReadonlyArray<string>) => Effect.Effect<void, CacheError>
     /** Atomically takes one token from the bucket at `key` (created full). */
     readonly take: (key: string, bucket: TokenBucket) => Effect.Effect<TakeResult, CacheError>

@@ -31,6 +31,9 @@
  * group (its session expired) loses its claims: their records end and their
  * commits fail, since another member may already own the partitions.
  *
+ * Tail: a throwaway consumer group per call that seeks each non-empty
+ * partition to its last offset, reads one record there and leaves (`tail`).
+ *
  * Back-pressure: `eachBatch` only buffers a fetched batch and returns; a
  * claim whose buffer is over its high-water mark has its partition paused,
  * and resumed once the handler has pulled it down. (Blocking inside
@@ -96,9 +99,15 @@ export interface KafkaEventLogOptions {
   readonly partitions?: number | undefined
   /** Longest a fetch waits for records; also bounds how late a resumed partition is fetched (default 500ms). */
   readonly maxWaitTimeMs?: number | undefined
+  /** How long `tail` may take to join its throwaway group and read the last records (default 30s). */
+  readonly tailTimeout?: Duration.Input | undefined
 }
 
 const protocolName = "harmony-handover"
+/** The assignment protocol of `tail`'s throwaway groups (one member, given exactly the partitions to read). */
+const tailProtocolName = "harmony-tail"
+/** How long `tail` waits for its throwaway consumer to leave, and for its group's deletion. */
+const tailCleanupTimeout = Duration.seconds(10)
 const releasePrefix = "harmony:released:"
 const maxChunk = 512
 /** A claim's buffer above this many records pauses its partition... */
@@ -270,6 +279,8 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
     const drainTimeout = Duration.fromInputUnsafe(options.drainTimeout ?? Duration.seconds(30))
     const handoverTimeout = Duration.sum(drainTimeout, Duration.seconds(30))
     const implicitPartitions = options.partitions ?? 8
+    const tailTimeout = Duration.fromInputUnsafe(options.tailTimeout ?? Duration.seconds(30))
+    const clientId = options.clientId ?? "harmony"
     const maxWaitTime = options.maxWaitTimeMs ?? 500
     const brokers = [...options.brokers]
     const where = `Kafka at ${brokers.join(",")}`
@@ -278,7 +289,7 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
     const runDetached = Effect.runForkWith(services)
     const kafka = new Kafka({
       brokers,
-      clientId: options.clientId ?? "harmony",
+      clientId,
       connectionTimeout: 3_000,
       retry: kafkaRetry,
       // kafkajs logs its retries and rebalances at error level as a matter of
@@ -950,7 +961,165 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
         )
       })
 
-    return EventLog.of({ createTopic, produce, consume, ping })
+    /**
+     * Reads the record at `offsets[partition]` of each listed partition.
+     * kafkajs reads only as a member of a consumer group, so this joins a
+     * throwaway group of its own (a fresh id, so it is the only member, and an
+     * assigner that gives it exactly the listed partitions), seeks each
+     * partition to its offset, keeps the record found there and pauses the
+     * partition, and leaves once it has one record per partition. Nothing is
+     * committed; the group is deleted afterwards so such groups do not pile
+     * up on the coordinator.
+     */
+    const readAt = (topic: string, offsets: ReadonlyMap<number, number>) =>
+      Effect.gen(function* () {
+        const group = `${clientId}-tail-${randomUUID()}`
+        const describe = `the tail of ${topic} (throwaway group ${group})`
+        const partitions = [...offsets.keys()].sort((a, b) => a - b)
+        const found = new Map<number, LogRecord>()
+        const done = yield* Deferred.make<void, EventLogError>()
+
+        const assigner: PartitionAssigner = () => ({
+          name: tailProtocolName,
+          version: 1,
+          protocol: ({ topics }) => ({
+            name: tailProtocolName,
+            metadata: AssignerProtocol.MemberMetadata.encode({ version: 1, topics, userData: Buffer.alloc(0) })
+          }),
+          assign: async ({ members }) =>
+            members.map((member, index) => ({
+              memberId: member.memberId,
+              memberAssignment: AssignerProtocol.MemberAssignment.encode({
+                version: 1,
+                assignment: index === 0 ? { [topic]: partitions } : {},
+                userData: Buffer.alloc(0)
+              })
+            }))
+        })
+
+        const consumer: Consumer = kafka.consumer({
+          groupId: group,
+          partitionAssigners: [assigner],
+          sessionTimeout,
+          rebalanceTimeout,
+          heartbeatInterval,
+          maxWaitTimeInMs: maxWaitTime,
+          allowAutoTopicCreation: false,
+          // A crash fails the read (below) rather than rejoining the group.
+          retry: { ...kafkaRetry, restartOnFailure: async () => false }
+        })
+
+        const fail = (message: string, cause?: unknown): void => {
+          Deferred.doneUnsafe(done, Effect.fail(new EventLogError({ message: `${describe}: ${message}`, cause })))
+        }
+
+        consumer.on(consumer.events.GROUP_JOIN, (event) => {
+          try {
+            for (const partition of event.payload.memberAssignment[topic] ?? []) {
+              const offset = offsets.get(partition)
+              if (offset !== undefined && !found.has(partition)) {
+                consumer.seek({ topic, partition, offset: String(offset) })
+              }
+            }
+          } catch (error) {
+            fail(`seeking: ${describeError(error)}`, error)
+          }
+        })
+        consumer.on(consumer.events.CRASH, (event) => fail(`the consumer crashed (${describeError(event.payload.error)})`, event.payload.error))
+
+        const eachBatch = async ({ batch }: EachBatchPayload): Promise<void> => {
+          const offset = offsets.get(batch.partition)
+          if (offset === undefined || found.has(batch.partition)) return
+          // Records produced after the offsets were read come later in the batch; only the one at `offset` counts.
+          const message = batch.messages.find((m) => Number(m.offset) === offset)
+          if (message === undefined) return
+          found.set(batch.partition, toLogRecord(topic, batch.partition, message))
+          try {
+            consumer.pause([{ topic, partitions: [batch.partition] }])
+          } catch {
+            // Only saves fetches; the read is complete either way.
+          }
+          if (found.size === offsets.size) Deferred.doneUnsafe(done, Effect.void)
+        }
+
+        const deleteGroup = attempt(`deleting ${describe}`, () => admin.deleteGroups([group])).pipe(
+          Effect.catch((error) => Effect.logWarning(error.message))
+        )
+        yield* Effect.acquireRelease(
+          attempt(`connecting the consumer of ${describe} to ${where}`, () => consumer.connect()).pipe(
+            Effect.onError(() => disconnect(`consumer of ${describe}`, consumer))
+          ),
+          () =>
+            // Leaves the group first: a group with a member cannot be deleted.
+            disconnect(`consumer of ${describe}`, consumer).pipe(
+              Effect.andThen(deleteGroup),
+              Effect.timeoutOrElse({
+                duration: tailCleanupTimeout,
+                orElse: () =>
+                  Effect.logWarning(`${describe}: cleaning up took longer than ${Duration.format(tailCleanupTimeout)}`)
+              })
+            )
+        )
+        yield* Effect.gen(function* () {
+          yield* attempt(`subscribing the consumer of ${describe}`, () => consumer.subscribe({ topic }))
+          yield* attempt(`running the consumer of ${describe}`, () =>
+            consumer.run({ autoCommit: false, partitionsConsumedConcurrently: partitions.length, eachBatch })
+          )
+          yield* Deferred.await(done)
+        }).pipe(
+          Effect.timeoutOrElse({
+            duration: tailTimeout,
+            orElse: () =>
+              Effect.fail(
+                new EventLogError({
+                  message: `${describe}: read ${found.size} of ${offsets.size} last records within ${Duration.format(tailTimeout)}`
+                })
+              )
+          })
+        )
+        return partitions.map((partition) => found.get(partition)!)
+      }).pipe(Effect.scoped)
+
+    /**
+     * The last record of each non-empty partition: the high watermark (the
+     * offset the next record will get) and the low one (the first offset
+     * retention kept) from the admin client, then the record at high - 1 of
+     * every partition with high > low. The answer is the tail as of that
+     * offset read; records produced meanwhile are ignored.
+     *
+     * Edge cases this adapter's own topics never meet (its producer is
+     * idempotent but not transactional, and it creates no compacted topics),
+     * which would make the read fail at `tailTimeout` rather than answer:
+     * - A transactional producer's commit or abort marker takes an offset
+     *   of its own, so high - 1 can be a marker (or an aborted record) that
+     *   the read-committed consumer never delivers; and while a transaction
+     *   is open, the last stable offset lags the high watermark, so the
+     *   fetch does not reach high - 1 at all. Answering the last committed
+     *   record would mean reading backwards from high - 1.
+     * - Compaction keeps the newest record of every key, and high - 1 is the
+     *   newest of its key, so it survives; only a tombstone past
+     *   delete.retention.ms in a rolled segment can vanish.
+     * - Retention deleting the whole partition between the offset read and
+     *   the fetch (the fetch goes out of range).
+     */
+    const tail = (topic: string): Effect.Effect<ReadonlyArray<LogRecord>, EventLogError> =>
+      Effect.gen(function* () {
+        if (topic === "") return yield* new EventLogError({ message: "topic name must not be empty" })
+        // Listing, not describing: kafkajs retries a missing topic's metadata for seconds.
+        const topics = yield* attempt(`listing the topics on ${where}`, () => admin.listTopics())
+        if (!topics.includes(topic)) return []
+        const watermarks = yield* attempt(`reading the offsets of ${topic} on ${where}`, () =>
+          admin.fetchTopicOffsets(topic)
+        )
+        const last = new Map<number, number>()
+        for (const { partition, high, low } of watermarks) {
+          if (Number(high) > Number(low)) last.set(partition, Number(high) - 1)
+        }
+        if (last.size === 0) return []
+        return yield* readAt(topic, last)
+      })
+
+    return EventLog.of({ createTopic, produce, consume, tail, ping })
   })
 
 /** The EventLog on Kafka: an admin client and one idempotent producer for the layer's lifetime. */

@@ -1,8 +1,10 @@
 /**
- * The Cache and PubSub ports in-process, for embedded mode: one node, so the
- * "shared" state is this process's memory. Semantics match Redis.ts (both pass
- * test/contract/Cache.contract.ts): TTLs and token buckets on the Clock,
- * pub/sub ref-counted per channel with per-subscriber sliding buffers.
+ * The Cache, PubSub and Presence ports in-process, for embedded mode: one
+ * node, so the "shared" state is this process's memory. Semantics match
+ * Redis.ts (both pass test/contract/Cache.contract.ts and
+ * test/contract/Presence.contract.ts): TTLs, token buckets and presence
+ * heartbeats on the Clock, pub/sub ref-counted per channel with
+ * per-subscriber sliding buffers.
  *
  * The channel fan-out and the argument checks are exported for Redis.ts, which
  * layers one Redis SUBSCRIBE per channel on the same fan-out.
@@ -11,6 +13,7 @@ import { Clock, Duration, Effect, Layer, Option, Queue, RcMap, Schedule, Stream 
 import type { Cause, Scope } from "effect"
 import { Cache, CacheError } from "./Cache.ts"
 import type { TakeResult, TokenBucket } from "./Cache.ts"
+import { Presence } from "./Presence.ts"
 import { PubSub } from "./PubSub.ts"
 
 /**
@@ -196,6 +199,18 @@ const makeCache = Effect.gen(function* () {
     entries.set(key, { value, expiresAt: (yield* Clock.currentTimeMillis) + millis })
   })
 
+  // One synchronous step after the TTL check: atomic on the single-threaded
+  // runtime, so of concurrent callers exactly one sees the key absent.
+  const setIfAbsent = Effect.fnUntraced(function* (key: string, value: string, ttl: Duration.Input) {
+    const millis = yield* ttlMillis(ttl)
+    const now = yield* Clock.currentTimeMillis
+    const entry = entries.get(key)
+    // An expired entry is absent, as it is to get.
+    if (entry !== undefined && entry.expiresAt > now) return false
+    entries.set(key, { value, expiresAt: now + millis })
+    return true
+  })
+
   const del = (keys: ReadonlyArray<string>) =>
     Effect.sync(() => {
       for (const key of keys) {
@@ -228,7 +243,7 @@ const makeCache = Effect.gen(function* () {
     return result
   })
 
-  return Cache.of({ get, set, delete: del, take, ping: Effect.void })
+  return Cache.of({ get, set, setIfAbsent, delete: del, take, ping: Effect.void })
 })
 
 const makePubSub = Effect.gen(function* () {
@@ -242,7 +257,73 @@ const makePubSub = Effect.gen(function* () {
   })
 })
 
-export const layer: Layer.Layer<Cache | PubSub> = Layer.mergeAll(
+/**
+ * Presence as chat -> user -> node -> expiry (ms, on the Clock), the same
+ * model as the Lua scripts in Redis.ts: a user is online in a chat while any
+ * node's heartbeat for them there has not expired. Expired heartbeats are
+ * dropped whenever their user is looked at, and by a periodic sweep.
+ */
+const makePresence = Effect.gen(function* () {
+  const chats = new Map<string, Map<string, Map<string, number>>>()
+
+  /** The user's unexpired heartbeats in the chat, or undefined (their entry removed) when none is left. */
+  const live = (chatId: string, userId: string, now: number): Map<string, number> | undefined => {
+    const users = chats.get(chatId)
+    const nodes = users?.get(userId)
+    if (users === undefined || nodes === undefined) return undefined
+    for (const [node, expiresAt] of nodes) if (expiresAt <= now) nodes.delete(node)
+    if (nodes.size > 0) return nodes
+    users.delete(userId)
+    if (users.size === 0) chats.delete(chatId)
+    return undefined
+  }
+
+  const sweep = Effect.gen(function* () {
+    const now = yield* Clock.currentTimeMillis
+    for (const [chatId, users] of chats) for (const userId of users.keys()) live(chatId, userId, now)
+  })
+  yield* Effect.forkScoped(Effect.repeat(sweep, Schedule.spaced(sweepInterval)))
+
+  const enter = Effect.fnUntraced(function* (
+    nodeId: string,
+    userId: string,
+    chatIds: ReadonlyArray<string>,
+    ttl: Duration.Input
+  ) {
+    const millis = yield* ttlMillis(ttl)
+    const now = yield* Clock.currentTimeMillis
+    const joined: Array<string> = []
+    for (const chatId of new Set(chatIds)) {
+      const before = live(chatId, userId, now)
+      if (before === undefined) joined.push(chatId)
+      let users = chats.get(chatId)
+      if (users === undefined) chats.set(chatId, (users = new Map()))
+      const nodes = before ?? new Map<string, number>()
+      users.set(userId, nodes)
+      // The latest heartbeat sets the expiry, even when it is sooner than the last one.
+      nodes.set(nodeId, now + millis)
+    }
+    return joined as ReadonlyArray<string>
+  })
+
+  const leave = Effect.fnUntraced(function* (nodeId: string, userId: string, chatId: string) {
+    const now = yield* Clock.currentTimeMillis
+    chats.get(chatId)?.get(userId)?.delete(nodeId)
+    return live(chatId, userId, now) === undefined
+  })
+
+  const online = Effect.fnUntraced(function* (chatId: string) {
+    const now = yield* Clock.currentTimeMillis
+    const users = chats.get(chatId)
+    if (users === undefined) return [] as ReadonlyArray<string>
+    return [...users.keys()].filter((userId) => live(chatId, userId, now) !== undefined) as ReadonlyArray<string>
+  })
+
+  return Presence.of({ enter, leave, online })
+})
+
+export const layer: Layer.Layer<Cache | PubSub | Presence> = Layer.mergeAll(
   Layer.effect(Cache, makeCache),
-  Layer.effect(PubSub, makePubSub)
+  Layer.effect(PubSub, makePubSub),
+  Layer.effect(Presence, makePresence)
 )

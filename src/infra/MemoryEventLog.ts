@@ -353,7 +353,16 @@ export const make = (options?: MemoryEventLogOptions): EventLog["Service"] => {
       yield* rebalance(group, { joined: member })
     })
 
-  return EventLog.of({ createTopic, produce, consume, ping: Effect.void })
+  const tail = (name: string): Effect.Effect<ReadonlyArray<LogRecord>, EventLogError> =>
+    Effect.suspend(() => {
+      if (name === "") return invalid("topic name must not be empty")
+      // Only reads: an unknown topic is not created, unlike produce and consume.
+      const topic = topics.get(name)
+      if (topic === undefined) return Effect.succeed([])
+      return Effect.succeed(topic.partitions.flatMap((partition) => partition.records.slice(-1)))
+    })
+
+  return EventLog.of({ createTopic, produce, consume, tail, ping: Effect.void })
 }
 
 /** The in-process EventLog; each use of the layer is a separate, empty log. */

@@ -5,10 +5,12 @@
 import { Schema } from "effect"
 
 /** Text Postgres can store: no NUL characters. */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: finding NUL is the point
 export const isStorableText = Schema.isPattern(/^[^\u0000]*$/, { message: "must not contain NUL characters" })
 
 /** An id: 1 to 128 characters, no control characters. */
 const Id = Schema.String.check(
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: excluding control characters is the point
   Schema.isPattern(/^[^\u0000-\u001f\u007f]{1,128}$/, { message: "an id is 1 to 128 printable characters" })
 )
 

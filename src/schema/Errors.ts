@@ -115,3 +115,24 @@ export const ForbiddenWire = wire(Forbidden, "Forbidden", Forbidden.code, Forbid
 export const NotFoundWire = wire(NotFound, "NotFound", NotFound.code, NotFound.status)
 export const ConflictWire = wire(Conflict, "Conflict", Conflict.code, Conflict.status)
 export const UnavailableWire = wire(Unavailable, "Unavailable", Unavailable.code, Unavailable.status)
+
+/**
+ * 429: the body carries `retryAfter` (seconds) only on its way out of the
+ * handler — the HTTP error middleware moves it into the `Retry-After` header,
+ * so clients see the usual `{"error":{"code","message"}}`.
+ */
+export const RateLimitedWire = Schema.Struct({
+  error: Schema.Struct({ code: Schema.Literal("rate_limited"), message: Schema.String, retryAfter: Schema.Int })
+}).pipe(
+  Schema.decodeTo(
+    RateLimited,
+    SchemaTransformation.transform<
+      (typeof RateLimited)["Encoded"],
+      { readonly error: { readonly code: "rate_limited"; readonly message: string; readonly retryAfter: number } }
+    >({
+      decode: ({ error }) => ({ _tag: "RateLimited", message: error.message, retryAfterSeconds: error.retryAfter }),
+      encode: (e) => ({ error: { code: "rate_limited", message: e.message, retryAfter: e.retryAfterSeconds } })
+    })
+  ),
+  HttpApiSchema.status(RateLimited.status)
+)

@@ -14,7 +14,8 @@ export const ChatCreated = Schema.TaggedStruct("chat.created", {
   memberIds: Schema.Array(UserId)
 })
 export const ChatRenamed = Schema.TaggedStruct("chat.renamed", { chatId: ChatId, name: Schema.String })
-export const ChatDeleted = Schema.TaggedStruct("chat.deleted", { chatId: ChatId })
+/** `memberIds`: the members at deletion, whose cached memberships end with it. */
+export const ChatDeleted = Schema.TaggedStruct("chat.deleted", { chatId: ChatId, memberIds: Schema.Array(UserId) })
 export const ChatOwnerChanged = Schema.TaggedStruct("chat.owner_changed", { chatId: ChatId, ownerId: UserId })
 export const MemberAdded = Schema.TaggedStruct("member.added", { chatId: ChatId, userId: UserId })
 export const MemberRemoved = Schema.TaggedStruct("member.removed", { chatId: ChatId, userId: UserId })

@@ -147,7 +147,7 @@ export class Chats extends Context.Service<
             const heir = heirs[0]
             if (heir === undefined) {
               yield* sql`DELETE FROM chats WHERE id = ${chatId}`
-              events.push({ _tag: "chat.deleted", chatId })
+              events.push({ _tag: "chat.deleted", chatId, memberIds: [] })
             } else {
               yield* sql`UPDATE memberships SET role = 'owner' WHERE chat_id = ${chatId} AND user_id = ${heir.user_id}`
               yield* sql`UPDATE chats SET owner_id = ${heir.user_id} WHERE id = ${chatId}`
@@ -157,7 +157,7 @@ export class Chats extends Context.Service<
             const left = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM memberships WHERE chat_id = ${chatId}`
             if (left[0]!.n === 0) {
               yield* sql`DELETE FROM chats WHERE id = ${chatId}`
-              events.push({ _tag: "chat.deleted", chatId })
+              events.push({ _tag: "chat.deleted", chatId, memberIds: [] })
             }
           }
           yield* outbox.append(events)
@@ -229,8 +229,10 @@ export class Chats extends Context.Service<
           Effect.gen(function* () {
             const { role } = yield* lockAs(chatId, callerId)
             if (role !== "owner") return yield* new Forbidden({ message: "only the owner may delete a chat" })
+            const members = yield* sql<{ user_id: UserId }>`
+              DELETE FROM memberships WHERE chat_id = ${chatId} RETURNING user_id`
             yield* sql`DELETE FROM chats WHERE id = ${chatId}`
-            yield* outbox.append([{ _tag: "chat.deleted", chatId }])
+            yield* outbox.append([{ _tag: "chat.deleted", chatId, memberIds: members.map((m) => m.user_id) }])
           })
         )
       }, orUnavailable)

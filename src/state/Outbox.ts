@@ -11,6 +11,9 @@ import { aggregateOf, EventVersion, StateEvent } from "../schema/Events.ts"
 
 const encodeEvent = Schema.encodeSync(StateEvent)
 
+/** The NOTIFY channel an outbox append signals on. */
+export const OutboxChannel = "harmony_outbox"
+
 export class Outbox extends Context.Service<
   Outbox,
   {
@@ -35,6 +38,8 @@ export class Outbox extends Context.Service<
             created_at: now
           }))
         )}`
+        // Delivered at commit: wakes the outbox relay (it polls as well).
+        yield* sql`SELECT pg_notify(${OutboxChannel}, '')`
       })
       return Outbox.of({ append })
     })

@@ -9,7 +9,7 @@ import { LocalActors } from "../actors/ActorRegistry.ts"
 import { MessageStore, type MessageStoreError } from "../infra/MessageStore.ts"
 import type { ChatId, Message, UserId } from "../schema/Domain.ts"
 import { NotFound, Unavailable } from "../schema/Errors.ts"
-import { Chats } from "../state/Chats.ts"
+import { Membership } from "../state/Membership.ts"
 
 export interface PageRequest {
   readonly before?: number | undefined
@@ -53,11 +53,11 @@ export class History extends Context.Service<
     History,
     Effect.gen(function* () {
       const store = yield* MessageStore
-      const chats = yield* Chats
+      const membership = yield* Membership
       const local = yield* LocalActors
 
       const page = Effect.fn("History.page")(function* (callerId: UserId, chatId: ChatId, request: PageRequest) {
-        const role = yield* chats.roleOf(chatId, callerId)
+        const role = yield* membership.roleOf(chatId, callerId)
         if (role._tag === "None") return yield* new NotFound({ message: `chat ${chatId} not found` })
         // `after` pages forward, oldest first; otherwise pages back from
         // `before` (or from the newest message), newest first.

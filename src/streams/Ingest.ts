@@ -5,12 +5,14 @@
  * together: while one produce is in flight, the next ones gather into the
  * following batch, so throughput does not pay one round trip per message.
  */
-import { Clock, Context, Deferred, Effect, Exit, Layer, Queue } from "effect"
+import { Clock, Context, Deferred, Effect, Exit, Layer, Metric, Queue } from "effect"
+import { messagesAccepted } from "../Metrics.ts"
 import { EventLog, type EventLogError, type ProduceRecord } from "../infra/EventLog.ts"
 import type { ChatId, MessageId, UserId } from "../schema/Domain.ts"
-import { NotFound, Unavailable } from "../schema/Errors.ts"
+import { NotFound, type RateLimited, Unavailable } from "../schema/Errors.ts"
 import { encodeSendRecord, messageIdOf } from "../schema/Records.ts"
-import { Chats } from "../state/Chats.ts"
+import { Membership } from "../state/Membership.ts"
+import { RateLimits } from "../state/RateLimits.ts"
 import { MessagesTopic } from "./Topics.ts"
 
 export interface Accepted {
@@ -34,14 +36,15 @@ export class Ingest extends Context.Service<
       chatId: ChatId,
       clientMsgId: string,
       body: string
-    ) => Effect.Effect<Accepted, NotFound | Unavailable>
+    ) => Effect.Effect<Accepted, NotFound | RateLimited | Unavailable>
   }
 >()("harmony/streams/Ingest") {
   static readonly layer = Layer.effect(
     Ingest,
     Effect.gen(function* () {
       const log = yield* EventLog
-      const chats = yield* Chats
+      const membership = yield* Membership
+      const limits = yield* RateLimits
       const queue = yield* Queue.unbounded<Pending>()
 
       yield* Queue.takeBetween(queue, 1, MaxBatch).pipe(
@@ -69,7 +72,8 @@ export class Ingest extends Context.Service<
         clientMsgId: string,
         body: string
       ) {
-        const role = yield* chats.roleOf(chatId, authorId)
+        yield* limits.take("send", authorId)
+        const role = yield* membership.roleOf(chatId, authorId)
         if (role._tag === "None") return yield* new NotFound({ message: `chat ${chatId} not found` })
         const id = messageIdOf(chatId, authorId, clientMsgId)
         const sentAt = new Date(yield* Clock.currentTimeMillis).toISOString()
@@ -85,6 +89,7 @@ export class Ingest extends Context.Service<
             )
           )
         )
+        yield* Metric.update(messagesAccepted, 1)
         return { id, clientMsgId }
       })
 

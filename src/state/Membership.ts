@@ -1,0 +1,73 @@
+/**
+ * Membership lookups for the hot paths (every send, subscribe, typing), with
+ * the cache in front of Postgres: cache-aside, negative answers too, the TTL
+ * only as a backstop — the cache invalidator writes the fresh answer when a
+ * membership changes. Readers fill with set-if-absent, so an answer read
+ * before a change cannot overwrite the one written after it. When the cache
+ * is down, lookups go to Postgres: degraded, never wrong.
+ */
+import { Context, Duration, Effect, Layer, Metric, Option } from "effect"
+import { Cache, type CacheError } from "../infra/Cache.ts"
+import { cacheLookups } from "../Metrics.ts"
+import type { ChatId, Role, UserId } from "../schema/Domain.ts"
+import type { Unavailable } from "../schema/Errors.ts"
+import { Chats } from "./Chats.ts"
+
+export const roleKey = (chatId: string, userId: string) => `harmony:role:${chatId}:${userId}`
+const NotMember = "-"
+export const MembershipTtl = Duration.minutes(10)
+
+const encode = (role: Option.Option<Role>) => (role._tag === "Some" ? role.value : NotMember)
+const decode = (value: string): Option.Option<Role> | undefined =>
+  value === NotMember
+    ? Option.none()
+    : value === "owner" || value === "admin" || value === "member"
+      ? Option.some(value)
+      : undefined
+
+export class Membership extends Context.Service<
+  Membership,
+  {
+    readonly roleOf: (chatId: ChatId, userId: UserId) => Effect.Effect<Option.Option<Role>, Unavailable>
+    /** Writes the current answer from Postgres into the cache (the invalidator's job; it retries failures). */
+    readonly refresh: (chatId: ChatId, userId: UserId) => Effect.Effect<void, Unavailable | CacheError>
+  }
+>()("harmony/state/Membership") {
+  static readonly layer = Layer.effect(
+    Membership,
+    Effect.gen(function* () {
+      const cache = yield* Cache
+      const chats = yield* Chats
+
+      const roleOf = Effect.fn("Membership.roleOf")(function* (chatId: ChatId, userId: UserId) {
+        const key = roleKey(chatId, userId)
+        const cached = yield* cache.get(key).pipe(
+          Effect.map((value) => (value === undefined ? undefined : decode(value))),
+          Effect.catchTag("CacheError", (error) =>
+            Effect.logWarning("membership cache unavailable; reading Postgres", error).pipe(
+              Effect.andThen(Metric.update(Metric.withAttributes(cacheLookups, { result: "error" }), 1)),
+              Effect.as(undefined)
+            )
+          )
+        )
+        if (cached !== undefined) {
+          yield* Metric.update(Metric.withAttributes(cacheLookups, { result: "hit" }), 1)
+          return cached
+        }
+        yield* Metric.update(Metric.withAttributes(cacheLookups, { result: "miss" }), 1)
+        const role = yield* chats.roleOf(chatId, userId)
+        yield* cache
+          .setIfAbsent(key, encode(role), MembershipTtl)
+          .pipe(Effect.catchTag("CacheError", (error) => Effect.logDebug("membership not cached", error)))
+        return role
+      })
+
+      const refresh = Effect.fn("Membership.refresh")(function* (chatId: ChatId, userId: UserId) {
+        const role = yield* chats.roleOf(chatId, userId)
+        yield* cache.set(roleKey(chatId, userId), encode(role), MembershipTtl)
+      })
+
+      return Membership.of({ roleOf, refresh })
+    })
+  )
+}
