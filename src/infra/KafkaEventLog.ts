@@ -149,6 +149,16 @@ const errorTypes = (error: unknown): Array<string> => {
 const isRebalancing = (error: EventLogError): boolean =>
   errorTypes(error.cause).some((type) => ["REBALANCE_IN_PROGRESS", "ILLEGAL_GENERATION"].includes(type))
 
+/** Whether kafkajs marked the error (or one in its cause chain) as worth retrying, such as NOT_LEADER_FOR_PARTITION. */
+const isRetriable = (error: EventLogError): boolean => {
+  let current: unknown = error.cause
+  for (let depth = 0; current !== undefined && current !== null && depth < 4; depth++) {
+    if ((current as { retriable?: unknown }).retriable === true) return true
+    current = (current as { cause?: unknown }).cause
+  }
+  return false
+}
+
 const attempt = <A>(what: string, run: () => Promise<A>): Effect.Effect<A, EventLogError> =>
   Effect.tryPromise({
     try: run,
@@ -1025,7 +1035,9 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
             fail(`seeking: ${describeError(error)}`, error)
           }
         })
-        consumer.on(consumer.events.CRASH, (event) => fail(`the consumer crashed (${describeError(event.payload.error)})`, event.payload.error))
+        consumer.on(consumer.events.CRASH, (event) =>
+          fail(`the consumer crashed (${describeError(event.payload.error)})`, event.payload.error)
+        )
 
         const eachBatch = async ({ batch }: EachBatchPayload): Promise<void> => {
           const offset = offsets.get(batch.partition)
@@ -1042,7 +1054,17 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
           if (found.size === offsets.size) Deferred.doneUnsafe(done, Effect.void)
         }
 
-        const deleteGroup = attempt(`deleting ${describe}`, () => admin.deleteGroups([group])).pipe(
+        /** `consumer.run`, which settles once the consumer has joined (or failed to). */
+        let running: Promise<void> | undefined
+        const cleanup = Effect.promise(async () => {
+          // A timeout can interrupt the wait for `run` but not kafkajs's join:
+          // disconnecting mid-join would leave a member that joins afterwards
+          // and keeps fetching, so the join is let finish first.
+          await running?.catch(() => undefined)
+        }).pipe(
+          // Leaves the group first: a group with a member cannot be deleted.
+          Effect.andThen(disconnect(`consumer of ${describe}`, consumer)),
+          Effect.andThen(attempt(`deleting ${describe}`, () => admin.deleteGroups([group]))),
           Effect.catch((error) => Effect.logWarning(error.message))
         )
         yield* Effect.acquireRelease(
@@ -1050,21 +1072,24 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
             Effect.onError(() => disconnect(`consumer of ${describe}`, consumer))
           ),
           () =>
-            // Leaves the group first: a group with a member cannot be deleted.
-            disconnect(`consumer of ${describe}`, consumer).pipe(
-              Effect.andThen(deleteGroup),
+            // Detached, so a slow clean-up finishes in the background rather than holding up the caller.
+            Fiber.await(runDetached(cleanup)).pipe(
               Effect.timeoutOrElse({
                 duration: tailCleanupTimeout,
                 orElse: () =>
-                  Effect.logWarning(`${describe}: cleaning up took longer than ${Duration.format(tailCleanupTimeout)}`)
-              })
+                  Effect.logWarning(
+                    `${describe}: cleaning up takes longer than ${Duration.format(tailCleanupTimeout)}; it goes on in the background`
+                  )
+              }),
+              Effect.asVoid
             )
         )
         yield* Effect.gen(function* () {
           yield* attempt(`subscribing the consumer of ${describe}`, () => consumer.subscribe({ topic }))
-          yield* attempt(`running the consumer of ${describe}`, () =>
-            consumer.run({ autoCommit: false, partitionsConsumedConcurrently: partitions.length, eachBatch })
-          )
+          yield* attempt(`running the consumer of ${describe}`, () => {
+            running = consumer.run({ autoCommit: false, partitionsConsumedConcurrently: partitions.length, eachBatch })
+            return running
+          })
           yield* Deferred.await(done)
         }).pipe(
           Effect.timeoutOrElse({
@@ -1110,6 +1135,11 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
         if (!topics.includes(topic)) return []
         const watermarks = yield* attempt(`reading the offsets of ${topic} on ${where}`, () =>
           admin.fetchTopicOffsets(topic)
+        ).pipe(
+          // kafkajs's admin gives up at once on NOT_LEADER_FOR_PARTITION, which
+          // a partition answers until it has loaded (right after the topic is
+          // created) or while its leadership moves.
+          Effect.retry({ while: isRetriable, schedule: Schedule.exponential("100 millis"), times: 6 })
         )
         const last = new Map<number, number>()
         for (const { partition, high, low } of watermarks) {

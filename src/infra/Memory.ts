@@ -296,14 +296,14 @@ const makePresence = Effect.gen(function* () {
     for (const chatId of new Set(chatIds)) {
       const before = live(chatId, userId, now)
       if (before === undefined) joined.push(chatId)
-      let users = chats.get(chatId)
-      if (users === undefined) chats.set(chatId, (users = new Map()))
+      const users = chats.get(chatId) ?? new Map<string, Map<string, number>>()
       const nodes = before ?? new Map<string, number>()
+      chats.set(chatId, users)
       users.set(userId, nodes)
       // The latest heartbeat sets the expiry, even when it is sooner than the last one.
       nodes.set(nodeId, now + millis)
     }
-    return joined as ReadonlyArray<string>
+    return joined
   })
 
   const leave = Effect.fnUntraced(function* (nodeId: string, userId: string, chatId: string) {
@@ -315,8 +315,8 @@ const makePresence = Effect.gen(function* () {
   const online = Effect.fnUntraced(function* (chatId: string) {
     const now = yield* Clock.currentTimeMillis
     const users = chats.get(chatId)
-    if (users === undefined) return [] as ReadonlyArray<string>
-    return [...users.keys()].filter((userId) => live(chatId, userId, now) !== undefined) as ReadonlyArray<string>
+    if (users === undefined) return []
+    return [...users.keys()].filter((userId) => live(chatId, userId, now) !== undefined)
   })
 
   return Presence.of({ enter, leave, online })

@@ -208,7 +208,12 @@ const presenceKeys = (chatId: string): [users: string, nodes: string] => [
   `presence-nodes:{${chatId}}`
 ]
 
-/** Chats per enter script call: bounds how long one call holds Redis. */
+/**
+ * Chats per enter script call: bounds how long one call holds Redis. (A call
+ * spans several chats' keys, so on a Redis Cluster, where each chat's pair
+ * shares a slot but different chats do not, it would have to be one chat per
+ * call; this adapter talks to a single Redis.)
+ */
 const enterChunk = 100
 
 const decodeIndexes = Schema.decodeUnknownEffect(Schema.Array(Schema.Number))

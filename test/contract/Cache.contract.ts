@@ -99,6 +99,76 @@ export const cacheContract = (name: string, adapter: Layer.Layer<Cache | PubSub,
         })
       )
 
+      it.effect(
+        "setIfAbsent sets an absent key and answers true; on a present key answers false and keeps the value",
+        () =>
+          Effect.gen(function* () {
+            const cache = yield* Cache
+            const key = uniqueName("nx")
+            assert.isTrue(yield* cache.setIfAbsent(key, "first", "1 minute"))
+            assert.strictEqual(yield* cache.get(key), "first")
+            assert.isFalse(yield* cache.setIfAbsent(key, "second", "1 minute"))
+            assert.strictEqual(yield* cache.get(key), "first")
+            // A value set by set is just as present.
+            const other = uniqueName("nx-set")
+            yield* cache.set(other, "", "1 minute")
+            assert.isFalse(yield* cache.setIfAbsent(other, "filled", "1 minute"))
+            assert.strictEqual(yield* cache.get(other), "")
+            // Once deleted it is absent again.
+            yield* cache.delete([key])
+            assert.isTrue(yield* cache.setIfAbsent(key, "third", "1 minute"))
+            assert.strictEqual(yield* cache.get(key), "third")
+          })
+      )
+
+      it.effect("setIfAbsent counts an expired entry as absent, and gives its own value the TTL", () =>
+        Effect.gen(function* () {
+          const cache = yield* Cache
+          const key = uniqueName("nx-ttl")
+          assert.isTrue(yield* cache.setIfAbsent(key, "short", "200 millis"))
+          assert.isFalse(yield* cache.setIfAbsent(key, "too early", "1 minute"))
+          yield* awaitUndefined(cache.get(key), 5_000)
+          assert.isTrue(yield* cache.setIfAbsent(key, "after expiry", "200 millis"))
+          assert.strictEqual(yield* cache.get(key), "after expiry")
+          // The new value expires by its own TTL too.
+          yield* awaitUndefined(cache.get(key), 5_000)
+          // An entry past its TTL but never read counts as absent as well.
+          const unread = uniqueName("nx-unread")
+          yield* cache.set(unread, "stale", "100 millis")
+          yield* Effect.sleep(Duration.millis(300))
+          assert.isTrue(yield* cache.setIfAbsent(unread, "fresh", "1 minute"))
+          assert.strictEqual(yield* cache.get(unread), "fresh")
+        })
+      )
+
+      it.effect("concurrent setIfAbsent on one key: exactly one answers true, and its value is kept", () =>
+        Effect.gen(function* () {
+          const cache = yield* Cache
+          const key = uniqueName("nx-race")
+          const candidates = numbered("candidate", 50)
+          const results = yield* Effect.all(
+            candidates.map((value) => cache.setIfAbsent(key, value, "1 minute")),
+            { concurrency: "unbounded" }
+          )
+          const winners = candidates.filter((_, i) => results[i])
+          assert.strictEqual(winners.length, 1)
+          assert.strictEqual(yield* cache.get(key), winners[0])
+        })
+      )
+
+      it.effect("setIfAbsent rejects a TTL that is not a positive, finite duration", () =>
+        Effect.gen(function* () {
+          const cache = yield* Cache
+          const key = uniqueName("nx-bad-ttl")
+          for (const ttl of [0, -5, Duration.infinity]) {
+            const result = yield* Effect.result(cache.setIfAbsent(key, "x", ttl))
+            assert.isTrue(Result.isFailure(result), `TTL ${String(ttl)} was accepted`)
+            if (Result.isFailure(result)) assert.instanceOf(result.failure, CacheError)
+          }
+          assert.strictEqual(yield* cache.get(key), undefined)
+        })
+      )
+
       it.effect("set rejects a TTL that is not a positive, finite duration", () =>
         Effect.gen(function* () {
           const cache = yield* Cache

@@ -288,6 +288,107 @@ export const eventLogContract = (name: string, eventLog: Layer.Layer<EventLog, a
     )
 
     it.effect(
+      "tail of an unknown topic, and of a topic without records, is empty",
+      () =>
+        Effect.gen(function* () {
+          const log = yield* EventLog
+          const unknown = uniqueName("contract-tail-unknown")
+          assert.deepStrictEqual(yield* log.tail(unknown), [])
+          const empty = uniqueName("contract-tail-empty")
+          yield* log.createTopic(empty, 3)
+          assert.deepStrictEqual(yield* log.tail(empty), [])
+        }),
+      60_000
+    )
+
+    it.effect(
+      "tail answers exactly the last record of every non-empty partition, and moves as records are produced",
+      () =>
+        Effect.gen(function* () {
+          const log = yield* EventLog
+          const topic = uniqueName("contract-tail")
+          const partitions = 8
+          yield* log.createTopic(topic, partitions)
+
+          /** What was produced at each position, to compare the tail against. */
+          const produced = new Map<
+            string,
+            { readonly key: string; readonly value: string; readonly headers: Record<string, string> }
+          >()
+          const produce = (records: ReadonlyArray<{ key: string; value: string; headers?: Record<string, string> }>) =>
+            log.produce(topic, records).pipe(
+              Effect.tap((positions) =>
+                Effect.sync(() =>
+                  positions.forEach((position, i) => {
+                    const record = records[i]!
+                    produced.set(positionOf(position), {
+                      key: record.key,
+                      value: record.value,
+                      headers: record.headers ?? {}
+                    })
+                  })
+                )
+              )
+            )
+          /** The last position produced in each partition, in partition order. */
+          const expectedTail = () => {
+            const last = new Map<number, number>()
+            for (const position of produced.keys()) {
+              const [partition, offset] = position.split("@").map(Number) as [number, number]
+              last.set(partition, Math.max(last.get(partition) ?? -1, offset))
+            }
+            return [...last].sort(([a], [b]) => a - b).map(([partition, offset]) => at(partition, offset))
+          }
+          const checkTail = Effect.gen(function* () {
+            const tail = yield* log.tail(topic)
+            const expected = expectedTail()
+            assert.deepStrictEqual([...tail].map(positionOf).sort(), [...expected].sort())
+            for (const record of tail) {
+              const want = produced.get(positionOf(record))!
+              assert.strictEqual(record.topic, topic)
+              assert.strictEqual(record.key, want.key)
+              assert.strictEqual(text(record), want.value)
+              assert.deepStrictEqual({ ...record.headers }, want.headers)
+            }
+            return tail
+          })
+
+          // Two keys: at most two of the eight partitions hold records.
+          yield* produce([
+            { key: "alpha", value: "a0" },
+            { key: "beta", value: "b0" },
+            { key: "alpha", value: "a1" },
+            { key: "beta", value: "b1", headers: { trace: "t-1" } },
+            { key: "alpha", value: "a2", headers: { trace: "t-2" } }
+          ])
+          const first = yield* checkTail
+          assert.isAtLeast(first.length, 1)
+          assert.isAtMost(first.length, 2)
+          assert.includeMembers(values(first), ["a2"])
+          const alpha = first.find((record) => record.key === "alpha")!
+
+          // More records: the tail of a partition moves to its new last record,
+          // and partitions that were empty appear.
+          yield* produce([
+            { key: "alpha", value: "a3" },
+            ...range(0, 24).map((i) => ({ key: `key-${i}`, value: `k${i}` }))
+          ])
+          const second = yield* checkTail
+          assert.isAbove(second.length, first.length)
+          const alphaAgain = second.find((record) => record.partition === alpha.partition)!
+          assert.isAbove(alphaAgain.offset, alpha.offset)
+
+          yield* produce([{ key: "alpha", value: "a4", headers: { trace: "t-4" } }])
+          const third = yield* checkTail
+          const latest = third.find((record) => record.partition === alpha.partition)!
+          assert.strictEqual(text(latest), "a4")
+          assert.strictEqual(latest.offset, alphaAgain.offset + 1)
+          assert.strictEqual(third.length, second.length)
+        }),
+      60_000
+    )
+
+    it.effect(
       "resumes a group right after its committed offset",
       () =>
         Effect.gen(function* () {
