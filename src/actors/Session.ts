@@ -171,6 +171,7 @@ export const run = Effect.fnUntraced(function* (
       }
     }
     if (sinceSeq === undefined) subscription.lastDelivered = Math.max(subscription.lastDelivered, recovery.lastSeq)
+    yield* send({ type: "presence", chatId, online: yield* services.presence.online(chatId) })
     const deliver = (item: FanoutItem) => {
       if (item.seq > 0) {
         if (item.seq <= subscription.lastDelivered) return Effect.void
