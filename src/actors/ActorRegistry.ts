@@ -4,7 +4,8 @@
  * actor when the partition is revoked. `LocalActors` is the node-wide view
  * that reconnecting clients use to recover from an actor's ring.
  */
-import { type Cause, Context, Effect, FiberSet, Layer, Queue, Schema, Stream } from "effect"
+import { type Cause, Context, Effect, FiberSet, Layer, Metric, Queue, Schema, Stream } from "effect"
+import { actorsActive } from "../Metrics.ts"
 import type { Scope } from "effect"
 import type { SqlClient } from "effect/sql"
 import type { MessageStore } from "../infra/MessageStore.ts"
@@ -48,9 +49,11 @@ export class LocalActors extends Context.Service<
       return LocalActors.of({
         register: (handle) => {
           actors.set(handle.chatId, handle)
+          Effect.runSync(Metric.update(actorsActive, actors.size))
         },
         unregister: (handle) => {
           if (actors.get(handle.chatId) === handle) actors.delete(handle.chatId)
+          Effect.runSync(Metric.update(actorsActive, actors.size))
         },
         since: (chatId, sinceSeq) => actors.get(chatId)?.sequencer?.since(sinceSeq),
         lastSeq: (chatId) => actors.get(chatId)?.sequencer?.lastSeq,

@@ -8,7 +8,8 @@
  * nothing left to persist, it passivates: its memory goes, its state is in
  * the store.
  */
-import { Cause, type Duration, Effect, Queue, Schedule } from "effect"
+import { Cause, type Duration, Effect, Metric, Queue, Schedule } from "effect"
+import { messagesSequenced } from "../Metrics.ts"
 import { SqlClient } from "effect/sql"
 import { MessageStore } from "../infra/MessageStore.ts"
 import type { ChatId, Message } from "../schema/Domain.ts"
@@ -131,5 +132,6 @@ const process = Effect.fn("ChatActor.sequence")(function* (
         )
       )
     )
+  yield* Metric.update(messagesSequenced, persist.length)
   yield* context.sink.offer(persist)
 })

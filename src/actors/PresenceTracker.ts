@@ -51,10 +51,7 @@ export class PresenceTracker extends Context.Service<
         // The heartbeat renews everything this node holds.
         yield* Effect.suspend(() =>
           Effect.forEach(local, ([userId, chats]) => enter(userId, [...chats.keys()]), { discard: true })
-        ).pipe(
-          Effect.repeat(Schedule.spaced(Duration.millis(Duration.toMillis(ttl) / 3))),
-          Effect.forkScoped
-        )
+        ).pipe(Effect.repeat(Schedule.spaced(Duration.millis(Duration.toMillis(ttl) / 3))), Effect.forkScoped)
 
         return PresenceTracker.of({
           join: (userId, chatId) =>

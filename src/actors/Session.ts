@@ -7,7 +7,22 @@
  * session's bounded queue. A client too slow to drain it is disconnected
  * with 4008 (like Centrifugo's 3008) — it never holds up fanout to others.
  */
-import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, Option, Queue, Schema, Scope, Stream } from "effect"
+import {
+  Cause,
+  Clock,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  Metric,
+  Option,
+  Queue,
+  Schema,
+  Scope,
+  Stream
+} from "effect"
+import { messagesDelivered, sessionsOpen, slowConsumerDisconnects } from "../Metrics.ts"
 import { randomUUID } from "node:crypto"
 import type { WebSocket } from "ws"
 import type { ChatId, Message, User } from "../schema/Domain.ts"
@@ -78,6 +93,8 @@ export const run = Effect.fnUntraced(function* (
   options: SessionOptions
 ) {
   const sessionId = randomUUID()
+  yield* Metric.modify(sessionsOpen, 1)
+  yield* Effect.addFinalizer(() => Metric.modify(sessionsOpen, -1))
   const subscriptions = new Map<ChatId, Subscription>()
   const closed = yield* Deferred.make<Closed>()
   const sessionScope = yield* Effect.scope
@@ -92,7 +109,9 @@ export const run = Effect.fnUntraced(function* (
     Effect.suspend(() => {
       if (socket.readyState !== socket.OPEN) return Effect.void
       if (socket.bufferedAmount > options.maxBufferedBytes) {
-        return close(CloseCode.tooSlow, "too slow: outbound queue overflowed")
+        return Metric.update(slowConsumerDisconnects, 1).pipe(
+          Effect.andThen(close(CloseCode.tooSlow, "too slow: outbound queue overflowed"))
+        )
       }
       socket.send(text)
       return Effect.void
@@ -176,12 +195,16 @@ export const run = Effect.fnUntraced(function* (
       if (item.seq > 0) {
         if (item.seq <= subscription.lastDelivered) return Effect.void
         subscription.lastDelivered = item.seq
+        return sendText(item.frame).pipe(Effect.andThen(Metric.update(messagesDelivered, 1)))
       } else if (item.from === user.id) {
         // Typing and read signals are for the others.
         return Effect.void
       } else if (item.from === undefined && endsSubscription(item.frame, user.id)) {
         // Removed from the chat, or the chat is gone: say so, then stop.
-        return sendText(item.frame).pipe(Effect.andThen(Effect.forkIn(unsubscribe(chatId), sessionScope)), Effect.asVoid)
+        return sendText(item.frame).pipe(
+          Effect.andThen(Effect.forkIn(unsubscribe(chatId), sessionScope)),
+          Effect.asVoid
+        )
       }
       return sendText(item.frame)
     }

@@ -16,7 +16,8 @@ import { History } from "../streams/History.ts"
 import { Ingest } from "../streams/Ingest.ts"
 
 /** The client's address for per-address limits (the socket peer; no proxy headers are trusted). */
-const addressOf = (request: HttpServerRequest.HttpServerRequest) => Option.getOrElse(request.remoteAddress, () => "unknown")
+const addressOf = (request: HttpServerRequest.HttpServerRequest) =>
+  Option.getOrElse(request.remoteAddress, () => "unknown")
 
 /** At most this many users answer a search (PROTOCOL.md). */
 const SearchLimit = 20
@@ -44,10 +45,12 @@ const AuthHandlers = HttpApiBuilder.group(
       register: ({ payload, request }) =>
         limits.take("register", addressOf(request)).pipe(Effect.andThen(accounts.register(payload))),
       login: ({ payload, request }) =>
-        limits.take("loginAddress", addressOf(request)).pipe(
-          Effect.andThen(limits.take("loginUser", payload.username)),
-          Effect.andThen(accounts.login(payload.username, payload.password))
-        ),
+        limits
+          .take("loginAddress", addressOf(request))
+          .pipe(
+            Effect.andThen(limits.take("loginUser", payload.username)),
+            Effect.andThen(accounts.login(payload.username, payload.password))
+          ),
       refresh: ({ payload }) => accounts.refresh(payload.refreshToken),
       logout: ({ payload }) => accounts.logout(payload.refreshToken)
     })

@@ -39,13 +39,15 @@ export class RateLimits extends Context.Service<
       Effect.gen(function* () {
         const cache = yield* Cache
         const take = Effect.fn("RateLimits.take")(function* (limit: Limit, key: string) {
-          const result = yield* cache.take(`harmony:rate:${limit}:${key}`, settings[limit]).pipe(
-            Effect.catchTag("CacheError", (error) =>
-              Effect.logWarning(`rate limit ${limit} not checked: the cache is unavailable`, error).pipe(
-                Effect.as({ allowed: true, retryAfterMs: 0 })
+          const result = yield* cache
+            .take(`harmony:rate:${limit}:${key}`, settings[limit])
+            .pipe(
+              Effect.catchTag("CacheError", (error) =>
+                Effect.logWarning(`rate limit ${limit} not checked: the cache is unavailable`, error).pipe(
+                  Effect.as({ allowed: true, retryAfterMs: 0 })
+                )
               )
             )
-          )
           if (result.allowed) return
           yield* Metric.update(Metric.withAttributes(rateLimited, { limit }), 1)
           const retryAfterSeconds = Math.max(1, Math.ceil(result.retryAfterMs / 1000))

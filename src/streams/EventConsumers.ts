@@ -40,7 +40,11 @@ const consumer = (group: string, handle: Handler) =>
     const deadLetter = (record: LogRecord, reason: string) =>
       log
         .produce(DeadLetterTopic, [
-          { key: record.key, value: record.value, headers: { ...record.headers, "harmony-dlq-reason": reason, "harmony-dlq-group": group } }
+          {
+            key: record.key,
+            value: record.value,
+            headers: { ...record.headers, "harmony-dlq-reason": reason, "harmony-dlq-group": group }
+          }
         ])
         .pipe(Effect.retry(retry), Effect.orDie)
 
@@ -48,12 +52,14 @@ const consumer = (group: string, handle: Handler) =>
       decodeEnvelope(new TextDecoder().decode(record.value)).pipe(
         Effect.matchEffect({
           onFailure: (error) =>
-            Effect.logError(`${group}: undecodable event at ${record.partition}/${record.offset} sent to ${DeadLetterTopic}`).pipe(
-              Effect.andThen(deadLetter(record, error.message))
-            ),
+            Effect.logError(
+              `${group}: undecodable event at ${record.partition}/${record.offset} sent to ${DeadLetterTopic}`
+            ).pipe(Effect.andThen(deadLetter(record, error.message))),
           onSuccess: (envelope) =>
             handle(envelope).pipe(
-              Effect.tapError((error) => Effect.logWarning(`${group}: ${envelope.type} ${envelope.id} failed, retrying`, error)),
+              Effect.tapError((error) =>
+                Effect.logWarning(`${group}: ${envelope.type} ${envelope.id} failed, retrying`, error)
+              ),
               Effect.retry(retry),
               Effect.orDie,
               Effect.withSpan(`${group}.${envelope.type}`)
@@ -100,7 +106,11 @@ const gatewaySignals = Effect.gen(function* () {
     const event = envelope.payload
     switch (event._tag) {
       case "member.added":
-        return fanout.publishFrame(event.chatId, undefined, { type: "member_added", chatId: event.chatId, userId: event.userId })
+        return fanout.publishFrame(event.chatId, undefined, {
+          type: "member_added",
+          chatId: event.chatId,
+          userId: event.userId
+        })
       case "member.removed":
         return fanout.publishFrame(event.chatId, undefined, {
           type: "member_removed",
@@ -110,7 +120,11 @@ const gatewaySignals = Effect.gen(function* () {
       case "chat.deleted":
         return fanout
           .publishFrame(event.chatId, undefined, { type: "chat_deleted", chatId: event.chatId })
-          .pipe(Effect.andThen(pubsub.publish(ControlChannel, JSON.stringify({ type: "chat_deleted", chatId: event.chatId }))))
+          .pipe(
+            Effect.andThen(
+              pubsub.publish(ControlChannel, JSON.stringify({ type: "chat_deleted", chatId: event.chatId }))
+            )
+          )
       default:
         return Effect.void
     }

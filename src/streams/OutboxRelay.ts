@@ -14,7 +14,8 @@
  * just polling.
  */
 import { PgClient } from "@effect/sql-pg"
-import { Clock, Duration, Effect, Layer, Option, Queue, Schedule, Schema } from "effect"
+import { Clock, Duration, Effect, Layer, Metric, Option, Queue, Schedule, Schema } from "effect"
+import { outboxPublished } from "../Metrics.ts"
 import { SqlClient } from "effect/sql"
 import { EventLog } from "../infra/EventLog.ts"
 import { EventEnvelope, StateEvent } from "../schema/Events.ts"
@@ -78,7 +79,11 @@ export const layer = (options: RelayOptions) =>
           }))
         )
         const at = new Date(yield* Clock.currentTimeMillis)
-        yield* sql`UPDATE outbox SET published_at = ${at} WHERE ${sql.in("id", rows.map((row) => row.id))}`
+        yield* sql`UPDATE outbox SET published_at = ${at} WHERE ${sql.in(
+          "id",
+          rows.map((row) => row.id)
+        )}`
+        yield* Metric.update(outboxPublished, rows.length)
         return rows.length
       })
 

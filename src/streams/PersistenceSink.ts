@@ -11,7 +11,8 @@
  * store in seq order and a crash leaves at most one batch partly written
  * (the actors' restore logic tolerates exactly that).
  */
-import { Array as Arr, Cause, Effect, Fiber, Queue, Schedule } from "effect"
+import { Array as Arr, Cause, Effect, Fiber, Metric, Queue, Schedule } from "effect"
+import { messagesPersisted, sinkRetries } from "../Metrics.ts"
 import type { Scope } from "effect"
 import { SqlClient } from "effect/sql"
 import { MessageStore } from "../infra/MessageStore.ts"
@@ -58,7 +59,10 @@ export const make = Effect.fnUntraced(function* (
     yield* Effect.annotateCurrentSpan({ partition: options.partition, size: batch.length })
     yield* store.putBatch(batch.map((item) => item.message)).pipe(
       Effect.tapError((error) =>
-        Effect.logWarning(`partition ${options.partition}: persisting ${batch.length} messages failed, retrying`, error)
+        Effect.logWarning(
+          `partition ${options.partition}: persisting ${batch.length} messages failed, retrying`,
+          error
+        ).pipe(Effect.andThen(Metric.update(sinkRetries, 1)))
       ),
       Effect.retry(retryForever),
       // The schedule never ends: the store's failures are retried, not returned.
@@ -68,6 +72,7 @@ export const make = Effect.fnUntraced(function* (
       options.tracker.complete(item.offset)
       item.onPersisted()
     }
+    yield* Metric.update(messagesPersisted, batch.length)
     yield* recordLastSeqs(batch)
   })
 
