@@ -22,7 +22,7 @@ export const defaultRunnerOptions: PartitionRunner.RunnerOptions = {
     // The dedupe window plus the largest batch a dying sink can leave half-written.
     restoreWindow: 1500
   },
-  backlog: 20_000,
+  backlog: 1000,
   batchSize: 500,
   commitInterval: Duration.millis(200)
 }

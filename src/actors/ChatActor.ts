@@ -72,9 +72,12 @@ export const run = Effect.fnUntraced(function* (handle: ChatActorHandle, context
   const sequencer = yield* restore(handle.chatId, context.options)
   handle.sequencer = sequencer
   // Records can outlive their chat (sent just before it was deleted, or
-  // replayed after): a deleted chat gets no new messages in the store.
+  // replayed after): a deleted chat gets no new messages in the store. The
+  // same statement brings `chats.last_seq` up to what the store holds, in
+  // case the node that persisted the last messages died before recording it.
   const sql = yield* SqlClient.SqlClient
-  const exists = yield* sql`SELECT 1 FROM chats WHERE id = ${handle.chatId}`.pipe(
+  const exists = yield* sql`
+    UPDATE chats SET last_seq = GREATEST(last_seq, ${sequencer.lastSeq}) WHERE id = ${handle.chatId} RETURNING id`.pipe(
     Effect.retry(restoreRetry),
     Effect.orDie
   )

@@ -20,7 +20,11 @@ import * as PersistenceSink from "./PersistenceSink.ts"
 
 export interface RunnerOptions {
   readonly actors: ActorOptions
-  /** Unpersisted messages per partition before consumption pauses. */
+  /**
+   * Records past the committed offset per partition before consumption
+   * pauses: the unpersisted backlog, and what a crash replays. Capped at the
+   * actors' dedupe window, so every replayed record is recognised.
+   */
   readonly backlog: number
   readonly batchSize: number
   /** How often the committed offset catches up with the persisted prefix. */
@@ -34,6 +38,8 @@ export const run = (
 ): Effect.Effect<void, never, MessageStore | SqlClient.SqlClient | LocalActors> =>
   Effect.gen(function* () {
     const tracker = new OffsetTracker()
+    // A replay must never reach past what the actors remember as sequenced.
+    const inFlightLimit = Math.min(options.backlog, options.actors.dedupeWindow)
     const sink = yield* PersistenceSink.make({
       partition: claim.partition,
       tracker,
@@ -66,6 +72,7 @@ export const run = (
     yield* claim.records.pipe(
       Stream.runForEach((record) =>
         Effect.gen(function* () {
+          yield* tracker.awaitCapacity(inFlightLimit)
           tracker.register(record.offset)
           const decoded = yield* decodeSendRecord(new TextDecoder().decode(record.value)).pipe(Effect.option)
           if (decoded._tag === "None" || decoded.value.chatId !== record.key) {

@@ -68,12 +68,14 @@ export const make = Effect.fnUntraced(function* (
       // The schedule never ends: the store's failures are retried, not returned.
       Effect.orDie
     )
+    // Recorded before the offsets complete: once they are committed, nothing
+    // replays these messages, and nothing else would record their seqs.
+    yield* recordLastSeqs(batch)
     for (const item of batch) {
       options.tracker.complete(item.offset)
       item.onPersisted()
     }
     yield* Metric.update(messagesPersisted, batch.length)
-    yield* recordLastSeqs(batch)
   })
 
   // `chats.last_seq` feeds `lastSeq` of /v1/me/chats; it trails the store and

@@ -4,9 +4,12 @@
  * failure can be reproduced), and a builder that turns generated send
  * operations into the SendRecords the gateway would put on `chat.messages`.
  *
- * Reproducing a failure: every falsification prints `Replay: <token>`; run
- * the suite again with PROPERTY_REPLAY=<token> (or PROPERTY_SEED=<n> to fix
- * the master seed of every property in the run).
+ * Reproducing a failure: every falsification prints its shrunk input and
+ * `Replay: <token>`; run that one test again (`-t <name>`) with
+ * PROPERTY_REPLAY=<token>, or fix the master seed of every property in the
+ * run with PROPERTY_SEED=<n>. The pure properties replay exactly; a pipeline
+ * replay regenerates the same scenario, but its interleaving depends on
+ * timing too, so it may not fail again (its journal shows what happened).
  */
 import { Arbitrary, Schema } from "effect"
 import type { Arbitrary as ArbitraryT } from "effect/Arbitrary"

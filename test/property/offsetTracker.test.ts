@@ -69,7 +69,9 @@ describe("OffsetTracker", () => {
           completeOne(step.pick, `step ${index}`)
         }
       })
-      finalOrder.forEach((pick, index) => completeOne(pick, `final ${index}`))
+      finalOrder.forEach((pick, index) => {
+        completeOne(pick, `final ${index}`)
+      })
       while (completed.size < registered.length) completeOne(0, "drain")
       if (registered.length > 0) {
         assert.strictEqual(tracker.committable, registered[registered.length - 1]! + 1, "everything completed")
