@@ -8,6 +8,7 @@ import { Console, Effect, Layer, Runtime } from "effect"
 import { Command } from "effect/cli"
 import * as App from "./App.ts"
 import * as Config from "./Config.ts"
+import * as Observability from "./Observability.ts"
 
 const describeMode = (config: Config.HarmonyConfig) =>
   config.mode._tag === "Embedded"
@@ -20,7 +21,9 @@ const serve = Command.make(
   Effect.fn(function* () {
     const config = yield* Config.load
     yield* Effect.logInfo(`harmony starting in ${describeMode(config)}`)
-    return yield* Layer.launch(App.serve(config)).pipe(Effect.onInterrupt(() => Effect.logInfo("harmony stopped")))
+    return yield* Layer.launch(App.serve(config).pipe(Layer.provide(Observability.otlp))).pipe(
+      Effect.onInterrupt(() => Effect.logInfo("harmony stopped"))
+    )
   })
 ).pipe(Command.withDescription("Run a Harmony node: HTTP and WebSocket API, actors, relays"))
 
@@ -48,7 +51,7 @@ harmony.pipe(
       process.exitCode = 2
     })
   ),
-  Effect.provide(NodeServices.layer),
+  Effect.provide(Layer.mergeAll(NodeServices.layer, Observability.logging)),
   NodeRuntime.runMain({
     // SIGTERM/SIGINT interrupt the program; once its layers have drained and
     // closed, that is a clean stop (exit 0), not a failure.
