@@ -79,7 +79,11 @@ export const cacheLayer = (config: HarmonyConfig) =>
 /** The EventLog port: Kafka, or the in-process log. */
 export const eventLogLayer = (config: HarmonyConfig) =>
   config.mode._tag === "Cluster"
-    ? KafkaEventLog.layer({ brokers: config.mode.services.kafkaBrokers, partitions: config.kafkaPartitions })
+    ? KafkaEventLog.layer({
+        brokers: config.mode.services.kafkaBrokers,
+        partitions: config.kafkaPartitions,
+        sessionTimeoutMs: Duration.toMillis(config.kafkaSessionTimeout)
+      })
     : MemoryEventLog.layer({ partitions: config.kafkaPartitions })
 
 const stateLayer = (config: HarmonyConfig) =>
@@ -116,7 +120,7 @@ const streamsLayer = (config: HarmonyConfig) =>
     EventConsumers.layer
   ).pipe(
     Layer.provideMerge(Layer.mergeAll(Ingest.layer, History.layer)),
-    Layer.provideMerge(PresenceTracker.layer()),
+    Layer.provideMerge(PresenceTracker.layer({ ttl: config.presenceTtl })),
     Layer.provideMerge(Layer.mergeAll(Fanout.layer, LocalActors.layer))
   )
 

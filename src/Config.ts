@@ -36,6 +36,9 @@ export interface HarmonyConfig {
   readonly kafkaPartitions: number
   readonly shutdownTimeout: Duration.Duration
   readonly rateLimits: RateLimitSettings
+  /** How long a silent node keeps its Kafka partitions (and so its chats) before the group moves them. */
+  readonly kafkaSessionTimeout: Duration.Duration
+  readonly presenceTtl: Duration.Duration
 }
 
 /** A token bucket as `capacity/refillPerSecond`, e.g. `100/50`. */
@@ -76,6 +79,8 @@ const raw = Config.all({
   awsRegion: Config.String("AWS_REGION").pipe(Config.withDefault("us-east-1")),
   kafkaPartitions: Config.Int("KAFKA_PARTITIONS").pipe(Config.withDefault(8)),
   shutdownTimeout: Config.Duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(Duration.seconds(20))),
+  kafkaSessionTimeout: Config.Duration("KAFKA_SESSION_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10))),
+  presenceTtl: Config.Duration("PRESENCE_TTL").pipe(Config.withDefault(Duration.seconds(30))),
   rateLimits: Config.all({
     send: bucket("RATE_LIMIT_SEND", defaultRateLimits.send),
     loginUser: bucket("RATE_LIMIT_LOGIN_USER", defaultRateLimits.loginUser),
@@ -98,6 +103,12 @@ export const load: Effect.Effect<HarmonyConfig, ConfigurationError> = Effect.gen
   if (set.length > 0 && missing.length > 0) {
     return yield* new ConfigurationError({
       message: `cluster mode needs all of ${serviceVariables.join(", ")}: ${set.join(", ")} set but ${missing.join(", ")} missing (set none of them for embedded mode)`
+    })
+  }
+  const sessionMillis = Duration.toMillis(c.kafkaSessionTimeout)
+  if (sessionMillis < 6000 || sessionMillis > 300_000) {
+    return yield* new ConfigurationError({
+      message: "KAFKA_SESSION_TIMEOUT must be between 6 seconds and 5 minutes (the broker's group session limits)"
     })
   }
   if (c.kafkaPartitions < 1) {
@@ -156,7 +167,9 @@ export const load: Effect.Effect<HarmonyConfig, ConfigurationError> = Effect.gen
     awsRegion: c.awsRegion,
     kafkaPartitions: c.kafkaPartitions,
     shutdownTimeout: c.shutdownTimeout,
-    rateLimits: c.rateLimits
+    rateLimits: c.rateLimits,
+    kafkaSessionTimeout: c.kafkaSessionTimeout,
+    presenceTtl: c.presenceTtl
   }
 })
 

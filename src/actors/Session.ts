@@ -25,7 +25,7 @@ import {
 import { messagesDelivered, sessionsOpen, slowConsumerDisconnects } from "../Metrics.ts"
 import { randomUUID } from "node:crypto"
 import type { WebSocket } from "ws"
-import type { ChatId, Message, User } from "../schema/Domain.ts"
+import type { ChatId, Message, User, UserId } from "../schema/Domain.ts"
 import { type ApiError, errorCode, Unavailable } from "../schema/Errors.ts"
 import { type ClientFrame, CloseCode, decodeClientFrame, type ServerFrame } from "../schema/Protocol.ts"
 import type { Accounts } from "../state/Accounts.ts"
@@ -68,6 +68,8 @@ export interface SessionServices {
   readonly history: History["Service"]
   readonly fanout: Fanout["Service"]
   readonly presence: PresenceTracker["Service"]
+  /** Tells the gateway whose session this is, so it can end a closed account's sessions; answers how to forget it. */
+  readonly register: (userId: UserId, socket: WebSocket) => () => void
 }
 
 /** What the gateway feeds a session: text frames, or a protocol violation it already saw. */
@@ -138,6 +140,8 @@ export const run = Effect.fnUntraced(function* (
   if (authenticated._tag === "None") return yield* close(CloseCode.unauthorized, "unauthorized")
   const user: User = authenticated.value.user
   let expiresAt = authenticated.value.expiresAt
+  const unregister = services.register(user.id, socket)
+  yield* Effect.addFinalizer(() => Effect.sync(unregister))
   yield* send(withRef({ type: "ready", userId: user.id, sessionId }, authFrame.value.ref))
 
   // The access token's expiry ends the session unless the client re-authenticates.
@@ -172,7 +176,9 @@ export const run = Effect.fnUntraced(function* (
     }
     yield* unsubscribe(chatId)
     const scope = yield* Scope.fork(sessionScope, "sequential")
-    const subscription: Subscription = { scope, lastDelivered: 0 }
+    // A client that has up to sinceSeq must never get those again (a new
+    // owner replaying its partition re-publishes them).
+    const subscription: Subscription = { scope, lastDelivered: sinceSeq ?? 0 }
     subscriptions.set(chatId, subscription)
     yield* services.presence.join(user.id, chatId)
     // Live first, buffered, so nothing published during recovery is missed.

@@ -8,10 +8,12 @@
  * `bufferedAmount` to tell a slow client (close 4008) from a busy one, which
  * effect's Socket abstraction does not expose.
  */
-import { Cause, Context, Effect, FiberSet, Layer, Queue } from "effect"
+import { Cause, Context, Effect, FiberSet, Layer, Queue, Schema, Stream } from "effect"
 import type { IncomingMessage, Server } from "node:http"
 import type { Duplex } from "node:stream"
-import { WebSocketServer } from "ws"
+import { type WebSocket, WebSocketServer } from "ws"
+import { PubSub } from "../infra/PubSub.ts"
+import { ControlChannel } from "../streams/EventConsumers.ts"
 import { PresenceTracker } from "../actors/PresenceTracker.ts"
 import * as Session from "../actors/Session.ts"
 import { CloseCode, MaxFrameBytes } from "../schema/Protocol.ts"
@@ -36,6 +38,8 @@ export class Gateway extends Context.Service<
     Layer.effect(
       Gateway,
       Effect.gen(function* () {
+        /** Open sockets by user, to end a closed account's sessions on every node. */
+        const byUser = new Map<string, Set<WebSocket>>()
         const services: Session.SessionServices = {
           accounts: yield* Accounts,
           chats: yield* Chats,
@@ -43,21 +47,49 @@ export class Gateway extends Context.Service<
           ingest: yield* Ingest,
           history: yield* History,
           fanout: yield* Fanout,
-          presence: yield* PresenceTracker
+          presence: yield* PresenceTracker,
+          register: (userId, socket) => {
+            const sockets = byUser.get(userId) ?? new Set<WebSocket>()
+            byUser.set(userId, sockets)
+            sockets.add(socket)
+            return () => {
+              sockets.delete(socket)
+              if (sockets.size === 0) byUser.delete(userId)
+            }
+          }
         }
         const wss = new WebSocketServer({ noServer: true, maxPayload: MaxFrameBytes })
         const fibers = yield* FiberSet.make<void>()
         const runFork = yield* FiberSet.runtime(fibers)()
         let open = 0
 
-        // Stopping: every session is told to reconnect elsewhere (1001) and
-        // its fiber ends; then the ws server closes.
+        // Stopping: every session is told to reconnect elsewhere (1001).
+        // This runs when the HTTP server starts closing (see attach), since
+        // the server waits for its connections, upgraded ones included.
+        const goAway = () => {
+          for (const client of wss.clients) client.close(CloseCode.goingAway, "server shutting down")
+        }
         yield* Effect.addFinalizer(() =>
           Effect.gen(function* () {
-            for (const client of wss.clients) client.close(CloseCode.goingAway, "server shutting down")
+            goAway()
             yield* FiberSet.clear(fibers)
             yield* Effect.callback<void>((resume) => wss.close(() => resume(Effect.void)))
           })
+        )
+
+        // A closed account's sessions end on every node.
+        const control = yield* (yield* PubSub).subscribe(ControlChannel)
+        yield* control.pipe(
+          Stream.map((payload) => decodeUserDeleted(payload)),
+          Stream.runForEach((signal) =>
+            Effect.sync(() => {
+              if (signal._tag === "None") return
+              for (const socket of byUser.get(signal.value.userId) ?? []) {
+                socket.close(CloseCode.unauthorized, "the account is closed")
+              }
+            })
+          ),
+          Effect.forkScoped
         )
 
         const connect = (request: IncomingMessage, socket: Duplex, head: Buffer) =>
@@ -91,6 +123,11 @@ export class Gateway extends Context.Service<
 
         return Gateway.of({
           attach: (server) => {
+            const close = server.close.bind(server)
+            server.close = ((callback?: (error?: Error) => void) => {
+              goAway()
+              return close(callback)
+            }) as Server["close"]
             // Upgrades for the gateway path never reach the HTTP router.
             const emit = server.emit.bind(server)
             server.emit = ((event: string, ...args: Array<any>) => {
@@ -109,3 +146,7 @@ export class Gateway extends Context.Service<
 }
 
 const pathOf = (request: IncomingMessage) => (request.url ?? "").split("?")[0]
+
+const decodeUserDeleted = Schema.decodeUnknownOption(
+  Schema.fromJsonString(Schema.Struct({ type: Schema.Literal("user_deleted"), userId: Schema.String }))
+)

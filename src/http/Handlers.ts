@@ -8,6 +8,8 @@ import { HttpApiBuilder } from "effect/http-api"
 import { Unavailable } from "../schema/Errors.ts"
 import { Accounts } from "../state/Accounts.ts"
 import { Chats } from "../state/Chats.ts"
+import { Membership } from "../state/Membership.ts"
+import type { ChatId, UserId } from "../schema/Domain.ts"
 import { RateLimits } from "../state/RateLimits.ts"
 import { Api, Authentication, CurrentUser } from "./Api.ts"
 import { Readiness } from "./Readiness.ts"
@@ -18,6 +20,22 @@ import { Ingest } from "../streams/Ingest.ts"
 /** The client's address for per-address limits (the socket peer; no proxy headers are trusted). */
 const addressOf = (request: HttpServerRequest.HttpServerRequest) =>
   Option.getOrElse(request.remoteAddress, () => "unknown")
+
+/**
+ * After a membership change commits, the node that made it writes the fresh
+ * answers into the cache at once, so the change holds from the response on;
+ * the cache invalidator does the same from the event for everyone else. A
+ * cache that cannot be written here is left to the invalidator.
+ */
+const refresher = (membership: Membership["Service"]) => (chatId: ChatId, userIds: ReadonlyArray<UserId>) =>
+  Effect.forEach(
+    userIds,
+    (userId) =>
+      membership
+        .refresh(chatId, userId)
+        .pipe(Effect.catchCause((cause) => Effect.logWarning("membership cache not refreshed", cause))),
+    { discard: true, concurrency: 8 }
+  )
 
 /** At most this many users answer a search (PROTOCOL.md). */
 const SearchLimit = 20
@@ -63,9 +81,15 @@ const MeHandlers = HttpApiBuilder.group(
   Effect.fn(function* (handlers) {
     const accounts = yield* Accounts
     const chats = yield* Chats
+    const refresh = refresher(yield* Membership)
     return handlers.handleAll({
       get: () => CurrentUser,
-      close: () => Effect.flatMap(CurrentUser, (user) => accounts.close(user.id)),
+      close: () =>
+        Effect.gen(function* () {
+          const user = yield* CurrentUser
+          const left = yield* accounts.close(user.id)
+          yield* Effect.forEach(left, (chatId) => refresh(chatId, [user.id]), { discard: true })
+        }),
       chats: () =>
         Effect.flatMap(CurrentUser, (user) => Effect.map(chats.listForUser(user.id), (list) => ({ chats: list }))),
       searchUsers: ({ query }) => Effect.map(accounts.search(query.q, SearchLimit), (users) => ({ users }))
@@ -78,16 +102,24 @@ const ChatsHandlers = HttpApiBuilder.group(
   "chats",
   Effect.fn(function* (handlers) {
     const chats = yield* Chats
+    const refresh = refresher(yield* Membership)
     return handlers.handleAll({
       create: ({ payload }) => Effect.flatMap(CurrentUser, (user) => chats.create(user.id, payload)),
       get: ({ params }) => Effect.flatMap(CurrentUser, (user) => chats.get(user.id, params.chatId)),
       rename: ({ params, payload }) =>
         Effect.flatMap(CurrentUser, (user) => chats.rename(user.id, params.chatId, payload.name)),
-      delete: ({ params }) => Effect.flatMap(CurrentUser, (user) => chats.delete(user.id, params.chatId)),
+      delete: ({ params }) =>
+        Effect.flatMap(CurrentUser, (user) => chats.delete(user.id, params.chatId)).pipe(
+          Effect.flatMap((memberIds) => refresh(params.chatId, memberIds))
+        ),
       addMembers: ({ params, payload }) =>
-        Effect.flatMap(CurrentUser, (user) => chats.addMembers(user.id, params.chatId, payload.userIds)),
+        Effect.flatMap(CurrentUser, (user) => chats.addMembers(user.id, params.chatId, payload.userIds)).pipe(
+          Effect.tap(() => refresh(params.chatId, payload.userIds))
+        ),
       removeMember: ({ params }) =>
-        Effect.flatMap(CurrentUser, (user) => chats.removeMember(user.id, params.chatId, params.userId))
+        Effect.flatMap(CurrentUser, (user) => chats.removeMember(user.id, params.chatId, params.userId)).pipe(
+          Effect.andThen(refresh(params.chatId, [params.userId]))
+        )
     })
   })
 )

@@ -10,7 +10,7 @@ import { Clock, Context, Duration, Effect, Layer } from "effect"
 import { SqlClient } from "effect/sql"
 import { isSqlError, type SqlError } from "effect/sql/SqlError"
 import { randomUUID } from "node:crypto"
-import { Session, User, type UserId } from "../schema/Domain.ts"
+import { type ChatId, Session, User, type UserId } from "../schema/Domain.ts"
 import { Conflict, NotFound, Unauthorized, type Unavailable } from "../schema/Errors.ts"
 import { Chats } from "./Chats.ts"
 import { orUnavailable } from "./Db.ts"
@@ -68,7 +68,8 @@ export class Accounts extends Context.Service<
     ) => Effect.Effect<{ readonly user: User; readonly expiresAt: number }, Unauthorized | Unavailable>
     readonly get: (userId: UserId) => Effect.Effect<User, NotFound | Unavailable>
     readonly search: (prefix: string, limit: number) => Effect.Effect<ReadonlyArray<User>, Unavailable>
-    readonly close: (userId: UserId) => Effect.Effect<void, Unavailable>
+    /** Closes the account; answers the chats it left. */
+    readonly close: (userId: UserId) => Effect.Effect<ReadonlyArray<ChatId>, Unavailable>
   }
 >()("harmony/state/Accounts") {
   static readonly layer = Layer.effect(
@@ -231,7 +232,7 @@ export class Accounts extends Context.Service<
       }, orUnavailable)
 
       const close = Effect.fn("Accounts.close")(function* (userId: UserId) {
-        yield* sql.withTransaction(
+        return yield* sql.withTransaction(
           Effect.gen(function* () {
             const at = yield* now
             // The row stays (messages keep their author, the username stays
@@ -239,8 +240,9 @@ export class Accounts extends Context.Service<
             yield* sql`UPDATE users SET deleted_at = ${at}, password_hash = NULL
                        WHERE id = ${userId} AND deleted_at IS NULL`
             yield* sql`UPDATE refresh_tokens SET revoked_at = ${at} WHERE user_id = ${userId} AND revoked_at IS NULL`
-            yield* chats.leaveAll(userId)
+            const left = yield* chats.leaveAll(userId)
             yield* outbox.append([{ _tag: "user.deleted", userId }])
+            return left
           })
         )
       }, orUnavailable)

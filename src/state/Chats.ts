@@ -51,7 +51,8 @@ export class Chats extends Context.Service<
     readonly create: (callerId: UserId, input: CreateChat) => Effect.Effect<Chat, BadRequest | Unavailable>
     readonly get: (callerId: UserId, chatId: ChatId) => Effect.Effect<Chat, NotFound | Unavailable>
     readonly rename: (callerId: UserId, chatId: ChatId, name: string) => Effect.Effect<Chat, Failure>
-    readonly delete: (callerId: UserId, chatId: ChatId) => Effect.Effect<void, Failure>
+    /** Answers the members the chat had. */
+    readonly delete: (callerId: UserId, chatId: ChatId) => Effect.Effect<ReadonlyArray<UserId>, Failure>
     readonly addMembers: (
       callerId: UserId,
       chatId: ChatId,
@@ -68,7 +69,7 @@ export class Chats extends Context.Service<
      * transaction: an owned chat passes to its oldest admin, else its oldest
      * member, and is deleted when nobody is left.
      */
-    readonly leaveAll: (userId: UserId) => Effect.Effect<void, SqlError>
+    readonly leaveAll: (userId: UserId) => Effect.Effect<ReadonlyArray<ChatId>, SqlError>
   }
 >()("harmony/state/Chats") {
   static readonly layer = Layer.effect(
@@ -225,14 +226,16 @@ export class Chats extends Context.Service<
       }, orUnavailable)
 
       const deleteChat = Effect.fn("Chats.delete")(function* (callerId: UserId, chatId: ChatId) {
-        yield* sql.withTransaction(
+        return yield* sql.withTransaction(
           Effect.gen(function* () {
             const { role } = yield* lockAs(chatId, callerId)
             if (role !== "owner") return yield* new Forbidden({ message: "only the owner may delete a chat" })
             const members = yield* sql<{ user_id: UserId }>`
               DELETE FROM memberships WHERE chat_id = ${chatId} RETURNING user_id`
             yield* sql`DELETE FROM chats WHERE id = ${chatId}`
-            yield* outbox.append([{ _tag: "chat.deleted", chatId, memberIds: members.map((m) => m.user_id) }])
+            const memberIds = members.map((m) => m.user_id)
+            yield* outbox.append([{ _tag: "chat.deleted", chatId, memberIds }])
+            return memberIds
           })
         )
       }, orUnavailable)
@@ -339,6 +342,7 @@ export class Chats extends Context.Service<
           yield* sql`SELECT id FROM chats WHERE id = ${chat_id} FOR UPDATE`
           yield* dropMember(chat_id, userId)
         }
+        return chats.map((chat) => chat.chat_id)
       })
 
       return Chats.of({

@@ -24,7 +24,7 @@ import { Fanout } from "./Fanout.ts"
 import { EventsTopic } from "./Topics.ts"
 
 export const DeadLetterTopic = "chat.events.dlq"
-/** Node-wide control signals (every node subscribes): deleted chats for the actors. */
+/** Node-wide control signals (every node subscribes): deleted chats for the actors, closed accounts for the gateway. */
 export const ControlChannel = "harmony:control"
 
 const decodeEnvelope = Schema.decodeUnknownEffect(Schema.fromJsonString(EventEnvelope))
@@ -117,6 +117,8 @@ const gatewaySignals = Effect.gen(function* () {
           chatId: event.chatId,
           userId: event.userId
         })
+      case "user.deleted":
+        return pubsub.publish(ControlChannel, JSON.stringify({ type: "user_deleted", userId: event.userId }))
       case "chat.deleted":
         return fanout
           .publishFrame(event.chatId, undefined, { type: "chat_deleted", chatId: event.chatId })

@@ -22,11 +22,34 @@ export interface Accepted {
 
 interface Pending {
   readonly record: ProduceRecord
+  /** The record's size on the wire, roughly. */
+  readonly size: number
   readonly done: Deferred.Deferred<void, EventLogError>
 }
 
 /** The most records in one produce request. */
 const MaxBatch = 500
+/** The most bytes in one produce request: well under Kafka's default 1 MB message batch limit. */
+const MaxBatchBytes = 512 * 1024
+
+/** Splits a batch into chunks of at most MaxBatchBytes (a single record always goes alone if it must). */
+const byBytes = (batch: ReadonlyArray<Pending>): Array<Array<Pending>> => {
+  const chunks: Array<Array<Pending>> = []
+  let chunk: Array<Pending> = []
+  let bytes = 0
+  for (const pending of batch) {
+    const size = pending.size
+    if (chunk.length > 0 && bytes + size > MaxBatchBytes) {
+      chunks.push(chunk)
+      chunk = []
+      bytes = 0
+    }
+    chunk.push(pending)
+    bytes += size
+  }
+  if (chunk.length > 0) chunks.push(chunk)
+  return chunks
+}
 
 export class Ingest extends Context.Service<
   Ingest,
@@ -47,21 +70,21 @@ export class Ingest extends Context.Service<
       const limits = yield* RateLimits
       const queue = yield* Queue.unbounded<Pending>()
 
+      const produce = (chunk: ReadonlyArray<Pending>) =>
+        log
+          .produce(
+            MessagesTopic,
+            chunk.map((pending) => pending.record)
+          )
+          .pipe(
+            Effect.exit,
+            Effect.flatMap((exit) => {
+              const outcome = Exit.asVoid(exit)
+              return Effect.forEach(chunk, (pending) => Deferred.done(pending.done, outcome))
+            })
+          )
       yield* Queue.takeBetween(queue, 1, MaxBatch).pipe(
-        Effect.flatMap((batch) =>
-          log
-            .produce(
-              MessagesTopic,
-              batch.map((pending) => pending.record)
-            )
-            .pipe(
-              Effect.exit,
-              Effect.flatMap((exit) => {
-                const outcome = Exit.asVoid(exit)
-                return Effect.forEach(batch, (pending) => Deferred.done(pending.done, outcome))
-              })
-            )
-        ),
+        Effect.flatMap((batch) => Effect.forEach(byBytes(batch), produce, { discard: true })),
         Effect.forever,
         Effect.forkScoped
       )
@@ -78,8 +101,10 @@ export class Ingest extends Context.Service<
         const id = messageIdOf(chatId, authorId, clientMsgId)
         const sentAt = new Date(yield* Clock.currentTimeMillis).toISOString()
         const done = yield* Deferred.make<void, EventLogError>()
+        const value = encodeSendRecord({ id, chatId, authorId, clientMsgId, body, sentAt })
         yield* Queue.offer(queue, {
-          record: { key: chatId, value: encodeSendRecord({ id, chatId, authorId, clientMsgId, body, sentAt }) },
+          record: { key: chatId, value },
+          size: Buffer.byteLength(value) + chatId.length + 64,
           done
         })
         yield* Deferred.await(done).pipe(

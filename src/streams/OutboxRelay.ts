@@ -17,9 +17,10 @@ import { PgClient } from "@effect/sql-pg"
 import { Clock, Duration, Effect, Layer, Metric, Option, Queue, Schedule, Schema } from "effect"
 import { outboxPublished } from "../Metrics.ts"
 import { SqlClient } from "effect/sql"
-import { EventLog } from "../infra/EventLog.ts"
+import { EventLog, type ProduceRecord } from "../infra/EventLog.ts"
 import { EventEnvelope, StateEvent } from "../schema/Events.ts"
 import { OutboxChannel } from "../state/Outbox.ts"
+import { DeadLetterTopic } from "./EventConsumers.ts"
 import { EventsTopic } from "./Topics.ts"
 
 /** The advisory lock key of the relay ("harmony-outbox" as a 64-bit number). */
@@ -46,7 +47,7 @@ interface OutboxRow {
 }
 
 const encodeEnvelope = Schema.encodeSync(Schema.fromJsonString(EventEnvelope))
-const decodeEvent = Schema.decodeUnknownSync(StateEvent)
+const decodeEvent = Schema.decodeUnknownResult(StateEvent)
 
 const retry = Schedule.min([Schedule.exponential("200 millis"), Schedule.spaced("5 seconds")]).pipe(Schedule.jittered)
 
@@ -63,9 +64,27 @@ export const layer = (options: RelayOptions) =>
           SELECT id, event_id, aggregate_id, type, version, payload, created_at FROM outbox
           WHERE published_at IS NULL ORDER BY id LIMIT ${options.batchSize}`
         if (rows.length === 0) return 0
-        yield* log.produce(
-          EventsTopic,
-          rows.map((row) => ({
+        const published: Array<ProduceRecord> = []
+        const undecodable: Array<ProduceRecord> = []
+        for (const row of rows) {
+          const headers = { [OutboxIdHeader]: String(row.id) }
+          const payload = decodeEvent(typeof row.payload === "string" ? JSON.parse(row.payload) : row.payload)
+          if (payload._tag === "Failure") {
+            // A row no consumer could read (an event of an older shape): it
+            // goes to the dead letters with the reason instead of blocking
+            // every event after it.
+            undecodable.push({
+              key: row.aggregate_id,
+              value: JSON.stringify(row),
+              headers: {
+                ...headers,
+                "harmony-dlq-reason": payload.failure.message,
+                "harmony-dlq-group": "outbox-relay"
+              }
+            })
+            continue
+          }
+          published.push({
             key: row.aggregate_id,
             value: encodeEnvelope({
               id: row.event_id,
@@ -73,11 +92,16 @@ export const layer = (options: RelayOptions) =>
               version: row.version,
               timestamp: new Date(row.created_at).toISOString(),
               aggregateId: row.aggregate_id,
-              payload: decodeEvent(typeof row.payload === "string" ? JSON.parse(row.payload) : row.payload)
+              payload: payload.success
             }),
-            headers: { [OutboxIdHeader]: String(row.id) }
-          }))
-        )
+            headers
+          })
+        }
+        if (undecodable.length > 0) {
+          yield* Effect.logError(`outbox relay: ${undecodable.length} undecodable rows sent to ${DeadLetterTopic}`)
+          yield* log.produce(DeadLetterTopic, undecodable)
+        }
+        if (published.length > 0) yield* log.produce(EventsTopic, published)
         const at = new Date(yield* Clock.currentTimeMillis)
         yield* sql`UPDATE outbox SET published_at = ${at} WHERE ${sql.in(
           "id",

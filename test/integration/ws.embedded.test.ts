@@ -1,0 +1,3 @@
+import { wsSuite } from "./ws.suite.ts"
+
+wsSuite("embedded")
