@@ -37,7 +37,8 @@ export interface RelayOptions {
 }
 
 interface OutboxRow {
-  readonly id: string
+  /** bigserial: a bigint from Postgres */
+  readonly id: bigint | string
   readonly event_id: string
   readonly aggregate_id: string
   readonly type: string
@@ -75,7 +76,7 @@ export const layer = (options: RelayOptions) =>
             // every event after it.
             undecodable.push({
               key: row.aggregate_id,
-              value: JSON.stringify(row),
+              value: JSON.stringify({ ...row, id: String(row.id) }),
               headers: {
                 ...headers,
                 "harmony-dlq-reason": payload.failure.message,

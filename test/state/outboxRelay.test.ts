@@ -29,6 +29,7 @@ import { Outbox } from "../../src/state/Outbox.ts"
 import * as OutboxRelay from "../../src/streams/OutboxRelay.ts"
 import { OutboxIdHeader, type RelayOptions } from "../../src/streams/OutboxRelay.ts"
 import { EventsTopic } from "../../src/streams/Topics.ts"
+import { DeadLetterTopic } from "../../src/streams/EventConsumers.ts"
 import {
   allPublished,
   byKey,
@@ -208,14 +209,50 @@ describe("outbox relay, embedded (PGlite, in-process log)", () => {
     60_000
   )
 
+  it.live(
+    "an outbox row no consumer could decode goes to the dead letters with its reason; the rows around it are published",
+    () =>
+      withBook(() =>
+        Effect.gen(function* () {
+          const sql = yield* SqlClient.SqlClient
+          const outbox = yield* Outbox
+          const log = MemoryEventLog.make()
+          const [aggregate] = aggregatesOf(1)
+          const chatId = ChatId.make(aggregate!)
+          const rename = (name: string) =>
+            sql.withTransaction(outbox.append([{ _tag: "chat.renamed", chatId, name }])).pipe(Effect.orDie)
+          yield* rename("0")
+          // An event of a shape this version does not know (written by a newer node, say).
+          yield* sql`INSERT INTO outbox (event_id, aggregate_id, type, version, payload)
+            VALUES (${randomUUID()}, ${aggregate!}, 'chat.archived', 2, ${JSON.stringify({ _tag: "chat.archived", chatId })}::jsonb)`.pipe(
+            Effect.orDie
+          )
+          yield* rename("1")
+          yield* startIn(relayLayer(embeddedRelay, Context.add(yield* sqlContext, EventLog, log)))
+          const rows = yield* eventually("every outbox row published or dead-lettered", allPublished)
+          assert.strictEqual(rows.length, 3)
+          const records = yield* readTopic(log, EventsTopic)
+          assert.deepStrictEqual(
+            records.map((record) => (envelopeOf(record).payload as { name?: string }).name),
+            ["0", "1"]
+          )
+          const dead = yield* readTopic(log, DeadLetterTopic)
+          assert.strictEqual(dead.length, 1)
+          assert.strictEqual(dead[0]!.headers[OutboxIdHeader], rows[1]!.id)
+          assert.notStrictEqual(dead[0]!.headers["harmony-dlq-reason"] ?? "", "")
+        }).pipe(Effect.scoped, Effect.provide(embedded))
+      ),
+    60_000
+  )
+
   // Dying (a defect) instead of failing between acknowledgement and mark.
   // FAILS: OutboxRelay retries a turn with Effect.retry, which retries typed
   // failures only; a defect ends the relay's fiber for good (after logging
   // "outbox relay interrupted by a failure; retrying"), so nothing after it is
   // ever published by this node — and in cluster mode its reserved connection
   // goes back to the pool still holding the advisory lock, so no other node
-  // takes over either. (decodeEvent/encodeEnvelope are sync and throw inside
-  // the turn, so one undecodable outbox row is such a defect too.)
+  // takes over either. (Any defect inside a turn does it: a throwing log
+  // adapter, encodeEnvelope's sync encode, JSON.parse of a text payload.)
   it.live(
     "a relay that dies (a defect) between the log's acknowledgement and the mark recovers, publishing nothing twice",
     () =>

@@ -10,6 +10,7 @@ import { assert, describe, layer } from "@effect/vitest"
 import { Context, Effect, Exit, Layer } from "effect"
 import { randomUUID } from "node:crypto"
 import { afterAll, beforeAll, expect, it } from "vitest"
+import type { Cache } from "../../src/infra/Cache.ts"
 import * as Memory from "../../src/infra/Memory.ts"
 import * as Redis from "../../src/infra/Redis.ts"
 import type { RateLimited } from "../../src/schema/Errors.ts"
@@ -37,8 +38,23 @@ const race = (takes: ReadonlyArray<Effect.Effect<void, RateLimited>>) =>
     return { passed, refused }
   })
 
-const bucketSuite = (name: string, nodes: Layer.Layer<RateLimits>, nodeCount: number) =>
-  layer(Layer.succeed(NodeCount, nodeCount).pipe(Layer.merge(nodes)), { excludeTestServices: true })(name, (it) => {
+/** Every node's RateLimits (each on a cache connection of its own, sharing the buckets). */
+class AllNodes extends Context.Service<AllNodes, ReadonlyArray<RateLimits["Service"]>>()("test/state/AllNodes") {}
+
+/** `count` nodes, each its own RateLimits on `cache` (one layer: one connection). */
+const nodesOn = <E>(count: number, cache: Layer.Layer<Cache, E>) =>
+  Layer.effect(
+    AllNodes,
+    Effect.forEach(Array.from({ length: count }), () =>
+      Effect.map(
+        Layer.build(Layer.fresh(RateLimits.layer(settings).pipe(Layer.provide(Layer.fresh(cache))))),
+        (context) => Context.get(context, RateLimits)
+      )
+    )
+  ).pipe(Layer.orDie)
+
+const bucketSuite = (name: string, nodes: Layer.Layer<AllNodes>) =>
+  layer(nodes, { excludeTestServices: true })(name, (it) => {
     it.effect(
       "100 concurrent takes of one user's send bucket: exactly 10 pass, 90 are refused with a wait >= 1 s",
       () =>
@@ -86,40 +102,11 @@ const bucketSuite = (name: string, nodes: Layer.Layer<RateLimits>, nodeCount: nu
     )
   })
 
-/** Every node's RateLimits (one per cache connection). */
-class AllNodes extends Context.Service<AllNodes, ReadonlyArray<RateLimits["Service"]>>()("test/state/AllNodes") {}
-class NodeCount extends Context.Service<NodeCount, number>()("test/state/NodeCount") {}
-
-/** `count` nodes: each its own RateLimits on its own cache connection. */
-const nodesOn = (count: number, cache: () => Layer.Layer<import("../../src/infra/Cache.ts").Cache, unknown>) =>
-  Layer.effect(
-    AllNodes,
-    Effect.forEach(Array.from({ length: count }), () =>
-      Effect.map(Layer.build(RateLimits.layer(settings).pipe(Layer.provide(cache()), Layer.orDie)), (context) =>
-        Context.get(context, RateLimits)
-      )
-    )
-  ) as unknown as Layer.Layer<RateLimits>
-
 describe("rate limits under concurrency", () => {
   // One process: one in-process cache shared by every request.
-  const memory = Memory.layer
-  bucketSuite(
-    "in process",
-    Layer.effect(
-      AllNodes,
-      Effect.map(Layer.build(RateLimits.layer(settings).pipe(Layer.provide(memory))), (context) => [
-        Context.get(context, RateLimits)
-      ])
-    ) as unknown as Layer.Layer<RateLimits>,
-    1
-  )
+  bucketSuite("in process", nodesOn(1, Memory.layer))
   // Four nodes, each with its own Redis connection, sharing the buckets.
-  bucketSuite(
-    "on Redis, four nodes",
-    nodesOn(4, () => Redis.layer({ url: serviceUrl("REDIS_URL") })),
-    4
-  )
+  bucketSuite("on Redis, four nodes", nodesOn(4, Redis.layer({ url: serviceUrl("REDIS_URL") })))
 })
 
 // --- end to end ------------------------------------------------------------------
