@@ -10,7 +10,7 @@ import { EventLog } from "../infra/EventLog.ts"
 import type { MessageStore } from "../infra/MessageStore.ts"
 import { Fanout } from "../streams/Fanout.ts"
 import * as PartitionRunner from "../streams/PartitionRunner.ts"
-import { ActorsGroup, MessagesTopic } from "../streams/Topics.ts"
+import { ActorsGroup, MessagesTopic, topicRetry } from "../streams/Topics.ts"
 import type { LocalActors } from "./ActorRegistry.ts"
 
 export const defaultRunnerOptions: PartitionRunner.RunnerOptions = {
@@ -33,7 +33,7 @@ export const layer = (options: { readonly partitions: number; readonly runner?: 
       const log = yield* EventLog
       const fanout = yield* Fanout
       const context = yield* Effect.context<MessageStore | SqlClient.SqlClient | LocalActors>()
-      yield* log.createTopic(MessagesTopic, options.partitions)
+      yield* log.createTopic(MessagesTopic, options.partitions).pipe(Effect.retry(topicRetry))
       yield* log.consume({
         group: ActorsGroup,
         topic: MessagesTopic,

@@ -20,6 +20,7 @@ import {
   Queue,
   Schema,
   Scope,
+  Semaphore,
   Stream
 } from "effect"
 import { messagesDelivered, sessionsOpen, slowConsumerDisconnects } from "../Metrics.ts"
@@ -49,7 +50,13 @@ export interface SessionOptions {
   readonly maxRateLimited: number
   /** At most one typing signal per chat in this interval. */
   readonly typingInterval: Duration.Duration
+  /** Sends of one session waiting for the log at once. */
+  readonly maxInFlightSends: number
 }
+
+/** Inbound frames queued before the gateway pauses reading the socket, and when reading resumes. */
+export const InboundHighWater = 256
+export const InboundLowWater = 64
 
 export const defaultSessionOptions: SessionOptions = {
   authTimeout: Duration.seconds(5),
@@ -57,7 +64,8 @@ export const defaultSessionOptions: SessionOptions = {
   maxMalformed: 5,
   recoveryDeadline: Duration.seconds(3),
   maxRateLimited: 10,
-  typingInterval: Duration.seconds(2)
+  typingInterval: Duration.seconds(2),
+  maxInFlightSends: 64
 }
 
 export interface SessionServices {
@@ -293,22 +301,30 @@ export const run = Effect.fnUntraced(function* (
         )
       case "send":
         // Sends run concurrently (the ingest batches them); each answers on its own.
-        return services.ingest.send(user.id, frame.chatId, frame.clientMsgId, frame.body).pipe(
-          Effect.tap(() =>
-            Effect.sync(() => {
-              rateLimitedInARow = 0
-            })
-          ),
-          Effect.flatMap((accepted) =>
-            send(withRef({ type: "ack", clientMsgId: accepted.clientMsgId, id: accepted.id }, frame.ref))
-          ),
-          Effect.catch((error) =>
-            error._tag === "RateLimited" && ++rateLimitedInARow >= options.maxRateLimited
-              ? close(CloseCode.rateLimited, "rate limited too long")
-              : sendError(error, frame.ref)
-          ),
-          Effect.forkIn(sessionScope),
-          Effect.asVoid
+        // At most `maxInFlightSends` sends wait for the log at once; past that
+        // the reader waits, the inbound queue fills, and the socket is paused
+        // (TCP back-pressure to the client) until it drains.
+        return sendPermits.take(1).pipe(
+          Effect.andThen(
+            services.ingest.send(user.id, frame.chatId, frame.clientMsgId, frame.body).pipe(
+              Effect.tap(() =>
+                Effect.sync(() => {
+                  rateLimitedInARow = 0
+                })
+              ),
+              Effect.flatMap((accepted) =>
+                send(withRef({ type: "ack", clientMsgId: accepted.clientMsgId, id: accepted.id }, frame.ref))
+              ),
+              Effect.catch((error) =>
+                error._tag === "RateLimited" && ++rateLimitedInARow >= options.maxRateLimited
+                  ? close(CloseCode.rateLimited, "rate limited too long")
+                  : sendError(error, frame.ref)
+              ),
+              Effect.ensuring(sendPermits.release(1)),
+              Effect.forkIn(sessionScope),
+              Effect.asVoid
+            )
+          )
         )
       case "typing": {
         // Typing is ephemeral: at most one signal per chat per interval.
@@ -352,12 +368,14 @@ export const run = Effect.fnUntraced(function* (
     }
   }
 
+  const sendPermits = yield* Semaphore.make(options.maxInFlightSends)
   let malformed = 0
   let rateLimitedInARow = 0
   const lastTyping = new Map<ChatId, number>()
   const loop = Queue.take(inbound).pipe(
     Effect.flatMap((input) =>
       Effect.gen(function* () {
+        if (socket.isPaused && Queue.sizeUnsafe(inbound) <= InboundLowWater) socket.resume()
         const frame = input._tag === "Text" ? yield* decodeClientFrame(input.text).pipe(Effect.result) : undefined
         if (frame === undefined || frame._tag === "Failure") {
           malformed++

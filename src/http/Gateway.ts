@@ -97,17 +97,22 @@ export class Gateway extends Context.Service<
             const inbound = Effect.runSync(Queue.unbounded<Session.Inbound, Cause.Done>())
             ws.on("message", (data, isBinary) => {
               Queue.offerUnsafe(inbound, isBinary ? { _tag: "Binary" } : { _tag: "Text", text: data.toString() })
+              // A client sending faster than its session keeps up is read no further until it catches up.
+              if (Queue.sizeUnsafe(inbound) >= Session.InboundHighWater) ws.pause()
             })
             ws.on("close", () => {
               Queue.endUnsafe(inbound)
             })
-            ws.on("error", () => {
-              // ws reports protocol violations (oversize frames: 1009) by closing; the close ends the session.
+            ws.on("error", (error) => {
+              // ws reports protocol violations (oversize frames: 1009) and
+              // socket errors by closing; the close ends the session.
+              runFork(Effect.logDebug("websocket error", error))
             })
             open++
             runFork(
               Session.run(ws, inbound, services, options).pipe(
                 Effect.scoped,
+                Effect.asVoid,
                 Effect.catchCause((cause) =>
                   Cause.hasInterruptsOnly(cause) ? Effect.void : Effect.logError("session failed", cause)
                 ),

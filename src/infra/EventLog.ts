@@ -96,11 +96,12 @@ export class EventLog extends Context.Service<
      */
     readonly consume: (options: ConsumeOptions) => Effect.Effect<void, EventLogError, Scope.Scope>
     /**
-     * The last record of every non-empty partition of `topic` (none for an
-     * unknown or empty topic). The outbox relay reads it on taking over to
-     * learn what its predecessor published.
+     * The last `count` records (default 1) of every non-empty partition of
+     * `topic`, oldest first within a partition (none for an unknown or empty
+     * topic). The outbox relay reads it on taking over to learn what its
+     * predecessor published.
      */
-    readonly tail: (topic: string) => Effect.Effect<ReadonlyArray<LogRecord>, EventLogError>
+    readonly tail: (topic: string, count?: number) => Effect.Effect<ReadonlyArray<LogRecord>, EventLogError>
     /** Answers when the log is reachable (readiness). */
     readonly ping: Effect.Effect<void, EventLogError>
   }

@@ -972,7 +972,8 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
       })
 
     /**
-     * Reads the record at `offsets[partition]` of each listed partition.
+     * Reads the records from `ranges[partition].from` to `.to` (inclusive)
+     * of each listed partition.
      * kafkajs reads only as a member of a consumer group, so this joins a
      * throwaway group of its own (a fresh id, so it is the only member, and an
      * assigner that gives it exactly the listed partitions), seeks each
@@ -981,12 +982,13 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
      * committed; the group is deleted afterwards so such groups do not pile
      * up on the coordinator.
      */
-    const readAt = (topic: string, offsets: ReadonlyMap<number, number>) =>
+    const readRange = (topic: string, ranges: ReadonlyMap<number, { readonly from: number; readonly to: number }>) =>
       Effect.gen(function* () {
         const group = `${clientId}-tail-${randomUUID()}`
         const describe = `the tail of ${topic} (throwaway group ${group})`
-        const partitions = [...offsets.keys()].sort((a, b) => a - b)
-        const found = new Map<number, LogRecord>()
+        const partitions = [...ranges.keys()].sort((a, b) => a - b)
+        const found = new Map<number, Array<LogRecord>>()
+        const complete = new Set<number>()
         const done = yield* Deferred.make<void, EventLogError>()
 
         const assigner: PartitionAssigner = () => ({
@@ -1026,9 +1028,10 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
         consumer.on(consumer.events.GROUP_JOIN, (event) => {
           try {
             for (const partition of event.payload.memberAssignment[topic] ?? []) {
-              const offset = offsets.get(partition)
-              if (offset !== undefined && !found.has(partition)) {
-                consumer.seek({ topic, partition, offset: String(offset) })
+              const range = ranges.get(partition)
+              if (range !== undefined && !complete.has(partition)) {
+                found.set(partition, [])
+                consumer.seek({ topic, partition, offset: String(range.from) })
               }
             }
           } catch (error) {
@@ -1040,18 +1043,26 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
         )
 
         const eachBatch = async ({ batch }: EachBatchPayload): Promise<void> => {
-          const offset = offsets.get(batch.partition)
-          if (offset === undefined || found.has(batch.partition)) return
-          // Records produced after the offsets were read come later in the batch; only the one at `offset` counts.
-          const message = batch.messages.find((m) => Number(m.offset) === offset)
-          if (message === undefined) return
-          found.set(batch.partition, toLogRecord(topic, batch.partition, message))
+          const range = ranges.get(batch.partition)
+          if (range === undefined || complete.has(batch.partition)) return
+          const records = found.get(batch.partition) ?? []
+          found.set(batch.partition, records)
+          // Records produced after the offsets were read come later; only the range counts.
+          for (const message of batch.messages) {
+            const offset = Number(message.offset)
+            if (offset >= range.from && offset <= range.to && offset > (records.at(-1)?.offset ?? -1)) {
+              records.push(toLogRecord(topic, batch.partition, message))
+            }
+          }
+          if ((records.at(-1)?.offset ?? -1) < range.to) return
+          complete.add(batch.partition)
           try {
             consumer.pause([{ topic, partitions: [batch.partition] }])
-          } catch {
+          } catch (error) {
             // Only saves fetches; the read is complete either way.
+            runDetached(Effect.logDebug(`${describe}: pausing a read partition failed`, error))
           }
-          if (found.size === offsets.size) Deferred.doneUnsafe(done, Effect.void)
+          if (complete.size === ranges.size) Deferred.doneUnsafe(done, Effect.void)
         }
 
         /** `consumer.run`, which settles once the consumer has joined (or failed to). */
@@ -1097,12 +1108,12 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
             orElse: () =>
               Effect.fail(
                 new EventLogError({
-                  message: `${describe}: read ${found.size} of ${offsets.size} last records within ${Duration.format(tailTimeout)}`
+                  message: `${describe}: read ${complete.size} of ${ranges.size} partitions' last records within ${Duration.format(tailTimeout)}`
                 })
               )
           })
         )
-        return partitions.map((partition) => found.get(partition)!)
+        return partitions.flatMap((partition) => found.get(partition) ?? [])
       }).pipe(Effect.scoped)
 
     /**
@@ -1127,9 +1138,12 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
      * - Retention deleting the whole partition between the offset read and
      *   the fetch (the fetch goes out of range).
      */
-    const tail = (topic: string): Effect.Effect<ReadonlyArray<LogRecord>, EventLogError> =>
+    const tail = (topic: string, count = 1): Effect.Effect<ReadonlyArray<LogRecord>, EventLogError> =>
       Effect.gen(function* () {
         if (topic === "") return yield* new EventLogError({ message: "topic name must not be empty" })
+        if (!Number.isSafeInteger(count) || count < 1) {
+          return yield* new EventLogError({ message: "tail count must be a positive integer" })
+        }
         // Listing, not describing: kafkajs retries a missing topic's metadata for seconds.
         const topics = yield* attempt(`listing the topics on ${where}`, () => admin.listTopics())
         if (!topics.includes(topic)) return []
@@ -1141,12 +1155,14 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
           // created) or while its leadership moves.
           Effect.retry({ while: isRetriable, schedule: Schedule.exponential("100 millis"), times: 6 })
         )
-        const last = new Map<number, number>()
+        const ranges = new Map<number, { from: number; to: number }>()
         for (const { partition, high, low } of watermarks) {
-          if (Number(high) > Number(low)) last.set(partition, Number(high) - 1)
+          if (Number(high) > Number(low)) {
+            ranges.set(partition, { from: Math.max(Number(low), Number(high) - count), to: Number(high) - 1 })
+          }
         }
-        if (last.size === 0) return []
-        return yield* readAt(topic, last)
+        if (ranges.size === 0) return []
+        return yield* readRange(topic, ranges)
       })
 
     return EventLog.of({ createTopic, produce, consume, tail, ping })

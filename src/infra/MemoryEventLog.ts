@@ -353,13 +353,14 @@ export const make = (options?: MemoryEventLogOptions): EventLog["Service"] => {
       yield* rebalance(group, { joined: member })
     })
 
-  const tail = (name: string): Effect.Effect<ReadonlyArray<LogRecord>, EventLogError> =>
+  const tail = (name: string, count = 1): Effect.Effect<ReadonlyArray<LogRecord>, EventLogError> =>
     Effect.suspend(() => {
       if (name === "") return invalid("topic name must not be empty")
+      if (!Number.isSafeInteger(count) || count < 1) return invalid("tail count must be a positive integer")
       // Only reads: an unknown topic is not created, unlike produce and consume.
       const topic = topics.get(name)
       if (topic === undefined) return Effect.succeed([])
-      return Effect.succeed(topic.partitions.flatMap((partition) => partition.records.slice(-1)))
+      return Effect.succeed(topic.partitions.flatMap((partition) => partition.records.slice(-count)))
     })
 
   return EventLog.of({ createTopic, produce, consume, tail, ping: Effect.void })

@@ -252,6 +252,9 @@ const connection = Effect.fnUntraced(function* (url: string, role: "command" | "
     commandTimeout: Duration.toMillis(commandTimeout),
     maxRetriesPerRequest: 1,
     enableOfflineQueue: false,
+    // Commands issued in the same tick go out in one write: fanout publishes
+    // and cache lookups come in bursts.
+    enableAutoPipelining: role === "command",
     retryStrategy
   }
   const client = yield* Effect.acquireRelease(

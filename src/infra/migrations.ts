@@ -68,8 +68,17 @@ const v1 = Effect.gen(function* () {
   yield* sql`CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL`
 })
 
+// The relay marks a batch as attempted before publishing it: after a crash,
+// only attempted rows can be in the log unmarked, and only they are checked
+// against it (a row that committed late, with a lower id, was never attempted).
+const v2 = Effect.gen(function* () {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`ALTER TABLE outbox ADD COLUMN attempted_at timestamptz`
+})
+
 export const migrations = Migrator.fromRecord({
-  "1_state": v1
+  "1_state": v1,
+  "2_outbox_attempts": v2
 })
 
 /** Runs pending migrations; answers the ones it applied. */

@@ -21,7 +21,7 @@ import type { ChatId } from "../schema/Domain.ts"
 import { EventEnvelope } from "../schema/Events.ts"
 import { Membership } from "../state/Membership.ts"
 import { Fanout } from "./Fanout.ts"
-import { EventsTopic } from "./Topics.ts"
+import { EventsTopic, topicRetry } from "./Topics.ts"
 
 export const DeadLetterTopic = "chat.events.dlq"
 /** Node-wide control signals (every node subscribes): deleted chats for the actors, closed accounts for the gateway. */
@@ -143,7 +143,7 @@ const storeCleaner = Effect.gen(function* () {
 export const layer = Layer.effectDiscard(
   Effect.gen(function* () {
     const log = yield* EventLog
-    yield* log.createTopic(EventsTopic, 8)
+    yield* log.createTopic(EventsTopic, 8).pipe(Effect.retry(topicRetry))
     yield* cacheInvalidator
     yield* gatewaySignals
     yield* storeCleaner

@@ -27,6 +27,8 @@ interface Pending {
   readonly done: Deferred.Deferred<void, EventLogError>
 }
 
+/** Sends waiting for a produce request before further senders wait. */
+const MaxQueued = 10_000
 /** The most records in one produce request. */
 const MaxBatch = 500
 /** The most bytes in one produce request: well under Kafka's default 1 MB message batch limit. */
@@ -68,7 +70,9 @@ export class Ingest extends Context.Service<
       const log = yield* EventLog
       const membership = yield* Membership
       const limits = yield* RateLimits
-      const queue = yield* Queue.unbounded<Pending>()
+      // Bounded: when the log cannot keep up, senders wait here (their acks
+      // come later) instead of the node buffering without limit.
+      const queue = yield* Queue.bounded<Pending>(MaxQueued)
 
       const produce = (chunk: ReadonlyArray<Pending>) =>
         log

@@ -4,10 +4,11 @@
  * log acknowledged it.
  *
  * One relay is active across all nodes: the one holding a Postgres advisory
- * lock, which Postgres releases when its holder's connection dies, so another
- * node takes over. A relay that takes over first reads the topic's tail: a
- * predecessor that died between publishing and marking left rows that are in
- * the log but not marked, and they are marked rather than published twice.
+ * lock, which Postgres releases when its holder's connection dies (or the
+ * relay gives it up), so another node takes over. Each batch is marked
+ * attempted before it is published; a relay that takes over first reads the
+ * end of the topic: attempted rows a predecessor published but did not mark
+ * are found there and marked rather than published twice.
  * LISTEN/NOTIFY wakes the relay at once; polling covers missed wake-ups.
  *
  * Embedded mode is one node with a one-connection pool: no lock, no LISTEN,
@@ -98,6 +99,11 @@ export const layer = (options: RelayOptions) =>
             headers
           })
         }
+        const attemptedAt = new Date(yield* Clock.currentTimeMillis)
+        yield* sql`UPDATE outbox SET attempted_at = ${attemptedAt} WHERE ${sql.in(
+          "id",
+          rows.map((row) => row.id)
+        )}`
         if (undecodable.length > 0) {
           yield* Effect.logError(`outbox relay: ${undecodable.length} undecodable rows sent to ${DeadLetterTopic}`)
           yield* log.produce(DeadLetterTopic, undecodable)
@@ -112,20 +118,22 @@ export const layer = (options: RelayOptions) =>
         return rows.length
       })
 
-      /** Marks rows a predecessor published but did not mark. */
+      /** Marks the attempted rows a predecessor published but did not mark. */
       const reconcile = Effect.gen(function* () {
-        const tail = yield* log.tail(EventsTopic)
-        const published = tail
-          .map((record) => Number(record.headers[OutboxIdHeader]))
-          .filter((id) => Number.isSafeInteger(id))
-        if (published.length === 0) return
-        const highest = Math.max(...published)
+        const inDoubt = yield* sql<{ id: bigint | string }>`
+          SELECT id FROM outbox WHERE published_at IS NULL AND attempted_at IS NOT NULL`
+        if (inDoubt.length === 0) return
+        // An attempt is one batch: its records are among the last batchSize of each partition.
+        const [events, deadLetters] = yield* Effect.all([
+          log.tail(EventsTopic, options.batchSize),
+          log.tail(DeadLetterTopic, options.batchSize)
+        ])
+        const inLog = new Set([...events, ...deadLetters].map((record) => record.headers[OutboxIdHeader]))
+        const found = inDoubt.map((row) => String(row.id)).filter((id) => inLog.has(id))
+        if (found.length === 0) return
         const at = new Date(yield* Clock.currentTimeMillis)
-        const marked = yield* sql`
-          UPDATE outbox SET published_at = ${at} WHERE published_at IS NULL AND id <= ${highest} RETURNING id`
-        if (marked.length > 0) {
-          yield* Effect.logWarning(`outbox relay: ${marked.length} rows were published but not marked; marked now`)
-        }
+        yield* sql`UPDATE outbox SET published_at = ${at} WHERE ${sql.in("id", found)}`
+        yield* Effect.logWarning(`outbox relay: ${found.length} rows were published but not marked; marked now`)
       })
 
       const drain = publishBatch().pipe(Effect.repeat({ while: (published) => published === options.batchSize }))
@@ -148,6 +156,17 @@ export const layer = (options: RelayOptions) =>
         const connection = yield* sql.reserve
         const [row] = yield* connection.execute("SELECT pg_try_advisory_lock($1) AS locked", [RelayLock], undefined)
         if (row?.locked !== true) return yield* Effect.sleep(Duration.seconds(2))
+        // However this turn ends, the lock is given up before the connection
+        // goes back to the pool, so another node (or the next turn) can take it.
+        yield* Effect.addFinalizer(() =>
+          connection
+            .execute("SELECT pg_advisory_unlock($1)", [RelayLock], undefined)
+            .pipe(
+              Effect.catchCause((cause) =>
+                Effect.logDebug("outbox relay: unlock failed (the connection is gone)", cause)
+              )
+            )
+        )
         yield* Effect.logInfo("outbox relay: this node is the active relay")
         const wakeups = yield* pg.listen(OutboxChannel)
         // The lock lives as long as its connection: losing it ends this turn.
@@ -158,8 +177,11 @@ export const layer = (options: RelayOptions) =>
       }).pipe(Effect.scoped)
 
       const turn = options.exclusive ? exclusive : relay(Option.none())
+      // Failures and defects alike end the turn, never the relay: it backs
+      // off and takes another turn (competing for the lock again).
       yield* turn.pipe(
-        Effect.tapCause((cause) => Effect.logWarning("outbox relay interrupted by a failure; retrying", cause)),
+        Effect.sandbox,
+        Effect.tapError((cause) => Effect.logWarning("outbox relay interrupted by a failure; retrying", cause)),
         Effect.retry(retry),
         Effect.forever,
         Effect.forkScoped

@@ -1,4 +1,12 @@
+import { Schedule } from "effect"
+
 /** The Kafka topics Harmony uses and the consumer groups reading them. */
 export const MessagesTopic = "chat.messages"
 export const EventsTopic = "chat.events"
 export const ActorsGroup = "actors"
+
+/**
+ * Creating a topic can race a fresh broker's metadata ("does not host this
+ * topic-partition"): a few retries with backoff cover it.
+ */
+export const topicRetry = Schedule.exponential("200 millis").pipe(Schedule.jittered, Schedule.upTo({ times: 8 }))

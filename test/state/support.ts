@@ -143,7 +143,7 @@ export const isolatedTopics = (log: EventLog["Service"], suffix: string): EventL
     createTopic: (topic, partitions) => log.createTopic(rename(topic), partitions),
     produce: (topic, records) => log.produce(rename(topic), records),
     consume: (options) => log.consume({ ...options, topic: rename(options.topic) }),
-    tail: (topic) => log.tail(rename(topic)),
+    tail: (topic, count) => log.tail(rename(topic), count),
     ping: log.ping
   })
 }

@@ -1,0 +1,90 @@
+/**
+ * The gateway side of fanout: one live feed per chat per node, shared by
+ * every local session subscribed to it. Items reach the sessions' listeners
+ * synchronously, in order — a delivery is a socket write, not a queue hand-off
+ * and a fiber wake-up per subscriber. The feed's PubSub subscription is held
+ * while the chat has local listeners and dropped with the last one.
+ */
+import { Context, Deferred, Effect, Fiber, FiberSet, Layer, Stream } from "effect"
+import type { CacheError } from "../infra/Cache.ts"
+import type { ChatId } from "../schema/Domain.ts"
+import { Fanout, type FanoutItem } from "./Fanout.ts"
+
+export type Listener = (items: ReadonlyArray<FanoutItem>) => void
+
+interface Feed {
+  readonly listeners: Set<Listener>
+  readonly ready: Deferred.Deferred<void, CacheError>
+  fiber: Fiber.Fiber<void, CacheError> | undefined
+}
+
+export class ChatFeeds extends Context.Service<
+  ChatFeeds,
+  {
+    /**
+     * Adds a listener to the chat's feed; answers once the feed is live (so
+     * nothing published after it returns is missed) with the way to remove it.
+     */
+    readonly listen: (chatId: ChatId, listener: Listener) => Effect.Effect<Effect.Effect<void>, CacheError>
+  }
+>()("harmony/streams/ChatFeeds") {
+  static readonly layer = Layer.effect(
+    ChatFeeds,
+    Effect.gen(function* () {
+      const fanout = yield* Fanout
+      const fibers = yield* FiberSet.make<void, CacheError>()
+      const runFork = yield* FiberSet.runtime(fibers)()
+      const feeds = new Map<ChatId, Feed>()
+
+      const open = (chatId: ChatId, feed: Feed) =>
+        Effect.scoped(
+          Effect.gen(function* () {
+            const items = yield* fanout.subscribe(chatId)
+            yield* Deferred.succeed(feed.ready, undefined)
+            yield* items.pipe(
+              Stream.runForEachArray((batch) =>
+                Effect.sync(() => {
+                  for (const listener of feed.listeners) listener(batch)
+                })
+              )
+            )
+          })
+        ).pipe(Effect.tapError((error) => Deferred.fail(feed.ready, error)))
+
+      const remove = (chatId: ChatId, feed: Feed, listener: Listener) =>
+        Effect.suspend(() => {
+          feed.listeners.delete(listener)
+          if (feed.listeners.size > 0 || feeds.get(chatId) !== feed) return Effect.void
+          feeds.delete(chatId)
+          return feed.fiber === undefined ? Effect.void : Fiber.interrupt(feed.fiber)
+        })
+
+      const listen = (chatId: ChatId, listener: Listener) =>
+        Effect.gen(function* () {
+          let feed = feeds.get(chatId)
+          if (feed === undefined) {
+            const created: Feed = {
+              listeners: new Set(),
+              ready: yield* Deferred.make<void, CacheError>(),
+              fiber: undefined
+            }
+            feeds.set(chatId, created)
+            created.fiber = runFork(open(chatId, created))
+            feed = created
+          }
+          feed.listeners.add(listener)
+          const joined = feed
+          yield* Deferred.await(joined.ready).pipe(
+            Effect.tapError(() =>
+              Effect.sync(() => {
+                if (feeds.get(chatId) === joined) feeds.delete(chatId)
+              })
+            )
+          )
+          return remove(chatId, joined, listener)
+        })
+
+      return ChatFeeds.of({ listen })
+    })
+  )
+}
