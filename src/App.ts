@@ -38,6 +38,7 @@ import { Membership } from "./state/Membership.ts"
 import { RateLimits } from "./state/RateLimits.ts"
 import { Outbox } from "./state/Outbox.ts"
 import { Tokens } from "./state/Tokens.ts"
+import { ChatFeeds } from "./streams/ChatFeeds.ts"
 import * as EventConsumers from "./streams/EventConsumers.ts"
 import { Fanout } from "./streams/Fanout.ts"
 import { History } from "./streams/History.ts"
@@ -120,7 +121,7 @@ const streamsLayer = (config: HarmonyConfig) =>
     EventConsumers.layer
   ).pipe(
     Layer.provideMerge(Layer.mergeAll(Ingest.layer, History.layer)),
-    Layer.provideMerge(PresenceTracker.layer({ ttl: config.presenceTtl })),
+    Layer.provideMerge(Layer.mergeAll(PresenceTracker.layer({ ttl: config.presenceTtl }), ChatFeeds.layer)),
     Layer.provideMerge(Layer.mergeAll(Fanout.layer, LocalActors.layer))
   )
 

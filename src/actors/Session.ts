@@ -20,8 +20,7 @@ import {
   Queue,
   Schema,
   Scope,
-  Semaphore,
-  Stream
+  Semaphore
 } from "effect"
 import { messagesDelivered, sessionsOpen, slowConsumerDisconnects } from "../Metrics.ts"
 import { randomUUID } from "node:crypto"
@@ -32,6 +31,7 @@ import { type ClientFrame, CloseCode, decodeClientFrame, type ServerFrame } from
 import type { Accounts } from "../state/Accounts.ts"
 import type { Chats } from "../state/Chats.ts"
 import type { Membership } from "../state/Membership.ts"
+import type { ChatFeeds } from "../streams/ChatFeeds.ts"
 import { type Fanout, type FanoutItem, messageFrame } from "../streams/Fanout.ts"
 import type { History } from "../streams/History.ts"
 import type { PresenceTracker } from "./PresenceTracker.ts"
@@ -75,6 +75,7 @@ export interface SessionServices {
   readonly ingest: Ingest["Service"]
   readonly history: History["Service"]
   readonly fanout: Fanout["Service"]
+  readonly feeds: ChatFeeds["Service"]
   readonly presence: PresenceTracker["Service"]
   /** Tells the gateway whose session this is, so it can end a closed account's sessions; answers how to forget it. */
   readonly register: (userId: UserId, socket: WebSocket) => () => void
@@ -127,6 +128,18 @@ export const run = Effect.fnUntraced(function* (
       return Effect.void
     })
   const send = (frame: ServerFrame) => sendText(JSON.stringify(frame))
+  const context = yield* Effect.context<never>()
+  const runFork = Effect.runForkWith(context)
+  const runSync = Effect.runSyncWith(context)
+  /** `sendText` for the synchronous delivery path. */
+  const sendTextUnsafe = (text: string) => {
+    if (socket.readyState !== socket.OPEN) return
+    if (socket.bufferedAmount > options.maxBufferedBytes) {
+      runFork(sendText(text))
+      return
+    }
+    socket.send(text)
+  }
 
   const withRef = <F extends object>(frame: F, ref: string | undefined): F =>
     ref === undefined ? frame : { ...frame, ref }
@@ -189,13 +202,44 @@ export const run = Effect.fnUntraced(function* (
     const subscription: Subscription = { scope, lastDelivered: sinceSeq ?? 0 }
     subscriptions.set(chatId, subscription)
     yield* services.presence.join(user.id, chatId)
-    // Live first, buffered, so nothing published during recovery is missed.
-    const live = yield* services.fanout.subscribe(chatId).pipe(Scope.provide(scope))
-    const buffer = yield* Queue.unbounded<FanoutItem, Cause.Done>().pipe(Scope.provide(scope))
-    yield* live.pipe(Stream.runIntoQueue(buffer), Effect.forkIn(scope))
 
+    // Delivery runs inside the chat feed's listener, synchronously: a
+    // message is a dedupe check and a socket write, no hand-off.
+    let delivered = 0
+    const deliver = (item: FanoutItem) => {
+      if (item.seq > 0) {
+        if (item.seq <= subscription.lastDelivered) return
+        subscription.lastDelivered = item.seq
+        delivered++
+      } else if (item.from === user.id) {
+        // Typing and read signals are for the others.
+        return
+      } else if (item.from === undefined && endsSubscription(item.frame, user.id)) {
+        // Removed from the chat, or the chat is gone: say so, then stop.
+        sendTextUnsafe(item.frame)
+        runFork(unsubscribe(chatId))
+        return
+      }
+      sendTextUnsafe(item.frame)
+    }
+    // Live first, buffered until recovery is done, so nothing published
+    // meanwhile is missed.
     const pendingLive: Array<FanoutItem> = []
-    const recovery = yield* recover(chatId, sinceSeq, buffer, pendingLive)
+    let recovering = true
+    const removeListener = yield* services.feeds.listen(chatId, (items) => {
+      if (recovering) {
+        pendingLive.push(...items)
+        return
+      }
+      for (const item of items) deliver(item)
+      if (delivered > 0) {
+        runSync(Metric.update(messagesDelivered, delivered))
+        delivered = 0
+      }
+    })
+    yield* Scope.addFinalizer(scope, removeListener)
+
+    const recovery = yield* recover(chatId, sinceSeq, pendingLive)
     yield* send(withRef({ type: "subscribed", chatId, lastSeq: recovery.lastSeq, recovered: recovery.recovered }, ref))
     for (const message of recovery.messages) {
       if (message.seq > subscription.lastDelivered) {
@@ -205,39 +249,13 @@ export const run = Effect.fnUntraced(function* (
     }
     if (sinceSeq === undefined) subscription.lastDelivered = Math.max(subscription.lastDelivered, recovery.lastSeq)
     yield* send({ type: "presence", chatId, online: yield* services.presence.online(chatId) })
-    const deliver = (item: FanoutItem) => {
-      if (item.seq > 0) {
-        if (item.seq <= subscription.lastDelivered) return Effect.void
-        subscription.lastDelivered = item.seq
-        return sendText(item.frame).pipe(Effect.andThen(Metric.update(messagesDelivered, 1)))
-      } else if (item.from === user.id) {
-        // Typing and read signals are for the others.
-        return Effect.void
-      } else if (item.from === undefined && endsSubscription(item.frame, user.id)) {
-        // Removed from the chat, or the chat is gone: say so, then stop.
-        return sendText(item.frame).pipe(
-          Effect.andThen(Effect.forkIn(unsubscribe(chatId), sessionScope)),
-          Effect.asVoid
-        )
-      }
-      return sendText(item.frame)
-    }
-    yield* Effect.forEach(pendingLive, deliver, { discard: true })
-    yield* Queue.take(buffer).pipe(
-      Effect.flatMap(deliver),
-      Effect.forever,
-      Effect.catchIf(Cause.isDone, () => Effect.void),
-      Effect.forkIn(scope)
-    )
+    for (const item of pendingLive) deliver(item)
+    pendingLive.length = 0
+    recovering = false
   })
 
   /** What a subscriber missed after `sinceSeq`, made contiguous with the live buffer when it can be. */
-  const recover = (
-    chatId: ChatId,
-    sinceSeq: number | undefined,
-    buffer: Queue.Queue<FanoutItem, Cause.Done>,
-    pendingLive: Array<FanoutItem>
-  ) =>
+  const recover = (chatId: ChatId, sinceSeq: number | undefined, pendingLive: ReadonlyArray<FanoutItem>) =>
     Effect.gen(function* () {
       const lastSeq = yield* services.history.lastSeq(chatId).pipe(Effect.orElseSucceed(() => 0))
       if (sinceSeq === undefined) return { lastSeq, recovered: true, messages: [] }
@@ -245,7 +263,6 @@ export const run = Effect.fnUntraced(function* (
       const messages: Array<Message> = []
       let known = sinceSeq
       while (true) {
-        pendingLive.push(...(yield* Queue.clear(buffer).pipe(Effect.orElseSucceed(() => []))))
         const firstLive = pendingLive.find((item) => item.seq > 0)?.seq
         const target = firstLive === undefined ? lastSeq : firstLive - 1
         if (known >= target) break

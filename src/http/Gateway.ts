@@ -20,6 +20,7 @@ import { CloseCode, MaxFrameBytes } from "../schema/Protocol.ts"
 import { Accounts } from "../state/Accounts.ts"
 import { Chats } from "../state/Chats.ts"
 import { Membership } from "../state/Membership.ts"
+import { ChatFeeds } from "../streams/ChatFeeds.ts"
 import { Fanout } from "../streams/Fanout.ts"
 import { History } from "../streams/History.ts"
 import { Ingest } from "../streams/Ingest.ts"
@@ -47,6 +48,7 @@ export class Gateway extends Context.Service<
           ingest: yield* Ingest,
           history: yield* History,
           fanout: yield* Fanout,
+          feeds: yield* ChatFeeds,
           presence: yield* PresenceTracker,
           register: (userId, socket) => {
             const sockets = byUser.get(userId) ?? new Set<WebSocket>()
