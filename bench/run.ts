@@ -533,6 +533,22 @@ const baselineTarget = (kind: "ws" | "socketio"): Target => ({
   }
 })
 
+/** The membership cache's hit rate over the run, from the server's /metrics. */
+const cacheHitRate = async (url: string): Promise<string> => {
+  try {
+    const text = await (await fetch(`${url}/metrics`)).text()
+    const count = (result: string) =>
+      Number(new RegExp(`^harmony_cache_lookups_total\\{result="${result}"\\} (\\S+)$`, "m").exec(text)?.[1] ?? 0)
+    const [hit, miss, error] = [count("hit"), count("miss"), count("error")]
+    const total = hit + miss + error
+    return total === 0
+      ? "membership cache: no lookups"
+      : `membership cache hit rate ${((100 * hit) / total).toFixed(1)}% (${hit} hits, ${miss} misses, ${error} errors)`
+  } catch (error) {
+    return `membership cache hit rate unknown: ${error instanceof Error ? error.message : String(error)}`
+  }
+}
+
 /** Runs the load generator against one started target; answers its result. */
 const runLoad = (config: LoadConfig, server: Child): Promise<TargetResult> =>
   new Promise((resolve, reject) => {
@@ -644,7 +660,10 @@ const main = async () => {
         runId: `${runId}${target.label.slice(-1)}`,
         cpuPids: { server: [started.child.pid], ...target.cpuPids() }
       }
-      results.push(await runLoad(config, started.child))
+      const result = await runLoad(config, started.child)
+      results.push(
+        target.kind === "harmony" ? { ...result, notes: [...result.notes, await cacheHitRate(started.url)] } : result
+      )
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error)
       out(`bench: ${target.label} FAILED: ${message}`)
