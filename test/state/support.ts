@@ -37,7 +37,7 @@ import { migrate } from "../../src/infra/migrations.ts"
 import * as Sql from "../../src/infra/Sql.ts"
 import { EventEnvelope } from "../../src/schema/Events.ts"
 import * as OutboxRelay from "../../src/streams/OutboxRelay.ts"
-import { serviceUrl, uniqueName } from "../support/services.ts"
+import { serviceUrl } from "../support/services.ts"
 
 // --- logs ----------------------------------------------------------------------
 
@@ -83,27 +83,7 @@ const migrated = <E, R>(layer: Layer.Layer<PgClient.PgClient | SqlClient.SqlClie
 /** PGlite in memory, migrated (embedded mode's SQL: a one-connection pool, no advisory locks needed). */
 export const embeddedSql = migrated(Sql.embedded({}))
 
-/**
- * A database of its own on the services' Postgres, dropped (with its
- * connections) when the scope closes; answers its URL so that several pools
- * (several "nodes") can share it.
- */
-export const freshDatabaseUrl = Effect.gen(function* () {
-  const admin = new URL(serviceUrl("DATABASE_URL"))
-  const name = uniqueName("harmony_state").replace(/-/g, "_")
-  const adminLayer = PgClient.layer({ url: Redacted.make(admin.toString()), maxConnections: 1 })
-  const run = (statement: string) =>
-    Effect.gen(function* () {
-      const sql = yield* SqlClient.SqlClient
-      yield* sql.unsafe(statement)
-    }).pipe(Effect.provide(adminLayer), Effect.orDie)
-  yield* Effect.acquireRelease(run(`CREATE DATABASE ${name}`), () =>
-    run(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
-  )
-  const url = new URL(admin)
-  url.pathname = `/${name}`
-  return url.toString()
-})
+export { freshDatabaseUrl } from "../support/database.ts"
 
 /** A pool of its own on the database at `url` (migrated when `migrate` is set). */
 export const postgresAt = (
