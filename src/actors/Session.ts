@@ -206,9 +206,51 @@ export const run = Effect.fnUntraced(function* (
     // Delivery runs inside the chat feed's listener, synchronously: a
     // message is a dedupe check and a socket write, no hand-off.
     let delivered = 0
-    const deliver = (item: FanoutItem) => {
+    // A live message past the next seq means some were never seen here (a
+    // partition changed hands mid-stream, or the subscription started while
+    // the store lagged): the gap is filled from history before going on,
+    // and live items wait meanwhile.
+    let filling = false
+    const waiting: Array<FanoutItem> = []
+    const fillGap = (upTo: number) =>
+      Effect.gen(function* () {
+        const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(options.recoveryDeadline)
+        while (subscription.lastDelivered < upTo) {
+          const found = yield* services.history.since(chatId, subscription.lastDelivered, upTo).pipe(Effect.option)
+          if (found._tag === "Some") {
+            for (const message of found.value) {
+              if (message.seq !== subscription.lastDelivered + 1) continue
+              sendTextUnsafe(messageFrame(message))
+              subscription.lastDelivered = message.seq
+            }
+          }
+          if (subscription.lastDelivered >= upTo || (yield* Clock.currentTimeMillis) >= deadline) break
+          yield* Effect.sleep(Duration.millis(50))
+        }
+      }).pipe(
+        Effect.ensuring(
+          Effect.sync(() => {
+            // Filled or not (the client can still resubscribe with sinceSeq), live delivery resumes.
+            filling = false
+            const held = waiting.splice(0)
+            if (subscriptions.get(chatId) === subscription) for (const item of held) deliver(item)
+          })
+        )
+      )
+    const deliver = (item: FanoutItem): void => {
       if (item.seq > 0) {
+        if (filling) {
+          waiting.push(item)
+          return
+        }
         if (item.seq <= subscription.lastDelivered) return
+        if (item.seq > subscription.lastDelivered + 1 && subscription.lastDelivered > 0) {
+          filling = true
+          waiting.push(item)
+          // In the subscription's scope: unsubscribing stops the fill.
+          runFork(Effect.forkIn(fillGap(item.seq - 1), scope))
+          return
+        }
         subscription.lastDelivered = item.seq
         delivered++
       } else if (item.from === user.id) {
