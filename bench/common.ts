@@ -3,7 +3,6 @@
  * (bench/load.ts): the configuration the runner hands over, the results the
  * generator reports back over IPC, and a small log-bucket latency histogram.
  */
-import { createServer } from "node:net"
 
 export type TargetKind = "harmony" | "ws" | "socketio"
 export type ScenarioName = "latency" | "throughput"
@@ -144,21 +143,8 @@ export type LoadEvent =
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
 /** A port nobody listens on right now. */
-export const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const server = createServer()
-    server.unref()
-    server.on("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      if (address === null || typeof address === "string") {
-        server.close()
-        reject(new Error("could not determine a free port"))
-        return
-      }
-      server.close(() => resolve(address.port))
-    })
-  })
+/** A port nothing listens on now (the test harness's own helper). */
+export { freePort } from "../test/support/harmony.ts"
 
 /**
  * Latency histogram with logarithmic buckets (1% wide, 1 µs to ~10 min):
