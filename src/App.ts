@@ -21,6 +21,7 @@ import { normalizeErrors } from "./http/Errors.ts"
 import { Gateway } from "./http/Gateway.ts"
 import { HandlersLive } from "./http/Handlers.ts"
 import { Readiness } from "./http/Readiness.ts"
+import * as WebClient from "./http/WebClient.ts"
 import { Cache } from "./infra/Cache.ts"
 import * as Dynalite from "./infra/Dynalite.ts"
 import * as DynamoMessageStore from "./infra/DynamoMessageStore.ts"
@@ -144,6 +145,7 @@ const routes = Layer.mergeAll(
   HttpApiBuilder.layer(Api, { openapiPath: "/openapi.json" }).pipe(Layer.provide(HandlersLive)),
   HttpApiScalar.layer(Api, { path: "/docs" }),
   PrometheusMetrics.layerHttp({ path: "/metrics" }),
+  WebClient.layer(),
   normalizeErrors
 )
 
