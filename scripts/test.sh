@@ -16,5 +16,6 @@ fi
 # client the binary serves from dist/web.
 bash scripts/browser.sh
 node scripts/build-web.mjs
+export HARMONY_WEB_BUILT=1
 
 exec vitest run "$@"

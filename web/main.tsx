@@ -1,3 +1,6 @@
+/** The web client's entry point: the stylesheet and the app, mounted on #app. */
 import "./styles.css"
 import { render } from "preact"
-render(<p>hi</p>, document.getElementById("app")!)
+import { App } from "./App.tsx"
+
+render(<App />, document.getElementById("app")!)

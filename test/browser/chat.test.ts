@@ -1,0 +1,373 @@
+/**
+ * The web client in a real browser: the `harmony serve` binary (embedded
+ * mode) serving dist/web, Debian's chromium driven by playwright-core, two
+ * users in two browser contexts. They sign up, create a chat, exchange
+ * messages, see each other typing and their read receipts; one reloads and
+ * scrolls back through the whole history; the server restarts under them and
+ * both pages reconnect by themselves, with nothing lost or doubled.
+ *
+ * Screenshots of each step go to .test-results/screenshots (CI's artifacts),
+ * and of both pages whenever a step fails. Chromium comes from
+ * scripts/browser.sh (run by scripts/test.sh); without it this suite fails,
+ * saying so. The web client is built first (scripts/build-web.mjs) unless
+ * scripts/test.sh just did (HARMONY_WEB_BUILT=1).
+ */
+import { execFileSync } from "node:child_process"
+import { randomUUID } from "node:crypto"
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core"
+import { afterAll, beforeAll, describe, expect, it, onTestFailed } from "vitest"
+import { api, type Harmony, repoRoot, startHarmony } from "../support/harmony.ts"
+
+const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium"
+const screenshots = join(repoRoot, ".test-results", "screenshots")
+/** Waits are generous: two busy cores run the server, two pages and the tests. */
+const waitMs = 45_000
+const password = "correct horse battery"
+const run = `${Date.now().toString(36).slice(-5)}${Math.random().toString(36).slice(2, 5)}`
+const aliceName = `alice-${run}`
+const bobName = `bob-${run}`
+/** Messages sent over HTTP so the history spans more than one page (the client loads 50 at a time). */
+const bulk = 70
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+
+/** Polls `probe` until it answers true, or fails naming what it waited for and what it last saw. */
+const until = async (what: string, probe: () => Promise<boolean>, timeoutMs = waitMs) => {
+  const deadline = Date.now() + timeoutMs
+  let problem = "never true"
+  for (;;) {
+    try {
+      if (await probe()) return
+      problem = "never true"
+    } catch (error) {
+      problem = error instanceof Error ? error.message.split("\n")[0]! : String(error)
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting until ${what} (${problem})`)
+    await sleep(150)
+  }
+}
+
+const shoot = async (page: Page, name: string) => {
+  await page.screenshot({ path: join(screenshots, `${name}.png`), fullPage: true })
+}
+
+/** The seqs of the messages a page shows, in page order. */
+const seqsOn = (page: Page) =>
+  page.$$eval("[data-testid=message]", (nodes) => nodes.map((node) => Number(node.getAttribute("data-seq"))))
+
+const bodiesOn = (page: Page) =>
+  page.$$eval("[data-testid=message-body]", (nodes) => nodes.map((node) => node.textContent ?? ""))
+
+const textOf = async (page: Page, testId: string) => (await page.locator(`[data-testid=${testId}]`).textContent()) ?? ""
+
+const statusOf = (page: Page) =>
+  page.locator("[data-testid=connection-status]").getAttribute("data-status", { timeout: 5_000 })
+
+const showsMessage = async (page: Page, body: string) => (await bodiesOn(page)).includes(body)
+
+const expectContiguous = (seqs: ReadonlyArray<number>, last: number) => {
+  expect(seqs).toEqual(Array.from({ length: last }, (_, i) => i + 1))
+}
+
+describe("web client (chromium)", () => {
+  let harmony: Harmony | undefined
+  let dataDir: string
+  let browser: Browser | undefined
+  const contexts: Array<BrowserContext> = []
+  let alice: Page
+  let bob: Page
+  let chatId: string
+  /** Uncaught exceptions in either page: there must be none. */
+  const pageErrors: Array<string> = []
+
+  const openPage = async (who: string) => {
+    const context = await browser!.newContext({ viewport: { width: 1180, height: 760 } })
+    contexts.push(context)
+    const page = await context.newPage()
+    page.setDefaultTimeout(waitMs)
+    page.on("pageerror", (error) => pageErrors.push(`${who}: ${error.message}`))
+    return page
+  }
+
+  /** On a failed step: both pages as they were, and the server's last words. */
+  const onFailure = () =>
+    onTestFailed(async ({ task }) => {
+      const step = task.name.replace(/[^a-z0-9]+/gi, "-").toLowerCase()
+      for (const [who, page] of [
+        ["alice", alice],
+        ["bob", bob]
+      ] as const) {
+        await page?.screenshot({ path: join(screenshots, `failed-${step}-${who}.png`) }).catch(() => {})
+      }
+      console.error(`harmony logs (last 4000 characters):\n${harmony?.logs().slice(-4000) ?? "(not running)"}`)
+    })
+
+  beforeAll(async () => {
+    if (!existsSync(chromiumPath)) {
+      throw new Error(
+        `chromium is not installed at ${chromiumPath}: run \`bash scripts/browser.sh\` (it apt-get installs Debian's chromium), or set CHROMIUM_PATH`
+      )
+    }
+    if (process.env.HARMONY_WEB_BUILT !== "1" || !existsSync(join(repoRoot, "dist", "web", "index.html"))) {
+      execFileSync(process.execPath, [join(repoRoot, "scripts", "build-web.mjs")], { cwd: repoRoot, stdio: "pipe" })
+    }
+    rmSync(screenshots, { recursive: true, force: true })
+    mkdirSync(screenshots, { recursive: true })
+    dataDir = mkdtempSync(join(tmpdir(), "harmony-browser-"))
+    harmony = await startHarmony({ mode: "embedded", dataDir })
+    // playwright-core gives every launch a fresh --user-data-dir of its own (it refuses the flag in `args`).
+    browser = await chromium.launch({
+      executablePath: chromiumPath,
+      headless: true,
+      args: [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic"
+      ]
+    })
+    alice = await openPage("alice")
+    bob = await openPage("bob")
+  })
+
+  afterAll(async () => {
+    for (const context of contexts) await context.close().catch(() => {})
+    await browser?.close().catch(() => {})
+    await harmony?.stop()
+    if (dataDir !== undefined) rmSync(dataDir, { recursive: true, force: true })
+  })
+
+  const signUp = async (page: Page, username: string, displayName: string) => {
+    await page.goto(harmony!.url)
+    await page.locator("[data-testid=auth-form]").waitFor()
+    await shoot(page, `01-sign-in-page-${username.split("-")[0]}`)
+    await page.locator("[data-testid=auth-mode-toggle]").click()
+    await page.locator("[data-testid=auth-username]").fill(username)
+    await page.locator("[data-testid=auth-display-name]").fill(displayName)
+    await page.locator("[data-testid=auth-password]").fill(password)
+    await page.locator("[data-testid=auth-submit]").click()
+    await until(`${username} is signed in`, async () => (await textOf(page, "current-user")).includes(displayName))
+    await until(`${username}'s page is connected`, async () => (await statusOf(page)) === "open")
+  }
+
+  it("two users sign up in two browser contexts", async () => {
+    onFailure()
+    await Promise.all([signUp(alice, aliceName, "Alice"), signUp(bob, bobName, "Bob")])
+    await shoot(alice, "02-signed-up-alice")
+  }, 120_000)
+
+  it("alice creates a group chat with bob; it shows up for bob with an unread count", async () => {
+    onFailure()
+    await alice.locator("[data-testid=new-chat]").click()
+    await alice.locator("[data-testid=new-chat-name]").fill("Project Harmony")
+    await alice.locator("[data-testid=user-search]").fill(bobName)
+    await alice.locator(`[data-testid=user-result][data-username="${bobName}"]`).click()
+    await alice.locator(`[data-testid=selected-member][data-username="${bobName}"]`).waitFor()
+    await shoot(alice, "03-new-chat-dialog")
+    await alice.locator("[data-testid=new-chat-submit]").click()
+    await until("alice sees the new chat open", async () => (await textOf(alice, "chat-title")) === "Project Harmony")
+    chatId = (await alice.locator("[data-testid=chat-view]").getAttribute("data-chat-id"))!
+    expect(chatId).toBeTruthy()
+
+    await alice.locator("[data-testid=composer-input]").fill("Hi Bob, welcome to the project!")
+    await alice.locator("[data-testid=composer-input]").press("Enter")
+    await until("alice sees her first message", () => showsMessage(alice, "Hi Bob, welcome to the project!"))
+
+    // Bob's list refreshes on its own; the new chat arrives with one unread message.
+    const bobsItem = bob.locator(`[data-testid=chat-item][data-chat-id="${chatId}"]`)
+    await until(
+      "bob's list shows the chat with 1 unread",
+      async () => (await bobsItem.getAttribute("data-unread")) === "1"
+    )
+    expect(await bobsItem.locator("[data-testid=chat-unread]").textContent()).toBe("1")
+    await shoot(bob, "04-bob-unread")
+  }, 120_000)
+
+  it("they exchange messages, see each other typing and read receipts", async () => {
+    onFailure()
+    await bob.locator(`[data-testid=chat-item][data-chat-id="${chatId}"]`).click()
+    await until("bob sees alice's message", () => showsMessage(bob, "Hi Bob, welcome to the project!"))
+    await until(
+      "bob's unread count clears",
+      async () =>
+        (await bob.locator(`[data-chat-id="${chatId}"][data-testid=chat-item]`).getAttribute("data-unread")) === "0"
+    )
+    // Bob has the chat open and visible: alice sees that he read her message.
+    await until("alice sees bob's read receipt", async () =>
+      (await alice.locator("[data-testid=read-receipt]").allTextContents()).some((text) => text.includes("Seen by"))
+    )
+
+    // Typing: bob types (not sending yet), alice sees it.
+    await bob.locator("[data-testid=composer-input]").pressSequentially("Thanks Alice! Glad to", { delay: 40 })
+    await until("alice sees bob typing", async () => (await textOf(alice, "typing-indicator")).includes("is typing"))
+    await shoot(alice, "05-alice-sees-bob-typing")
+    await bob.locator("[data-testid=composer-input]").pressSequentially(" be here.", { delay: 20 })
+    await bob.locator("[data-testid=composer-send]").click()
+    await until("alice sees bob's reply", () => showsMessage(alice, "Thanks Alice! Glad to be here."))
+    await until(
+      "the typing indicator goes away with the message",
+      async () => !(await textOf(alice, "typing-indicator")).includes("is typing")
+    )
+
+    // Alice answers; bob, who has it open, reads it, and alice sees the receipt under it.
+    await alice.locator("[data-testid=composer-input]").fill("Let's ship the web client today.")
+    await alice.locator("[data-testid=composer-input]").press("Enter")
+    await until("bob sees alice's answer", () => showsMessage(bob, "Let's ship the web client today."))
+    await until("alice sees the receipt under her newest message", async () => {
+      const last = alice.locator("[data-testid=message]").last()
+      return (
+        (await last.locator("[data-testid=message-body]").textContent()) === "Let's ship the web client today." &&
+        ((await last.locator("[data-testid=read-receipt]").textContent({ timeout: 1_000 })) ?? "").includes("Seen by")
+      )
+    })
+    expect(await seqsOn(alice)).toEqual([1, 2, 3])
+    await until("bob shows the same three", async () => (await seqsOn(bob)).join() === "1,2,3")
+    await shoot(alice, "06-alice-conversation-with-receipt")
+    await shoot(bob, "06-bob-conversation")
+  }, 120_000)
+
+  it("alice sees who is online and adds and removes a member", async () => {
+    onFailure()
+    const bobId = (await bob.locator("[data-testid=current-user]").getAttribute("data-user-id"))!
+    const carolName = `carol-${run}`
+    const carol = await api(harmony!.url).post("/v1/auth/register", { username: carolName, password })
+    expect(carol.status, carol.text).toBe(201)
+    const carolId = carol.body.user.id as string
+
+    await alice.locator("[data-testid=members-toggle]").click()
+    const panel = alice.locator("[data-testid=members-panel]")
+    await until(
+      "alice sees bob online",
+      async () =>
+        (await panel.locator(`[data-testid=member][data-user-id="${bobId}"]`).getAttribute("data-online")) === "true"
+    )
+    await panel.locator("[data-testid=user-search]").fill(carolName)
+    await panel.locator(`[data-testid=user-result][data-username="${carolName}"]`).click()
+    const carolRow = panel.locator(`[data-testid=member][data-user-id="${carolId}"]`)
+    await carolRow.waitFor()
+    expect(await carolRow.getAttribute("data-online")).toBe("false")
+    expect(await panel.locator("[data-testid=member]").count()).toBe(3)
+    await shoot(alice, "07-alice-members-panel")
+
+    await carolRow.locator("[data-testid=member-remove]").click()
+    await carolRow.waitFor({ state: "detached" })
+    expect(await panel.locator("[data-testid=member]").count()).toBe(2)
+    await alice.locator("[data-testid=members-toggle]").click()
+    await panel.waitFor({ state: "detached" })
+  }, 120_000)
+
+  it("bob reloads and scrolls back through the full history", async () => {
+    onFailure()
+    // Enough history for more than one page, sent over HTTP with alice's stored session.
+    const token = await alice.evaluate(() => JSON.parse(localStorage.getItem("harmony.session")!).accessToken as string)
+    const http = api(harmony!.url)
+    for (let i = 1; i <= bulk; i++) {
+      const reply = await http.post(
+        `/v1/chats/${chatId}/messages`,
+        { clientMsgId: randomUUID(), body: `history line ${i}` },
+        { token }
+      )
+      expect(reply.status, reply.text).toBe(202)
+    }
+    const last = 3 + bulk
+    await until("bob sees the last bulk message live", () => showsMessage(bob, `history line ${bulk}`))
+
+    await bob.reload()
+    await until("bob's session resumes after the reload", async () => (await statusOf(bob)) === "open")
+    await until("bob's reloaded page reopens the chat with the newest message", () =>
+      showsMessage(bob, `history line ${bulk}`)
+    )
+    // Scroll up until the beginning of the chat.
+    await until(
+      "bob scrolled back to the first message",
+      async () => {
+        await bob.locator("[data-testid=message-list]").evaluate((list) => {
+          list.scrollTop = 0
+        })
+        return (await bob.locator("[data-testid=history-start]").count()) === 1
+      },
+      90_000
+    )
+    const seqs = await seqsOn(bob)
+    expectContiguous(seqs, last)
+    const bodies = await bodiesOn(bob)
+    expect(bodies.slice(0, 3)).toEqual([
+      "Hi Bob, welcome to the project!",
+      "Thanks Alice! Glad to be here.",
+      "Let's ship the web client today."
+    ])
+    expect(bodies.slice(3)).toEqual(Array.from({ length: bulk }, (_, i) => `history line ${i + 1}`))
+    await shoot(bob, "08-bob-history-after-reload")
+  }, 180_000)
+
+  it("after a server restart both pages reconnect by themselves; nothing is lost or doubled", async () => {
+    onFailure()
+    const before = 3 + bulk
+    const { port } = harmony!
+    const stopped = await harmony!.stop("SIGTERM")
+    expect(stopped.code, harmony!.logs().slice(-2000)).toBe(0)
+    await until("both pages notice the server is gone", async () =>
+      (await Promise.all([statusOf(alice), statusOf(bob)])).every((status) => status !== "open")
+    )
+    // Alice writes while the server is down: it waits, then goes through once.
+    await alice.locator("[data-testid=composer-input]").fill("Sent while the server was down")
+    await alice.locator("[data-testid=composer-input]").press("Enter")
+    await alice.locator("[data-testid=pending-message]").waitFor()
+    await shoot(alice, "09-alice-reconnecting")
+
+    harmony = await startHarmony({ mode: "embedded", dataDir, port })
+    await until("both pages are connected again", async () =>
+      (await Promise.all([statusOf(alice), statusOf(bob)])).every((status) => status === "open")
+    )
+    await until("bob gets the message alice wrote while the server was down", () =>
+      showsMessage(bob, "Sent while the server was down")
+    )
+    await bob.locator("[data-testid=composer-input]").fill("Back online, got it")
+    await bob.locator("[data-testid=composer-input]").press("Enter")
+    await alice.locator("[data-testid=composer-input]").fill("Me too")
+    await alice.locator("[data-testid=composer-input]").press("Enter")
+    for (const page of [alice, bob]) {
+      await until("both post-restart messages arrive", async () => {
+        const bodies = await bodiesOn(page)
+        return bodies.includes("Back online, got it") && bodies.includes("Me too")
+      })
+      await until(
+        "no message is left pending",
+        async () => (await page.locator("[data-testid=pending-message]").count()) === 0
+      )
+    }
+    await sleep(1_500) // anything doubled would have arrived by now
+
+    for (const page of [alice, bob]) {
+      const seqs = await seqsOn(page)
+      const bodies = await bodiesOn(page)
+      expect(new Set(seqs).size, `seqs shown twice: ${seqs}`).toBe(seqs.length)
+      expect(seqs.at(-1)).toBe(before + 3)
+      // Each page shows a contiguous run up to the newest message.
+      expect(seqs).toEqual(Array.from({ length: seqs.length }, (_, i) => seqs[0]! + i))
+      for (const body of ["Sent while the server was down", "Back online, got it", "Me too"]) {
+        expect(
+          bodies.filter((text) => text === body),
+          body
+        ).toHaveLength(1)
+      }
+    }
+    // The server stored each of them exactly once too.
+    const token = await bob.evaluate(() => JSON.parse(localStorage.getItem("harmony.session")!).accessToken as string)
+    const stored = await api(harmony.url).get(`/v1/chats/${chatId}/messages?after=${before}&limit=100`, { token })
+    expect(stored.status, stored.text).toBe(200)
+    expect(stored.body.messages.map((m: { seq: number }) => m.seq)).toEqual([before + 1, before + 2, before + 3])
+    await shoot(alice, "10-alice-after-restart")
+    await shoot(bob, "10-bob-after-restart")
+  }, 180_000)
+
+  it("no page threw an uncaught exception", () => {
+    expect(pageErrors).toEqual([])
+  })
+})

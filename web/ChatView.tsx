@@ -1,0 +1,228 @@
+/**
+ * One chat: its messages (older pages load as you scroll up; the view stays
+ * pinned to the bottom while you are there), who is typing, read receipts,
+ * the composer, and the members panel.
+ */
+import { useLayoutEffect, useRef, useState } from "preact/hooks"
+import { timeOf, useStore } from "./hooks.ts"
+import { Members } from "./Members.tsx"
+import type { Store } from "./store.ts"
+
+const typingEvery = 2_000
+
+export function ChatView({
+  store,
+  chatId,
+  membersOpen,
+  onToggleMembers
+}: {
+  store: Store
+  chatId: string
+  membersOpen: boolean
+  onToggleMembers: () => void
+}) {
+  useStore(store)
+  const entry = store.chats.get(chatId)!
+  const timeline = store.timeline(chatId)
+  const chat = store.details.get(chatId)
+  const list = useRef<HTMLDivElement>(null)
+  const atBottom = useRef(true)
+  const lastHeight = useRef(0)
+  const lastFirstSeq = useRef<number | undefined>(undefined)
+  const [showJump, setShowJump] = useState(false)
+
+  // Keep the reader's place: older messages prepended keep the view where it
+  // was; new ones scroll into view only when the reader was at the bottom.
+  useLayoutEffect(() => {
+    const el = list.current
+    if (el === null) return
+    const first = timeline.messages[0]?.seq
+    if (lastFirstSeq.current !== undefined && first !== undefined && first < lastFirstSeq.current) {
+      el.scrollTop += el.scrollHeight - lastHeight.current
+    } else if (atBottom.current) {
+      el.scrollTop = el.scrollHeight
+    }
+    lastHeight.current = el.scrollHeight
+    lastFirstSeq.current = first
+    // A first page too short to scroll cannot be scrolled up: load more now.
+    if (timeline.loaded && timeline.hasOlder && !timeline.loadingOlder && el.scrollHeight <= el.clientHeight + 8) {
+      void store.loadOlder(chatId)
+    }
+  })
+
+  const onScroll = () => {
+    const el = list.current
+    if (el === null) return
+    atBottom.current = el.scrollHeight - el.scrollTop - el.clientHeight < 48
+    if (atBottom.current !== showJump) setShowJump(!atBottom.current)
+    if (el.scrollTop < 120) void store.loadOlder(chatId)
+    if (atBottom.current) store.markRead(chatId)
+  }
+
+  const toBottom = () => {
+    atBottom.current = true
+    setShowJump(false)
+    const el = list.current
+    if (el !== null) el.scrollTop = el.scrollHeight
+  }
+
+  const receipts = store.receipts(chatId)
+  const typists = store.typists(chatId)
+  const online = chat?.members.filter((member) => store.isOnline(chatId, member.userId)).length ?? 0
+  const me = store.user?.id
+
+  return (
+    <>
+      <main class="chat" data-testid="chat-view" data-chat-id={chatId}>
+        <header class="chat-head">
+          <div>
+            <h2 data-testid="chat-title">{store.chatTitle(entry)}</h2>
+            <small class="muted">
+              {entry.kind === "direct" ? "Direct message" : `${chat?.members.length ?? "…"} members`} · {online} online
+            </small>
+          </div>
+          <button
+            type="button"
+            class={membersOpen ? "selected" : ""}
+            data-testid="members-toggle"
+            onClick={onToggleMembers}
+          >
+            Members
+          </button>
+        </header>
+        <div class="messages-wrap">
+          <div class="messages" ref={list} onScroll={onScroll} data-testid="message-list">
+            {timeline.loaded && !timeline.hasOlder && (
+              <div class="history-start" data-testid="history-start">
+                The beginning of {store.chatTitle(entry)}
+              </div>
+            )}
+            {timeline.loadingOlder && (
+              <div class="muted center" data-testid="loading-older">
+                Loading older messages…
+              </div>
+            )}
+            {!timeline.loaded && <div class="muted center">Loading…</div>}
+            {timeline.messages.map((message, index) => {
+              const previous = timeline.messages[index - 1]
+              const grouped =
+                previous !== undefined &&
+                previous.authorId === message.authorId &&
+                Date.parse(message.createdAt) - Date.parse(previous.createdAt) < 5 * 60_000
+              const mine = message.authorId === me
+              const readers = receipts.get(message.seq)
+              return (
+                <div
+                  key={message.seq}
+                  class={`message${mine ? " mine" : ""}${grouped ? " grouped" : ""}`}
+                  data-testid="message"
+                  data-seq={message.seq}
+                  data-author-id={message.authorId}
+                  data-mine={mine}
+                >
+                  {!grouped && (
+                    <div class="meta">
+                      <span class="author" data-testid="message-author">
+                        {store.nameOf(message.authorId)}
+                      </span>
+                      <time dateTime={message.createdAt}>{timeOf(message.createdAt)}</time>
+                    </div>
+                  )}
+                  <div class="bubble" data-testid="message-body" title={new Date(message.createdAt).toLocaleString()}>
+                    {message.body}
+                  </div>
+                  {readers !== undefined && (
+                    <div class="receipt" data-testid="read-receipt">
+                      Seen by {readers.map((userId) => store.nameOf(userId)).join(", ")}
+                    </div>
+                  )}
+                </div>
+              )
+            })}
+            {timeline.pending.map((pending) => (
+              <div
+                key={pending.clientMsgId}
+                class={`message mine pending${pending.failed !== undefined ? " failed" : ""}`}
+                data-testid="pending-message"
+              >
+                <div class="bubble">{pending.body}</div>
+                <div class="receipt">
+                  {pending.failed === undefined && (pending.acked ? "Sent" : "Sending…")}
+                  {pending.failed !== undefined && (
+                    <>
+                      Not sent: {pending.failed}{" "}
+                      <button type="button" class="link" onClick={() => store.dismiss(chatId, pending.clientMsgId)}>
+                        Dismiss
+                      </button>
+                    </>
+                  )}
+                </div>
+              </div>
+            ))}
+          </div>
+          {showJump && (
+            <button type="button" class="jump" data-testid="jump-to-latest" onClick={toBottom}>
+              ↓ Latest
+            </button>
+          )}
+        </div>
+        <div class="typing" data-testid="typing-indicator" aria-live="polite">
+          {typists.length === 1 && `${store.nameOf(typists[0]!)} is typing…`}
+          {typists.length === 2 && `${store.nameOf(typists[0]!)} and ${store.nameOf(typists[1]!)} are typing…`}
+          {typists.length > 2 && "Several people are typing…"}
+        </div>
+        <Composer store={store} chatId={chatId} onSent={toBottom} />
+      </main>
+      {membersOpen && <Members store={store} chatId={chatId} />}
+    </>
+  )
+}
+
+function Composer({ store, chatId, onSent }: { store: Store; chatId: string; onSent: () => void }) {
+  const [text, setText] = useState("")
+  const lastTyping = useRef(0)
+
+  const send = () => {
+    const body = text.trim()
+    if (body === "") return
+    store.send(chatId, body)
+    setText("")
+    onSent()
+    lastTyping.current = 0
+  }
+
+  return (
+    <form
+      class="composer"
+      onSubmit={(e) => {
+        e.preventDefault()
+        send()
+      }}
+    >
+      <textarea
+        data-testid="composer-input"
+        rows={1}
+        maxLength={4000}
+        placeholder="Write a message"
+        value={text}
+        onInput={(e) => {
+          setText(e.currentTarget.value)
+          const now = Date.now()
+          if (e.currentTarget.value !== "" && now - lastTyping.current > typingEvery) {
+            lastTyping.current = now
+            store.typingIn(chatId)
+          }
+        }}
+        onKeyDown={(e) => {
+          if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+            e.preventDefault()
+            send()
+          }
+        }}
+      />
+      <button type="submit" class="primary" data-testid="composer-send" disabled={text.trim() === ""}>
+        Send
+      </button>
+    </form>
+  )
+}

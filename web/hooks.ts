@@ -1,0 +1,14 @@
+import { useEffect, useState } from "preact/hooks"
+import type { Store } from "./store.ts"
+
+/** Re-renders the calling component whenever the store changes. */
+export const useStore = (store: Store) => {
+  const [, setTick] = useState(0)
+  useEffect(() => store.subscribe(() => setTick((n) => n + 1)), [store])
+}
+
+/** `HH:MM` in the viewer's time zone. */
+export const timeOf = (iso: string) =>
+  new Date(iso).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" })
+
+export const errorText = (error: unknown) => (error instanceof Error ? error.message : String(error))
