@@ -332,6 +332,16 @@ export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffec
     }
   }
 
+  /** The app's `onSession`; if it throws, the tokens are still taken. */
+  const tellApp = (session: Session | null) => {
+    try {
+      options.onSession?.(session)
+    } catch (error) {
+      if (typeof globalThis.reportError === "function") globalThis.reportError(error)
+      else console.error(error)
+    }
+  }
+
   const setStatus = (next: Status) => {
     if (status === next) return
     status = next
@@ -423,7 +433,7 @@ export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffec
   const setTokens = (session: Session, expiresAt: number) => {
     const lifeMs = session.expiresIn * 1000
     tokens = { session, expiresAt, refreshAt: expiresAt - (1 - RefreshAt) * lifeMs }
-    options.onSession?.(session)
+    tellApp(session)
     if (current?.ready) sendRaw(current, { type: "auth", token: session.accessToken })
     if (refreshTimer === undefined) {
       const fiber = fork(refreshLoop)
@@ -527,7 +537,7 @@ export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffec
     Effect.gen(function* () {
       const hadTokens = tokens !== undefined
       tokens = undefined
-      if (hadTokens && tell) options.onSession?.(null)
+      if (hadTokens && tell) tellApp(null)
       if (refreshTimer !== undefined) {
         const timer = refreshTimer
         refreshTimer = undefined
@@ -610,6 +620,11 @@ export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffec
           }
           break
         }
+        case 4029:
+          // Rate limited for too long: going straight back would only be limited again.
+          emit("error", new HarmonyError({ code: "rate_limited", message: "the server closed the connection (4029)" }))
+          yield* step(undefined).pipe(Effect.ignore)
+          continue
         case 4400:
         case 1009:
           // The server says this client sent bad frames: a bug here. Say so, and do not hammer it.
@@ -720,6 +735,10 @@ export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffec
     connection.ready = true
     current = connection
     setStatus("open")
+    // Tokens refreshed while it was connecting: the server must know the new expiry.
+    if (tokens !== undefined && tokens.session.accessToken !== connection.token) {
+      sendRaw(connection, { type: "auth", token: tokens.session.accessToken })
+    }
     for (const waiter of readyWaiters.splice(0)) Deferred.doneUnsafe(waiter, Effect.void)
     // Everything the app wants, again: every subscription from its last seq, every unacked send.
     for (const [chatId, subscription] of subscriptions) sendSubscribe(connection, chatId, subscription)
@@ -935,7 +954,7 @@ export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffec
     if (page.before !== undefined) query.set("before", String(page.before))
     if (page.after !== undefined) query.set("after", String(page.after))
     if (page.limit !== undefined) query.set("limit", String(page.limit))
-    const search = query.size === 0 ? "" : `?${query}`
+    const search = query.toString() === "" ? "" : `?${query}`
     return authedAs(HistoryAnswer, "GET", `${chatPath(chatId)}/messages${search}`).pipe(
       Effect.map(
         (answer): HistoryPage => ({ messages: answer.messages, next: answer.nextBefore ?? answer.nextAfter ?? null })
