@@ -3,11 +3,12 @@
  * the header, the chat list, the open chat and its members.
  */
 import { useEffect, useState } from "preact/hooks"
+import type { HarmonyError } from "../src/client/index.ts"
 import { Auth } from "./Auth.tsx"
 import { ChatView } from "./ChatView.tsx"
 import { useStore } from "./hooks.ts"
 import { Sidebar } from "./Sidebar.tsx"
-import { type Status, Store, savedSession } from "./store.ts"
+import { type Status, Store, savedSession, saveSession } from "./store.ts"
 
 type Phase = "resuming" | "signed-out" | "signed-in"
 
@@ -22,16 +23,25 @@ export function App() {
     })
   }
 
+  // A saved session is resumed; while the server cannot be reached (a restart) it keeps trying.
   useEffect(() => {
     const session = savedSession()
     if (phase !== "resuming" || session === undefined) return
-    store.resume(session).then(
-      () => setPhase("signed-in"),
-      () => {
-        localStorage.removeItem("harmony.session")
-        setPhase("signed-out")
-      }
-    )
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const attempt = (delay: number) =>
+      store.resume(session).then(
+        () => setPhase("signed-in"),
+        (error: HarmonyError) => {
+          if (error.transient) {
+            timer = setTimeout(() => attempt(Math.min(delay * 2, 10_000)), delay)
+            return
+          }
+          saveSession(null)
+          setPhase("signed-out")
+        }
+      )
+    void attempt(500)
+    return () => clearTimeout(timer)
   }, [store])
 
   if (phase === "resuming") return <div class="splash">Connecting…</div>

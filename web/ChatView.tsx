@@ -94,7 +94,9 @@ export function ChatView({
           <div class="messages" ref={list} onScroll={onScroll} data-testid="message-list">
             {timeline.loaded && !timeline.hasOlder && (
               <div class="history-start" data-testid="history-start">
-                The beginning of {store.chatTitle(entry)}
+                {entry.kind === "direct"
+                  ? `The beginning of your conversation with ${store.chatTitle(entry)}`
+                  : `The beginning of ${store.chatTitle(entry)}`}
               </div>
             )}
             {timeline.loadingOlder && (

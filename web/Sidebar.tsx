@@ -100,12 +100,11 @@ function NewChat({ store, onClose }: { store: Store; onClose: () => void }) {
         <h2>New chat</h2>
         <div class="segmented">
           {(["group", "direct"] as const).map((k) => (
-            <label key={k} class={kind === k ? "selected" : ""}>
+            <label key={k} class={kind === k ? "selected" : ""} data-testid={`new-chat-kind-${k}`}>
               <input
                 type="radio"
                 name="kind"
                 value={k}
-                data-testid={`new-chat-kind-${k}`}
                 checked={kind === k}
                 onChange={() => {
                   setKind(k)

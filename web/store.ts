@@ -35,6 +35,8 @@ export interface ChatEntry {
   role: Role
   lastSeq: number
   lastReadSeq: number
+  /** When something last happened in it that this page saw (ms), for the list's order. */
+  activity: number
 }
 
 /** A send not yet seen back from the server. */
@@ -61,9 +63,16 @@ const directoryKey = "harmony.users"
 const refreshEvery = 4_000
 const typingFor = 4_000
 
+/*
+ * The session lives in the tab's sessionStorage: a reload resumes it, and two
+ * windows hold two independent logins. (Shared through localStorage, a second
+ * sign-in would overwrite the first, and two tabs holding one rotating
+ * refresh token would, once their refreshes drift 5 s apart, have the server
+ * revoke the login as stolen.)
+ */
 export const savedSession = (): Session | undefined => {
   try {
-    const text = localStorage.getItem(sessionKey)
+    const text = sessionStorage.getItem(sessionKey)
     return text === null ? undefined : (JSON.parse(text) as Session)
   } catch {
     return undefined
@@ -71,8 +80,8 @@ export const savedSession = (): Session | undefined => {
 }
 
 export const saveSession = (session: Session | null) => {
-  if (session === null) localStorage.removeItem(sessionKey)
-  else localStorage.setItem(sessionKey, JSON.stringify(session))
+  if (session === null) sessionStorage.removeItem(sessionKey)
+  else sessionStorage.setItem(sessionKey, JSON.stringify(session))
 }
 
 const errorText = (error: unknown) => (error instanceof Error ? error.message : String(error))
@@ -99,6 +108,9 @@ export class Store {
   private filling = new Set<ChatId>()
   private noticeTimer: ReturnType<typeof setTimeout> | undefined
   private scheduled = false
+  private signedOut = false
+  /** When chats were added or dropped here, so a list fetched before that does not undo it. */
+  private touched = new Map<ChatId, number>()
   private onSignedOut: () => void
 
   constructor(onSignedOut: () => void) {
@@ -159,6 +171,8 @@ export class Store {
   }
 
   async logout() {
+    if (this.signedOut) return
+    this.signedOut = true
     this.stop()
     saveSession(null)
     try {
@@ -237,6 +251,7 @@ export class Store {
 
   /** The list from the server, merged: new chats subscribed, vanished ones dropped, seqs only move forward. */
   async refreshChats() {
+    const asked = performance.now()
     let summaries: ReadonlyArray<ChatSummary>
     try {
       summaries = await this.client.chats()
@@ -245,11 +260,14 @@ export class Store {
       return
     }
     const seen = new Set<ChatId>()
+    const stale = (chatId: ChatId) => (this.touched.get(chatId) ?? -1) >= asked
     for (const summary of summaries) {
       seen.add(summary.id)
+      if (stale(summary.id)) continue
       const entry = this.chats.get(summary.id)
       if (entry === undefined) {
-        this.chats.set(summary.id, { ...summary })
+        // Found after the first load: someone just added us.
+        this.chats.set(summary.id, { ...summary, activity: this.chatsLoaded ? Date.now() : 0 })
         if (summary.kind === "direct") void this.loadDetails(summary.id)
       } else {
         entry.name = summary.name
@@ -259,7 +277,7 @@ export class Store {
       }
       this.ensureSubscribed(summary.id)
     }
-    for (const id of [...this.chats.keys()]) if (!seen.has(id)) this.forget(id)
+    for (const id of [...this.chats.keys()]) if (!seen.has(id) && !stale(id)) this.forget(id)
     this.chatsLoaded = true
     this.changed()
   }
@@ -286,6 +304,7 @@ export class Store {
   /** Drops a chat we no longer see. */
   private forget(chatId: ChatId, notice?: string) {
     if (!this.chats.has(chatId)) return
+    this.touched.set(chatId, performance.now())
     this.chats.delete(chatId)
     this.timelines.delete(chatId)
     this.details.delete(chatId)
@@ -303,7 +322,7 @@ export class Store {
 
   sortedChats() {
     return [...this.chats.values()].sort(
-      (a, b) => b.lastSeq - a.lastSeq || this.chatTitle(a).localeCompare(this.chatTitle(b))
+      (a, b) => b.activity - a.activity || this.chatTitle(a).localeCompare(this.chatTitle(b))
     )
   }
 
@@ -377,13 +396,15 @@ export class Store {
     this.details.set(chat.id, chat)
     const me = chat.members.find((member) => member.userId === this.user?.id)
     if (!this.chats.has(chat.id)) {
+      this.touched.set(chat.id, performance.now())
       this.chats.set(chat.id, {
         id: chat.id,
         name: chat.name,
         kind: chat.kind,
         role: me?.role ?? "owner",
         lastSeq: 0,
-        lastReadSeq: 0
+        lastReadSeq: 0,
+        activity: Date.now()
       })
     }
     this.ensureSubscribed(chat.id)
@@ -456,7 +477,14 @@ export class Store {
         timeline.pending = timeline.pending.filter((pending) => pending.clientMsgId !== message.clientMsgId)
       }
     }
-    if (added) timeline.messages.sort((a, b) => a.seq - b.seq)
+    if (added) {
+      timeline.messages.sort((a, b) => a.seq - b.seq)
+      const entry = this.chats.get(chatId)
+      const newest = timeline.messages.at(-1)
+      if (entry !== undefined && newest !== undefined) {
+        entry.activity = Math.max(entry.activity, Date.parse(newest.createdAt) || 0)
+      }
+    }
     return added
   }
 
@@ -559,6 +587,7 @@ export class Store {
     const chatId = message.chatId
     this.bumpLastSeq(chatId, message.seq)
     const entry = this.chats.get(chatId)
+    if (entry !== undefined) entry.activity = Math.max(entry.activity, Date.parse(message.createdAt) || Date.now())
     if (entry !== undefined && message.authorId === this.user?.id && entry.lastReadSeq === message.seq - 1) {
       // What I wrote myself is not unread.
       entry.lastReadSeq = message.seq

@@ -66,6 +66,10 @@ const textOf = async (page: Page, testId: string) => (await page.locator(`[data-
 const statusOf = (page: Page) =>
   page.locator("[data-testid=connection-status]").getAttribute("data-status", { timeout: 5_000 })
 
+/** The access token of the session the page keeps (per tab, in sessionStorage). */
+const accessTokenOf = (page: Page) =>
+  page.evaluate(() => JSON.parse(sessionStorage.getItem("harmony.session")!).accessToken as string)
+
 const showsMessage = async (page: Page, body: string) => (await bodiesOn(page)).includes(body)
 
 const expectContiguous = (seqs: ReadonlyArray<number>, last: number) => {
@@ -265,7 +269,7 @@ describe("web client (chromium)", () => {
   it("bob reloads and scrolls back through the full history", async () => {
     onFailure()
     // Enough history for more than one page, sent over HTTP with alice's stored session.
-    const token = await alice.evaluate(() => JSON.parse(localStorage.getItem("harmony.session")!).accessToken as string)
+    const token = await accessTokenOf(alice)
     const http = api(harmony!.url)
     for (let i = 1; i <= bulk; i++) {
       const reply = await http.post(
@@ -359,13 +363,54 @@ describe("web client (chromium)", () => {
       }
     }
     // The server stored each of them exactly once too.
-    const token = await bob.evaluate(() => JSON.parse(localStorage.getItem("harmony.session")!).accessToken as string)
+    const token = await accessTokenOf(bob)
     const stored = await api(harmony.url).get(`/v1/chats/${chatId}/messages?after=${before}&limit=100`, { token })
     expect(stored.status, stored.text).toBe(200)
     expect(stored.body.messages.map((m: { seq: number }) => m.seq)).toEqual([before + 1, before + 2, before + 3])
     await shoot(alice, "10-alice-after-restart")
     await shoot(bob, "10-bob-after-restart")
   }, 180_000)
+
+  it("bob signs out and back in, then starts a direct chat with alice", async () => {
+    onFailure()
+    await bob.locator("[data-testid=logout]").click()
+    await bob.locator("[data-testid=auth-form]").waitFor()
+    expect(await bob.evaluate(() => sessionStorage.getItem("harmony.session"))).toBeNull()
+    await bob.locator("[data-testid=auth-username]").fill(bobName)
+    await bob.locator("[data-testid=auth-password]").fill(password)
+    await bob.locator("[data-testid=auth-submit]").click()
+    await until("bob is signed in again", async () => (await textOf(bob, "current-user")).includes("Bob"))
+    await until(
+      "bob's list has the group, all read",
+      async () =>
+        (await bob.locator(`[data-testid=chat-item][data-chat-id="${chatId}"]`).getAttribute("data-unread")) === "0"
+    )
+
+    await bob.locator("[data-testid=new-chat]").click()
+    await bob.locator("[data-testid=new-chat-kind-direct]").click()
+    await bob.locator("[data-testid=user-search]").fill(aliceName)
+    await bob.locator(`[data-testid=user-result][data-username="${aliceName}"]`).click()
+    await bob.locator("[data-testid=new-chat-submit]").click()
+    await until(
+      "bob's direct chat is open, named after alice",
+      async () => (await textOf(bob, "chat-title")) === "Alice"
+    )
+    const directId = (await bob.locator("[data-testid=chat-view]").getAttribute("data-chat-id"))!
+    expect(directId).not.toBe(chatId)
+    await bob.locator("[data-testid=composer-input]").fill("Psst, a direct message")
+    await bob.locator("[data-testid=composer-input]").press("Enter")
+
+    const alicesItem = alice.locator(`[data-testid=chat-item][data-chat-id="${directId}"]`)
+    await until(
+      "the direct chat reaches alice with 1 unread",
+      async () => (await alicesItem.getAttribute("data-unread")) === "1"
+    )
+    expect(await alicesItem.locator("[data-testid=chat-name]").textContent()).toBe("Bob")
+    await alicesItem.click()
+    await until("alice reads the direct message", () => showsMessage(alice, "Psst, a direct message"))
+    await until("alice's unread count clears", async () => (await alicesItem.getAttribute("data-unread")) === "0")
+    await shoot(alice, "11-alice-direct-chat")
+  }, 120_000)
 
   it("no page threw an uncaught exception", () => {
     expect(pageErrors).toEqual([])
