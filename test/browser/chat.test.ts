@@ -87,8 +87,9 @@ describe("web client (chromium)", () => {
   /** Uncaught exceptions in either page: there must be none. */
   const pageErrors: Array<string> = []
 
-  const openPage = async (who: string) => {
-    const context = await browser!.newContext({ viewport: { width: 1180, height: 760 } })
+  /** Alice's page is in the light theme, bob's in the dark one. */
+  const openPage = async (who: string, colorScheme: "light" | "dark") => {
+    const context = await browser!.newContext({ viewport: { width: 1180, height: 760 }, colorScheme })
     contexts.push(context)
     const page = await context.newPage()
     page.setDefaultTimeout(waitMs)
@@ -136,8 +137,8 @@ describe("web client (chromium)", () => {
         "--disable-quic"
       ]
     })
-    alice = await openPage("alice")
-    bob = await openPage("bob")
+    alice = await openPage("alice", "light")
+    bob = await openPage("bob", "dark")
   })
 
   afterAll(async () => {
