@@ -62,6 +62,12 @@ export interface PartitionClaim {
    * record to process (the last processed offset + 1).
    */
   readonly commit: (nextOffset: number) => Effect.Effect<void, EventLogError>
+  /**
+   * The partition's end offset (the offset the next appended record gets) as
+   * this consumer last learned it — for consumer lag, so it may trail the
+   * log by a fetch or a few seconds, never more.
+   */
+  readonly endOffset: () => number
 }
 
 export interface ConsumeOptions {

@@ -110,6 +110,8 @@ const tailProtocolName = "harmony-tail"
 const tailCleanupTimeout = Duration.seconds(10)
 const releasePrefix = "harmony:released:"
 const maxChunk = 512
+/** How often claims' end offsets (consumer lag) are refreshed from the brokers. */
+const endOffsetRefresh = Duration.seconds(5)
 /** A claim's buffer above this many records pauses its partition... */
 const highWater = 1024
 /** ...until the handler has pulled it down to this many. */
@@ -276,6 +278,8 @@ interface Claim {
   /** One past the last record the handler has pulled: the highest committable offset. */
   delivered: number
   startOffset: number
+  /** The partition's end offset as last seen: a fetch's high watermark, or the periodic refresh. */
+  endOffset: number
   lastCommitted: number | undefined
   backpressured: boolean
   fiber: Fiber.Fiber<void> | undefined
@@ -731,7 +735,8 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
               }
               yield* commitOffset(claim, nextOffset, null)
               claim.lastCommitted = nextOffset
-            })
+            }),
+          endOffset: () => Math.max(claim.endOffset, claim.nextOffset, claim.startOffset)
         })
 
         /**
@@ -847,6 +852,7 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
             nextOffset: 0,
             delivered: 0,
             startOffset: 0,
+            endOffset: 0,
             lastCommitted: undefined,
             backpressured: false,
             fiber: undefined
@@ -900,6 +906,8 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
             return
           }
           if (isStale()) return
+          const highWatermark = Number(batch.highWatermark)
+          if (Number.isSafeInteger(highWatermark) && highWatermark > claim.endOffset) claim.endOffset = highWatermark
           const fresh: Array<LogRecord> = []
           for (const message of batch.messages) {
             const offset = Number(message.offset)
@@ -958,6 +966,28 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
           }).pipe(Effect.onError(() => disconnect(`consumer of ${describe}`, consumer))),
           () => stop
         )
+
+        // A paused partition (back-pressure) is not fetched, so its high
+        // watermark would go stale just when its lag matters: the claims'
+        // end offsets are refreshed from the brokers every few seconds.
+        const refreshEndOffsets = Effect.suspend(() => {
+          if (claims.size === 0) return Effect.void
+          return attempt(`reading the offsets of ${topic}`, () => admin.fetchTopicOffsets(topic)).pipe(
+            Effect.flatMap((offsets) =>
+              Effect.sync(() => {
+                for (const entry of offsets) {
+                  const claim = claims.get(entry.partition)
+                  const high = Number(entry.high)
+                  if (claim !== undefined && Number.isSafeInteger(high) && high > claim.endOffset) {
+                    claim.endOffset = high
+                  }
+                }
+              })
+            ),
+            Effect.catch((error) => log(Effect.logDebug(`${describe}: end offsets not refreshed`, error)))
+          )
+        })
+        yield* refreshEndOffsets.pipe(Effect.repeat(Schedule.spaced(endOffsetRefresh)), Effect.forkScoped)
         yield* Deferred.await(joined).pipe(
           Effect.timeoutOrElse({
             duration: Duration.millis(rebalanceTimeout + sessionTimeout),

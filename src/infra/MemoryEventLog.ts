@@ -247,7 +247,8 @@ export const make = (options?: MemoryEventLogOptions): EventLog["Service"] => {
           }
           group.committed.set(claim.partition, nextOffset)
           return Effect.void
-        })
+        }),
+      endOffset: () => partition.records.length
     }
   }
 

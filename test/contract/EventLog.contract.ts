@@ -194,6 +194,50 @@ export const eventLogContract = (name: string, eventLog: Layer.Layer<EventLog, a
     )
 
     it.effect(
+      "carries trace context headers, and a claim knows its partition's end offset (consumer lag)",
+      () =>
+        Effect.gen(function* () {
+          const log = yield* EventLog
+          const topic = uniqueName("contract-trace")
+          yield* log.createTopic(topic, 1)
+          const traceparent = (i: number) => `00-${"ab".repeat(15)}${String(i).padStart(2, "0")}-${"cd".repeat(8)}-01`
+          const produce = (from: number, to: number) =>
+            log.produce(
+              topic,
+              range(from, to).map((i) => ({
+                key: "chat-1",
+                value: `m${i}`,
+                headers: { traceparent: traceparent(i), tracestate: "harmony=1" }
+              }))
+            )
+          yield* produce(0, 3)
+
+          const journal = new Journal()
+          let claim: PartitionClaim | undefined
+          yield* startConsumer({
+            journal,
+            name: "A",
+            group: uniqueName("group"),
+            topic,
+            onRecord: (current) =>
+              Effect.sync(() => {
+                claim = current
+              })
+          })
+          yield* until("3 records", () => journal.seen.length >= 3)
+          yield* until("the end offset at 3", () => claim?.endOffset() === 3)
+          yield* produce(3, 5)
+          yield* until("5 records", () => journal.seen.length >= 5)
+          yield* until("the end offset at 5", () => claim?.endOffset() === 5)
+          assert.deepStrictEqual(
+            journal.recordsOf().map((record) => ({ ...record.headers })),
+            range(0, 5).map((i) => ({ traceparent: traceparent(i), tracestate: "harmony=1" }))
+          )
+        }),
+      60_000
+    )
+
+    it.effect(
       "keeps each key on one partition, in produce order, with contiguous offsets",
       () =>
         Effect.gen(function* () {
