@@ -32,6 +32,11 @@ import { fromWire, HarmonyError } from "./HarmonyError.ts"
 
 // --- the public shape ------------------------------------------------------------------------
 
+/**
+ * The WebSocket's state: `idle` (not wanted yet, or logged out), `connecting`
+ * (until the first connection opens), `open` (authenticated), `reconnecting`
+ * (an open connection was lost; trying again), `closed` (after `close()`).
+ */
 export type Status = "idle" | "connecting" | "open" | "reconnecting" | "closed"
 
 export interface ClientOptions {

@@ -12,6 +12,7 @@ import {
   clientPool,
   collect,
   filteringWebSocket,
+  gatedWebSocket,
   newId,
   password,
   registered,
@@ -313,6 +314,29 @@ describe("client SDK", { timeout: 120_000 }, () => {
       expect(answer).toMatchObject({ recovered: true })
       await waitUntil("the replay", () => seen.length >= 2)
       expect(seen.map((m) => m.seq)).toEqual([2, 3])
+    })
+  })
+
+  describe("offline", () => {
+    it("queues sends while it cannot connect; close() rejects them with closed", async () => {
+      const owner = await account("ofa")
+      const chat = await groupOf(owner)
+      const offline = gatedWebSocket()
+      offline.gate.open = false
+      const client = pool.make({ ...options(), WebSocket: offline.WebSocket })
+      await client.login({ username: owner.session.user.username, password })
+      const statuses = collect(client, "status")
+      const queued = rejection(client.send(chat.id, "never sent"))
+      const subscribed = rejection(client.subscribe(chat.id))
+      await waitUntil("a few attempts", () => offline.gate.attempts >= 2)
+      // "connecting" until a first connection opens; "reconnecting" is for one that was lost.
+      expect(client.status).toBe("connecting")
+      await client.close()
+      expect(await queued).toMatchObject({ code: "closed" })
+      expect(await subscribed).toMatchObject({ code: "closed" })
+      expect(client.status).toBe("closed")
+      expect(statuses.at(-1)).toBe("closed")
+      expect((await owner.client.history(chat.id, {})).messages).toEqual([])
     })
   })
 
