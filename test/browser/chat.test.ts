@@ -205,13 +205,19 @@ describe("web client (chromium)", () => {
     )
     // Bob has the chat open and visible: alice sees that he read her message.
     await until("alice sees bob's read receipt", async () =>
-      (await alice.locator("[data-testid=read-receipt]").allTextContents()).some((text) => text.includes("Seen by"))
+      (await alice.locator("[data-testid=read-receipt]").allTextContents()).some((text) => text.includes("Seen by Bob"))
     )
 
-    // Typing: bob types (not sending yet), alice sees it.
-    await bob.locator("[data-testid=composer-input]").pressSequentially("Thanks Alice! Glad to", { delay: 40 })
-    await until("alice sees bob typing", async () => (await textOf(alice, "typing-indicator")).includes("is typing"))
-    await shoot(alice, "05-alice-sees-bob-typing")
+    // Typing: while bob types (slowly, not sending yet), alice sees it.
+    const seesTyping = async () => (await textOf(alice, "typing-indicator")).includes("is typing")
+    await Promise.all([
+      bob.locator("[data-testid=composer-input]").pressSequentially("Thanks Alice! Glad to", { delay: 120 }),
+      until("alice sees bob typing", async () => {
+        if (!(await seesTyping())) return false
+        await shoot(alice, "05-alice-sees-bob-typing")
+        return true
+      })
+    ])
     await bob.locator("[data-testid=composer-input]").pressSequentially(" be here.", { delay: 20 })
     await bob.locator("[data-testid=composer-send]").click()
     await until("alice sees bob's reply", () => showsMessage(alice, "Thanks Alice! Glad to be here."))
@@ -228,7 +234,7 @@ describe("web client (chromium)", () => {
       const last = alice.locator("[data-testid=message]").last()
       return (
         (await last.locator("[data-testid=message-body]").textContent()) === "Let's ship the web client today." &&
-        ((await last.locator("[data-testid=read-receipt]").textContent({ timeout: 1_000 })) ?? "").includes("Seen by")
+        ((await last.locator("[data-testid=read-receipt]").textContent({ timeout: 1_000 })) ?? "").includes("Seen by Bob")
       )
     })
     expect(await seqsOn(alice)).toEqual([1, 2, 3])
