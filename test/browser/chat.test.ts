@@ -234,7 +234,9 @@ describe("web client (chromium)", () => {
       const last = alice.locator("[data-testid=message]").last()
       return (
         (await last.locator("[data-testid=message-body]").textContent()) === "Let's ship the web client today." &&
-        ((await last.locator("[data-testid=read-receipt]").textContent({ timeout: 1_000 })) ?? "").includes("Seen by Bob")
+        ((await last.locator("[data-testid=read-receipt]").textContent({ timeout: 1_000 })) ?? "").includes(
+          "Seen by Bob"
+        )
       )
     })
     expect(await seqsOn(alice)).toEqual([1, 2, 3])
