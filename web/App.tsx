@@ -69,6 +69,14 @@ function Main({ store }: { store: Store }) {
     }
   }, [store.chatsLoaded])
 
+  const unread = store.totalUnread()
+  useEffect(() => {
+    document.title = unread > 0 ? `(${unread}) Harmony` : "Harmony"
+    return () => {
+      document.title = "Harmony"
+    }
+  }, [unread])
+
   const active = store.activeChatId === undefined ? undefined : store.chats.get(store.activeChatId)
   return (
     <div class="shell">

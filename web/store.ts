@@ -192,6 +192,8 @@ export class Store {
     this.stops.push(
       c.on("status", (status) => {
         this.status = status
+        // Who is online is known again from the presence frames of the resubscriptions.
+        if (status !== "open") this.online.clear()
         this.changed()
       }),
       c.on("message", (message) => this.onMessage(message)),
@@ -318,6 +320,12 @@ export class Store {
 
   unread(entry: ChatEntry) {
     return Math.max(0, entry.lastSeq - entry.lastReadSeq)
+  }
+
+  totalUnread() {
+    let total = 0
+    for (const entry of this.chats.values()) total += this.unread(entry)
+    return total
   }
 
   sortedChats() {
