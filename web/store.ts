@@ -355,10 +355,26 @@ export class Store {
     this.changed()
   }
 
-  /** A person's name: the directory has everyone this browser has searched for. */
+  /** A person's name: from the directory, else looked up once (the short id shows meanwhile). */
   nameOf(userId: UserId) {
     if (userId === this.user?.id) return "You"
-    return this.users.get(userId)?.displayName ?? `user ${userId.slice(-6)}`
+    const known = this.users.get(userId)
+    if (known !== undefined) return known.displayName
+    this.lookUp(userId)
+    return `user ${userId.slice(-6)}`
+  }
+
+  private lookingUp = new Set<UserId>()
+
+  private lookUp(userId: UserId) {
+    if (this.lookingUp.has(userId)) return
+    this.lookingUp.add(userId)
+    this.client.getUser(userId).then(
+      (user) => this.remember([user]),
+      // Unknown or unreachable: the short id stays until the next page load
+      // (asking again on every render would flood the server).
+      () => undefined
+    )
   }
 
   async searchUsers(prefix: string) {

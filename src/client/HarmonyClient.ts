@@ -122,6 +122,8 @@ export interface HarmonyClientEffect {
   me(): Effect.Effect<User, HarmonyError>
   chats(): Effect.Effect<ReadonlyArray<ChatSummary>, HarmonyError>
   searchUsers(prefix: string): Effect.Effect<ReadonlyArray<User>, HarmonyError>
+  /** One user by id (a message's author, a chat member); a closed account answers as "Deleted user". */
+  getUser(userId: string): Effect.Effect<User, HarmonyError>
   createChat(input: CreateChatInput): Effect.Effect<Chat, HarmonyError>
   chat(chatId: string): Effect.Effect<Chat, HarmonyError>
   renameChat(chatId: string, name: string): Effect.Effect<Chat, HarmonyError>
@@ -152,6 +154,8 @@ export interface HarmonyClient {
   me(): Promise<User>
   chats(): Promise<ReadonlyArray<ChatSummary>>
   searchUsers(prefix: string): Promise<ReadonlyArray<User>>
+  /** One user by id (a message's author, a chat member); a closed account answers as "Deleted user". */
+  getUser(userId: string): Promise<User>
   createChat(input: CreateChatInput): Promise<Chat>
   chat(chatId: string): Promise<Chat>
   renameChat(chatId: string, name: string): Promise<Chat>
@@ -944,6 +948,7 @@ export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffec
   const chats = () => authedAs(ChatsAnswer, "GET", "/v1/me/chats").pipe(Effect.map((answer) => answer.chats))
   const searchUsers = (prefix: string) =>
     authedAs(UsersAnswer, "GET", `/v1/users?q=${encodeURIComponent(prefix)}`).pipe(Effect.map((answer) => answer.users))
+  const getUser = (userId: string) => authedAs(User, "GET", `/v1/users/${encodeURIComponent(userId)}`)
   const chatPath = (chatId: string) => `/v1/chats/${encodeURIComponent(chatId)}`
   const createChat = (input: CreateChatInput) => authedAs(Chat, "POST", "/v1/chats", input)
   const chat = (chatId: string) => authedAs(Chat, "GET", chatPath(chatId))
@@ -1058,6 +1063,7 @@ export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffec
     me,
     chats,
     searchUsers,
+    getUser,
     createChat,
     chat,
     renameChat,
@@ -1090,6 +1096,7 @@ export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffec
     me: () => run(me()),
     chats: () => run(chats()),
     searchUsers: (prefix) => run(searchUsers(prefix)),
+    getUser: (userId) => run(getUser(userId)),
     createChat: (input) => run(createChat(input)),
     chat: (chatId) => run(chat(chatId)),
     renameChat: (chatId, name) => run(renameChat(chatId, name)),

@@ -104,6 +104,13 @@ export class MeApi extends HttpApiGroup.make("me")
     HttpApiEndpoint.get("searchUsers", "/v1/users", {
       query: { q: Schema.String.check(Schema.isMinLength(1), isStorableText) },
       success: Schema.Struct({ users: Schema.Array(User) })
+    }),
+    // Beyond PROTOCOL.md: chat members and messages carry user ids only, so
+    // clients need a way to show a name for one (docs/protocol.md).
+    HttpApiEndpoint.get("getUser", "/v1/users/:userId", {
+      params: { userId: UserId },
+      success: User,
+      error: [NotFoundWire]
     })
   )
   .middleware(Authentication)

@@ -92,7 +92,8 @@ const MeHandlers = HttpApiBuilder.group(
         }),
       chats: () =>
         Effect.flatMap(CurrentUser, (user) => Effect.map(chats.listForUser(user.id), (list) => ({ chats: list }))),
-      searchUsers: ({ query }) => Effect.map(accounts.search(query.q, SearchLimit), (users) => ({ users }))
+      searchUsers: ({ query }) => Effect.map(accounts.search(query.q, SearchLimit), (users) => ({ users })),
+      getUser: ({ params }) => accounts.get(params.userId)
     })
   })
 )

@@ -230,6 +230,11 @@ describe("web client (chromium)", () => {
     await alice.locator("[data-testid=composer-input]").fill("Let's ship the web client today.")
     await alice.locator("[data-testid=composer-input]").press("Enter")
     await until("bob sees alice's answer", () => showsMessage(bob, "Let's ship the web client today."))
+    // Bob never searched for alice: her name comes from a lookup by id.
+    await until(
+      "bob sees alice's name on her message",
+      async () => (await bob.locator("[data-testid=message-author]").last().textContent()) === "Alice"
+    )
     await until("alice sees the receipt under her newest message", async () => {
       const last = alice.locator("[data-testid=message]").last()
       return (

@@ -136,6 +136,8 @@ describe("client SDK", { timeout: 120_000 }, () => {
       expect((await owner.client.renameChat(chat.id, "renamed")).name).toBe("renamed")
       expect((await owner.client.chat(chat.id)).name).toBe("renamed")
       expect((await owner.client.searchUsers(late.user.username)).map((u) => u.id)).toEqual([late.user.id])
+      expect(await owner.client.getUser(late.user.id)).toEqual(late.user)
+      expect(await rejection(owner.client.getUser(`${late.user.id}-gone`))).toMatchObject({ code: "not_found" })
       expect((await owner.client.addMembers(chat.id, [late.user.id])).members).toHaveLength(3)
       await owner.client.removeMember(chat.id, late.user.id)
       expect((await friend.client.chats()).map((c) => c.id)).toEqual([chat.id])

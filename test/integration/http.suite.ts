@@ -520,6 +520,15 @@ export const httpSuite = (mode: "embedded" | "cluster") => {
         expect(reply.body).toEqual({ id: account.id, username: account.username, displayName: account.username })
       })
 
+      it("GET /v1/users/{userId} answers that user; an unknown id answers 404", async () => {
+        const [a, b] = await Promise.all([register("byid"), register("byid")])
+        const reply = await http.get(`/v1/users/${b.id}`, { token: a.accessToken })
+        expectStatus(reply, 200)
+        expect(reply.body).toEqual(b.session.user)
+        expectError(await http.get(`/v1/users/${a.id}x`, { token: a.accessToken }), 404, "not_found")
+        expectError(await http.get(`/v1/users/${b.id}`), 401, "unauthorized")
+      })
+
       it("GET /v1/users?q= matches username prefixes, at most 20, ordered by username", async () => {
         const prefix = `s${run}${(counter++).toString(36)}`
         const names = Array.from({ length: 22 }, (_, i) => `${prefix}-${String(i).padStart(2, "0")}`)
@@ -904,6 +913,10 @@ export const httpSuite = (mode: "embedded" | "cluster") => {
         const search = await http.get(`/v1/users?q=${x.username}`, { token: y.accessToken })
         expectStatus(search, 200)
         expect(search.body).toEqual({ users: [] })
+        // Looked up by id (a message's author), the closed account keeps its id and username, not its name.
+        const closed = await http.get(`/v1/users/${x.id}`, { token: y.accessToken })
+        expectStatus(closed, 200)
+        expect(closed.body).toEqual({ id: x.id, username: x.username, displayName: "Deleted user" })
 
         const ownedAfter = await http.get(`/v1/chats/${owned.id}`, { token: y.accessToken })
         expectStatus(ownedAfter, 200)
