@@ -2,11 +2,13 @@
  * Actors by chat: each partition runner has a registry that activates a
  * chat's actor on its first record, routes records to it, and drains every
  * actor when the partition is revoked. `LocalActors` is the node-wide view
- * that reconnecting clients use to recover from an actor's ring.
+ * that reconnecting clients use to recover from an actor's ring, and what
+ * the node's actor gauges (active actors, mailbox depth, unpersisted
+ * backlog) are read from when metrics are collected.
  */
-import { type Cause, Context, Effect, FiberSet, Layer, Metric, Queue, Schema, Stream } from "effect"
-import { actorsActive } from "../Metrics.ts"
-import type { Scope } from "effect"
+import { type Cause, Context, Effect, FiberSet, Layer, Queue, Schema, Stream } from "effect"
+import { actorMailboxDepth, actorsActive, registerGauge, sinkBacklog } from "../Metrics.ts"
+import type { Scope, Tracer } from "effect"
 import type { SqlClient } from "effect/sql"
 import type { MessageStore } from "../infra/MessageStore.ts"
 import { PubSub } from "../infra/PubSub.ts"
@@ -31,6 +33,7 @@ export class LocalActors extends Context.Service<
     LocalActors,
     Effect.gen(function* () {
       const actors = new Map<ChatId, ChatActor.ChatActorHandle>()
+      yield* registerGauges(actors)
       // A deleted chat's actor drops what is left in its mailbox.
       const pubsub = yield* PubSub
       const control = yield* pubsub.subscribe(ControlChannel)
@@ -49,11 +52,9 @@ export class LocalActors extends Context.Service<
       return LocalActors.of({
         register: (handle) => {
           actors.set(handle.chatId, handle)
-          Effect.runSync(Metric.update(actorsActive, actors.size))
         },
         unregister: (handle) => {
           if (actors.get(handle.chatId) === handle) actors.delete(handle.chatId)
-          Effect.runSync(Metric.update(actorsActive, actors.size))
         },
         since: (chatId, sinceSeq) => actors.get(chatId)?.sequencer?.since(sinceSeq),
         lastSeq: (chatId) => actors.get(chatId)?.sequencer?.lastSeq,
@@ -63,13 +64,29 @@ export class LocalActors extends Context.Service<
   )
 }
 
+/** The node's actor gauges, computed from the active actors when metrics are collected. */
+const registerGauges = (actors: ReadonlyMap<ChatId, ChatActor.ChatActorHandle>) =>
+  Effect.all([
+    registerGauge(actorsActive, () => actors.size),
+    registerGauge(actorMailboxDepth, () => {
+      let depth = 0
+      for (const handle of actors.values()) depth += Queue.sizeUnsafe(handle.mailbox)
+      return depth
+    }),
+    registerGauge(sinkBacklog, () => {
+      let backlog = 0
+      for (const handle of actors.values()) backlog += handle.unpersisted
+      return backlog
+    })
+  ])
+
 const decodeControl = Schema.decodeUnknownOption(
   Schema.fromJsonString(Schema.Struct({ type: Schema.Literal("chat_deleted"), chatId: Schema.String }))
 )
 
 export interface ActorRegistry {
-  /** Routes a record to its chat's actor, activating it; waits while the mailbox is full. */
-  readonly route: (record: SendRecord, offset: number) => Effect.Effect<void>
+  /** Routes a record to its chat's actor, activating it; waits while the mailbox is full. `span`: its receipt, when tracing. */
+  readonly route: (record: SendRecord, offset: number, span?: Tracer.AnySpan) => Effect.Effect<void>
   /** Ends every mailbox and waits for the actors to process what they hold. */
   readonly drain: Effect.Effect<void>
   readonly size: () => number
@@ -118,8 +135,8 @@ export const make = Effect.fnUntraced(function* (
     return handle
   })
 
-  const route = Effect.fnUntraced(function* (record: SendRecord, offset: number) {
-    const envelope = { record, offset }
+  const route = Effect.fnUntraced(function* (record: SendRecord, offset: number, span?: Tracer.AnySpan) {
+    const envelope: ChatActor.Envelope = { record, offset, span }
     const current = actors.get(record.chatId)
     if (current !== undefined && (yield* Queue.offer(current.mailbox, envelope))) return
     // No actor, or it passivated just now: a fresh one takes the record.

@@ -7,8 +7,11 @@
  * and hands the new ones to the partition's persistence sink. Idle, with
  * nothing left to persist, it passivates: its memory goes, its state is in
  * the store.
+ *
+ * When tracing, each record's sequencing is a span (`ChatActor.sequence`)
+ * under its receipt from the log, and its fanout publish a child of that.
  */
-import { Cause, type Duration, Effect, Metric, Queue, Schedule } from "effect"
+import { Cause, type Duration, Effect, Metric, Queue, Schedule, type Tracer } from "effect"
 import { messagesSequenced } from "../Metrics.ts"
 import { SqlClient } from "effect/sql"
 import { MessageStore } from "../infra/MessageStore.ts"
@@ -17,11 +20,14 @@ import type { SendRecord } from "../schema/Records.ts"
 import type { Fanout } from "../streams/Fanout.ts"
 import type { OffsetTracker } from "../streams/OffsetTracker.ts"
 import type { PersistenceSink, SinkItem } from "../streams/PersistenceSink.ts"
+import type { SyncSpans } from "../Tracing.ts"
 import { Sequencer, type SequencerOptions } from "./Sequencer.ts"
 
 export interface Envelope {
   readonly record: SendRecord
   readonly offset: number
+  /** The record's receipt from the log, when tracing. */
+  readonly span?: Tracer.AnySpan | undefined
 }
 
 export interface ActorOptions extends SequencerOptions {
@@ -49,6 +55,8 @@ export interface ActorContext {
   readonly sink: PersistenceSink
   readonly tracker: OffsetTracker
   readonly partition: number
+  /** Per-message spans, when tracing. */
+  readonly spans: SyncSpans | undefined
   /** Removes the actor from its registry if it may passivate now (synchronously, so no record slips in between). */
   readonly passivate: (handle: ChatActorHandle) => boolean
 }
@@ -96,7 +104,7 @@ export const run = Effect.fnUntraced(function* (handle: ChatActorHandle, context
   }
 })
 
-const process = Effect.fn("ChatActor.sequence")(function* (
+const process = Effect.fnUntraced(function* (
   handle: ChatActorHandle,
   sequencer: Sequencer,
   batch: ReadonlyArray<Envelope>,
@@ -106,27 +114,45 @@ const process = Effect.fn("ChatActor.sequence")(function* (
     for (const { offset } of batch) context.tracker.complete(offset)
     return
   }
+  const spans = context.spans
   const published: Array<Message> = []
   const persist: Array<SinkItem> = []
+  /** Traced: the sequencing span of each published message (same index), and every span started. */
+  const parents: Array<Tracer.Span | undefined> | undefined = spans === undefined ? undefined : []
+  const started: Array<Tracer.Span> = []
   const onPersisted = () => {
     handle.unpersisted--
   }
-  for (const { record, offset } of batch) {
+  for (const { record, offset, span: received } of batch) {
+    const span =
+      spans === undefined || received === undefined
+        ? undefined
+        : spans.start("ChatActor.sequence", {
+            parent: received,
+            attributes: { "harmony.chat.id": record.chatId, "harmony.message.id": record.id }
+          })
+    if (span !== undefined) started.push(span)
     const outcome = sequencer.sequence(record)
+    span?.attribute("harmony.seq", outcome.message?.seq ?? 0)
     if (outcome._tag === "New") {
       published.push(outcome.message)
-      persist.push({ message: outcome.message, offset, onPersisted })
+      parents?.push(span)
+      persist.push({ message: outcome.message, offset, onPersisted, span })
       handle.unpersisted++
     } else {
       // Already sequenced (a retried send or a replayed record): publish the
       // earlier copy again — sessions drop seqs they delivered — so a message
       // whose fanout was lost in a crash still reaches live subscribers.
-      if (outcome.message !== undefined) published.push(outcome.message)
+      span?.attribute("harmony.duplicate", true)
+      if (outcome.message !== undefined) {
+        published.push(outcome.message)
+        parents?.push(span)
+      }
       context.tracker.complete(offset)
     }
   }
   yield* context.fanout
-    .publishMessages(published)
+    .publishMessages(published, parents)
     .pipe(
       Effect.catchCause((cause) =>
         Effect.logWarning(
@@ -135,6 +161,7 @@ const process = Effect.fn("ChatActor.sequence")(function* (
         )
       )
     )
+  if (spans !== undefined) for (const span of started) spans.end(span)
   yield* Metric.update(messagesSequenced, persist.length)
   yield* context.sink.offer(persist)
 })

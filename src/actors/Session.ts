@@ -6,6 +6,11 @@
  * Outbound frames go straight to the socket; the socket's send buffer is the
  * session's bounded queue. A client too slow to drain it is disconnected
  * with 4008 (like Centrifugo's 3008) — it never holds up fanout to others.
+ *
+ * When tracing, every inbound frame is a root span (`Session.frame`, with its
+ * decode as a child); a send's trace goes on from there through the ingest,
+ * Kafka and the actor. Each live message written to the socket is a span
+ * (`Session.write`) under its delivery on this node.
  */
 import {
   Cause,
@@ -22,7 +27,7 @@ import {
   Scope,
   Semaphore
 } from "effect"
-import { messagesDelivered, sessionsOpen, slowConsumerDisconnects } from "../Metrics.ts"
+import { errorsOf, messagesDelivered, sendToDeliver, sessionsOpen, slowConsumerDisconnects } from "../Metrics.ts"
 import { randomUUID } from "node:crypto"
 import type { WebSocket } from "ws"
 import type { ChatId, Message, User, UserId } from "../schema/Domain.ts"
@@ -36,6 +41,7 @@ import { type Fanout, type FanoutItem, messageFrame } from "../streams/Fanout.ts
 import type { History } from "../streams/History.ts"
 import type { PresenceTracker } from "./PresenceTracker.ts"
 import type { Ingest } from "../streams/Ingest.ts"
+import { syncSpans } from "../Tracing.ts"
 
 export interface SessionOptions {
   /** The first frame must authenticate within this time (PROTOCOL.md: 5 s). */
@@ -130,21 +136,44 @@ export const run = Effect.fnUntraced(function* (
   const send = (frame: ServerFrame) => sendText(JSON.stringify(frame))
   const context = yield* Effect.context<never>()
   const runFork = Effect.runForkWith(context)
-  const runSync = Effect.runSyncWith(context)
-  /** `sendText` for the synchronous delivery path. */
-  const sendTextUnsafe = (text: string) => {
-    if (socket.readyState !== socket.OPEN) return
+  const spans = yield* syncSpans
+  /** `sendText` for the synchronous delivery path; answers whether the frame was written. */
+  const sendTextUnsafe = (text: string): boolean => {
+    if (socket.readyState !== socket.OPEN) return false
     if (socket.bufferedAmount > options.maxBufferedBytes) {
       runFork(sendText(text))
-      return
+      return false
     }
     socket.send(text)
+    return true
+  }
+  /** A live message to the socket: counted, its send→deliver latency observed, traced under its delivery. */
+  const writeLive = (item: FanoutItem) => {
+    const span =
+      spans === undefined || item.span === undefined
+        ? undefined
+        : spans.start("Session.write", {
+            parent: item.span,
+            attributes: { "harmony.session.id": sessionId, "harmony.seq": item.seq }
+          })
+    const written = sendTextUnsafe(item.frame)
+    if (span !== undefined) spans!.end(span)
+    if (!written) return
+    messagesDelivered.updateUnsafe(1, context)
+    if (item.sentAt !== undefined && Number.isFinite(item.sentAt)) {
+      sendToDeliver.updateUnsafe(Math.max(0, Date.now() - item.sentAt) / 1000, context)
+    }
   }
 
   const withRef = <F extends object>(frame: F, ref: string | undefined): F =>
     ref === undefined ? frame : { ...frame, ref }
-  const sendError = (error: ApiError, ref: string | undefined) =>
-    send(withRef({ type: "error", code: errorCode(error), message: error.message }, ref))
+  /** An error frame to the client, counted by its contract code. */
+  const sendErrorFrame = (code: string, message: string, ref: string | undefined) =>
+    Effect.suspend(() => {
+      errorsOf(code, "ws").updateUnsafe(1, context)
+      return send(withRef({ type: "error", code, message } as ServerFrame, ref))
+    })
+  const sendError = (error: ApiError, ref: string | undefined) => sendErrorFrame(errorCode(error), error.message, ref)
 
   // --- authentication -------------------------------------------------------
   const first = yield* Queue.take(inbound).pipe(
@@ -193,7 +222,7 @@ export const run = Effect.fnUntraced(function* (
   ) {
     const role = yield* services.membership.roleOf(chatId, user.id)
     if (role._tag === "None") {
-      return yield* send(withRef({ type: "error", code: "not_found", message: `chat ${chatId} not found` }, ref))
+      return yield* sendErrorFrame("not_found", `chat ${chatId} not found`, ref)
     }
     yield* unsubscribe(chatId)
     const scope = yield* Scope.fork(sessionScope, "sequential")
@@ -205,7 +234,6 @@ export const run = Effect.fnUntraced(function* (
 
     // Delivery runs inside the chat feed's listener, synchronously: a
     // message is a dedupe check and a socket write, no hand-off.
-    let delivered = 0
     // A live message past the next seq means some were never seen here (a
     // partition changed hands mid-stream, or the subscription started while
     // the store lagged): the gap is filled from history before going on,
@@ -252,7 +280,8 @@ export const run = Effect.fnUntraced(function* (
           return
         }
         subscription.lastDelivered = item.seq
-        delivered++
+        writeLive(item)
+        return
       } else if (item.from === user.id) {
         // Typing and read signals are for the others.
         return
@@ -274,10 +303,6 @@ export const run = Effect.fnUntraced(function* (
         return
       }
       for (const item of items) deliver(item)
-      if (delivered > 0) {
-        runSync(Metric.update(messagesDelivered, delivered))
-        delivered = 0
-      }
     })
     yield* Scope.addFinalizer(scope, removeListener)
 
@@ -380,6 +405,16 @@ export const run = Effect.fnUntraced(function* (
                   : sendError(error, frame.ref)
               ),
               Effect.ensuring(sendPermits.release(1)),
+              (effect) =>
+                spans === undefined
+                  ? effect
+                  : effect.pipe(
+                      Effect.withSpan(
+                        "Session.send",
+                        { attributes: { "harmony.chat.id": frame.chatId, "harmony.client_msg_id": frame.clientMsgId } },
+                        noStackTrace
+                      )
+                    ),
               Effect.forkIn(sessionScope),
               Effect.asVoid
             )
@@ -393,9 +428,7 @@ export const run = Effect.fnUntraced(function* (
         return services.membership.roleOf(frame.chatId, user.id).pipe(
           Effect.flatMap((role) =>
             role._tag === "None"
-              ? send(
-                  withRef({ type: "error", code: "not_found", message: `chat ${frame.chatId} not found` }, frame.ref)
-                )
+              ? sendErrorFrame("not_found", `chat ${frame.chatId} not found`, frame.ref)
               : services.fanout.publishFrame(frame.chatId, user.id, {
                   type: "typing",
                   chatId: frame.chatId,
@@ -431,30 +464,42 @@ export const run = Effect.fnUntraced(function* (
   let malformed = 0
   let rateLimitedInARow = 0
   const lastTyping = new Map<ChatId, number>()
+  const decode = (text: string) =>
+    spans === undefined
+      ? decodeClientFrame(text).pipe(Effect.result)
+      : decodeClientFrame(text).pipe(
+          Effect.result,
+          Effect.withSpan("Session.decode", { attributes: { "harmony.frame.bytes": text.length } }, noStackTrace)
+        )
+  const onInput = (input: Inbound) =>
+    Effect.gen(function* () {
+      if (socket.isPaused && Queue.sizeUnsafe(inbound) <= InboundLowWater) socket.resume()
+      const frame = input._tag === "Text" ? yield* decode(input.text) : undefined
+      if (frame === undefined || frame._tag === "Failure") {
+        malformed++
+        if (malformed >= options.maxMalformed) return yield* close(CloseCode.malformed, "malformed frames")
+        const ref = input._tag === "Text" ? refOf(input.text) : undefined
+        return yield* sendErrorFrame(
+          "bad_request",
+          frame === undefined ? "frames are JSON text" : `malformed frame: ${oneLine(frame.failure.message)}`,
+          ref
+        )
+      }
+      malformed = 0
+      if (spans !== undefined) yield* Effect.annotateCurrentSpan("harmony.frame.type", frame.success.type)
+      yield* handle(frame.success)
+    })
   const loop = Queue.take(inbound).pipe(
     Effect.flatMap((input) =>
-      Effect.gen(function* () {
-        if (socket.isPaused && Queue.sizeUnsafe(inbound) <= InboundLowWater) socket.resume()
-        const frame = input._tag === "Text" ? yield* decodeClientFrame(input.text).pipe(Effect.result) : undefined
-        if (frame === undefined || frame._tag === "Failure") {
-          malformed++
-          if (malformed >= options.maxMalformed) return yield* close(CloseCode.malformed, "malformed frames")
-          const ref = input._tag === "Text" ? refOf(input.text) : undefined
-          return yield* send(
-            withRef(
-              {
-                type: "error",
-                code: "bad_request",
-                message:
-                  frame === undefined ? "frames are JSON text" : `malformed frame: ${oneLine(frame.failure.message)}`
-              },
-              ref
+      spans === undefined
+        ? onInput(input)
+        : onInput(input).pipe(
+            Effect.withSpan(
+              "Session.frame",
+              { kind: "server", root: true, attributes: { "harmony.session.id": sessionId } },
+              noStackTrace
             )
           )
-        }
-        malformed = 0
-        yield* handle(frame.success)
-      })
     ),
     Effect.forever,
     Effect.catchIf(Cause.isDone, () => Effect.void)
@@ -481,3 +526,6 @@ const decodeRef = Schema.decodeUnknownOption(Schema.fromJsonString(Schema.Struct
 const refOf = (text: string): string | undefined => Option.getOrUndefined(decodeRef(text))?.ref
 
 const oneLine = (text: string) => text.replace(/\s*\n\s*/g, " ").trim()
+
+/** Spans of the hot path skip capturing a call site. */
+const noStackTrace = { captureStackTrace: false } as const

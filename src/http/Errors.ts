@@ -3,12 +3,15 @@
  * `{"error":{"code","message"}}` (PROTOCOL.md "Errors"): schema failures of
  * HttpApi (400 with the failing path), oversize bodies (413), unknown routes
  * (404), and anything unexpected (logged with its cause, answered without
- * internals). Installed as a global router middleware.
+ * internals). Installed as a global router middleware. Every error answered
+ * counts in `harmony_errors_total{code,transport="http"}` (a readiness probe's
+ * 503 is not an error answered to a client).
  */
-import { ByteSize, Cause, Effect } from "effect"
+import { ByteSize, Cause, Effect, Metric } from "effect"
 import { HttpMiddleware, HttpRouter, HttpServerError, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { MaxBodySize } from "effect/http/HttpIncomingMessage"
 import { HttpApiError } from "effect/http-api"
+import { errorsOf } from "../Metrics.ts"
 import { errorBody } from "../schema/Errors.ts"
 
 /** The largest HTTP request body accepted (message bodies are at most 4000 characters). */
@@ -52,33 +55,46 @@ const describe = (cause: Cause.Cause<unknown>, request: HttpServerRequest.HttpSe
   return undefined
 }
 
+const countError = (request: HttpServerRequest.HttpServerRequest, response: HttpServerResponse.HttpServerResponse) =>
+  response.status < 400 || pathOf(request) === "/readyz"
+    ? Effect.void
+    : Metric.update(errorsOf(codeForStatus[response.status] ?? "internal", "http"), 1)
+
 export const normalizeErrors = HttpRouter.middleware(
   HttpMiddleware.make((app) =>
     Effect.gen(function* () {
       const request = yield* HttpServerRequest.HttpServerRequest
-      const length = Number(request.headers["content-length"] ?? 0)
-      if (length > MaxBodyBytes) return statusResponse(413, `request body larger than ${MaxBodyBytes} bytes`)
-      const response = yield* app.pipe(
-        Effect.catchCause((cause) => {
-          if (Cause.hasInterruptsOnly(cause)) return Effect.failCause(cause)
-          const known = describe(cause, request)
-          if (known !== undefined) return Effect.succeed(known)
-          return Effect.logError("unhandled error in HTTP request", cause).pipe(
-            Effect.as(statusResponse(500, "internal error"))
-          )
-        })
-      )
-      if (response.status === 429) return moveRetryAfter(response)
-      // HttpApi answers some failures itself: 415 as text, its own 400/413
-      // with an empty body. Every error leaves in the contract's shape.
-      if (response.status >= 400 && !isJson(response)) {
-        return statusResponse(response.status === 415 ? 400 : response.status, defaultMessage(response.status))
-      }
-      return response
-    }).pipe(Effect.provideService(MaxBodySize, ByteSize.bytes(MaxBodyBytes)))
+      return yield* answer(app, request).pipe(Effect.tap((response) => countError(request, response)))
+    })
   ),
   { global: true }
 )
+
+const answer = <E, R>(
+  app: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>,
+  request: HttpServerRequest.HttpServerRequest
+) =>
+  Effect.gen(function* () {
+    const length = Number(request.headers["content-length"] ?? 0)
+    if (length > MaxBodyBytes) return statusResponse(413, `request body larger than ${MaxBodyBytes} bytes`)
+    const response = yield* app.pipe(
+      Effect.catchCause((cause) => {
+        if (Cause.hasInterruptsOnly(cause)) return Effect.failCause(cause)
+        const known = describe(cause, request)
+        if (known !== undefined) return Effect.succeed(known)
+        return Effect.logError("unhandled error in HTTP request", cause).pipe(
+          Effect.as(statusResponse(500, "internal error"))
+        )
+      })
+    )
+    if (response.status === 429) return moveRetryAfter(response)
+    // HttpApi answers some failures itself: 415 as text, its own 400/413
+    // with an empty body. Every error leaves in the contract's shape.
+    if (response.status >= 400 && !isJson(response)) {
+      return statusResponse(response.status === 415 ? 400 : response.status, defaultMessage(response.status))
+    }
+    return response
+  }).pipe(Effect.provideService(MaxBodySize, ByteSize.bytes(MaxBodyBytes)))
 
 /** A 429 leaves with `Retry-After` and the plain error body (see RateLimitedWire). */
 const moveRetryAfter = (response: HttpServerResponse.HttpServerResponse) => {

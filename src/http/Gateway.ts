@@ -13,6 +13,7 @@ import type { IncomingMessage, Server } from "node:http"
 import type { Duplex } from "node:stream"
 import { type WebSocket, WebSocketServer } from "ws"
 import { PubSub } from "../infra/PubSub.ts"
+import * as Metrics from "../Metrics.ts"
 import { ControlChannel } from "../streams/EventConsumers.ts"
 import { PresenceTracker } from "../actors/PresenceTracker.ts"
 import * as Session from "../actors/Session.ts"
@@ -39,6 +40,7 @@ export class Gateway extends Context.Service<
     Layer.effect(
       Gateway,
       Effect.gen(function* () {
+        yield* Metrics.initialize
         /** Open sockets by user, to end a closed account's sessions on every node. */
         const byUser = new Map<string, Set<WebSocket>>()
         const services: Session.SessionServices = {

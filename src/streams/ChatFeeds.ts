@@ -4,10 +4,15 @@
  * synchronously, in order — a delivery is a socket write, not a queue hand-off
  * and a fiber wake-up per subscriber. The feed's PubSub subscription is held
  * while the chat has local listeners and dropped with the last one.
+ *
+ * When tracing, each message's delivery on this node is a span
+ * (`ChatFeeds.deliver`) continuing the trace its envelope carries; the
+ * sessions' socket writes are its children.
  */
 import { Context, Deferred, Effect, Fiber, FiberSet, Layer, Stream } from "effect"
 import type { CacheError } from "../infra/Cache.ts"
 import type { ChatId } from "../schema/Domain.ts"
+import { parseTraceparent, type SyncSpans, syncSpans } from "../Tracing.ts"
 import { Fanout, type FanoutItem } from "./Fanout.ts"
 
 export type Listener = (items: ReadonlyArray<FanoutItem>) => void
@@ -35,6 +40,30 @@ export class ChatFeeds extends Context.Service<
       const fibers = yield* FiberSet.make<void, CacheError>()
       const runFork = yield* FiberSet.runtime(fibers)()
       const feeds = new Map<ChatId, Feed>()
+      const spans = yield* syncSpans
+
+      const dispatch = (feed: Feed, batch: ReadonlyArray<FanoutItem>) => {
+        for (const listener of feed.listeners) listener(batch)
+      }
+      const dispatchTraced = (spans: SyncSpans, chatId: ChatId, feed: Feed, batch: ReadonlyArray<FanoutItem>) => {
+        const started: Array<ReturnType<SyncSpans["start"]>> = []
+        const traced = batch.map((item) => {
+          const parent = parseTraceparent(item.traceparent)
+          if (parent === undefined) return item
+          const span = spans.start("ChatFeeds.deliver", {
+            parent,
+            kind: "consumer",
+            attributes: { "harmony.chat.id": chatId, "harmony.seq": item.seq, "harmony.listeners": feed.listeners.size }
+          })
+          started.push(span)
+          return { ...item, span }
+        })
+        try {
+          dispatch(feed, traced)
+        } finally {
+          for (const span of started) spans.end(span)
+        }
+      }
 
       const open = (chatId: ChatId, feed: Feed) =>
         Effect.scoped(
@@ -43,9 +72,9 @@ export class ChatFeeds extends Context.Service<
             yield* Deferred.succeed(feed.ready, undefined)
             yield* items.pipe(
               Stream.runForEachArray((batch) =>
-                Effect.sync(() => {
-                  for (const listener of feed.listeners) listener(batch)
-                })
+                Effect.sync(() =>
+                  spans === undefined ? dispatch(feed, batch) : dispatchTraced(spans, chatId, feed, batch)
+                )
               )
             )
           })

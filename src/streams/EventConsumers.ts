@@ -12,6 +12,10 @@
  *
  * An event that does not decode goes to `chat.events.dlq` with the reason,
  * and the consumer moves on.
+ *
+ * Each event's handling is a consumer span (`<group>.<event type>`) under the
+ * outbox relay's publish span named by the record's `traceparent` header;
+ * each claim reports its consumer lag.
  */
 import { Effect, Layer, Schedule, Schema, Stream } from "effect"
 import { EventLog, type LogRecord, type PartitionClaim } from "../infra/EventLog.ts"
@@ -19,7 +23,9 @@ import { MessageStore } from "../infra/MessageStore.ts"
 import { PubSub } from "../infra/PubSub.ts"
 import type { ChatId } from "../schema/Domain.ts"
 import { EventEnvelope } from "../schema/Events.ts"
+import { consumerLag, registerGauge } from "../Metrics.ts"
 import { Membership } from "../state/Membership.ts"
+import { parseTraceparent, TraceparentHeader } from "../Tracing.ts"
 import { Fanout } from "./Fanout.ts"
 import { EventsTopic, topicRetry } from "./Topics.ts"
 
@@ -62,19 +68,47 @@ const consumer = (group: string, handle: Handler) =>
               ),
               Effect.retry(retry),
               Effect.orDie,
-              Effect.withSpan(`${group}.${envelope.type}`)
+              Effect.withSpan(`${group}.${envelope.type}`, {
+                kind: "consumer",
+                parent: parseTraceparent(record.headers[TraceparentHeader]),
+                attributes: {
+                  "messaging.system": "kafka",
+                  "messaging.destination.name": record.topic,
+                  "messaging.destination.partition.id": String(record.partition),
+                  "messaging.kafka.offset": record.offset,
+                  "messaging.consumer.group.name": group,
+                  "harmony.event.id": envelope.id
+                }
+              })
             )
         })
       )
 
     const onClaim = (claim: PartitionClaim) =>
-      claim.records.pipe(
-        Stream.runForEachArray((records) =>
-          Effect.forEach(records, onRecord, { discard: true }).pipe(
-            Effect.andThen(claim.commit(records.at(-1)!.offset + 1)),
-            Effect.catchTag("EventLogError", (error) => Effect.logWarning(`${group}: commit failed`, error))
-          )
-        ),
+      Effect.gen(function* () {
+        let position: number | undefined
+        yield* registerGauge(
+          consumerLag,
+          () => (position === undefined ? 0 : Math.max(0, claim.endOffset() - position)),
+          { group, topic: claim.topic, partition: String(claim.partition) }
+        )
+        yield* claim.records.pipe(
+          Stream.runForEachArray((records) => {
+            position ??= records[0]!.offset
+            const next = records.at(-1)!.offset + 1
+            return Effect.forEach(records, onRecord, { discard: true }).pipe(
+              Effect.andThen(claim.commit(next)),
+              Effect.tap(() =>
+                Effect.sync(() => {
+                  position = next
+                })
+              ),
+              Effect.catchTag("EventLogError", (error) => Effect.logWarning(`${group}: commit failed`, error))
+            )
+          })
+        )
+      }).pipe(
+        Effect.scoped,
         Effect.catchCause((cause) => Effect.logError(`${group}: partition ${claim.partition} failed`, cause))
       )
 

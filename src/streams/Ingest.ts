@@ -4,8 +4,13 @@
  * (PROTOCOL.md: `ack` once Kafka has it). Concurrent sends are produced
  * together: while one produce is in flight, the next ones gather into the
  * following batch, so throughput does not pay one round trip per message.
+ *
+ * When tracing, each send's wait for the log is a producer span
+ * (`Ingest.produce`) whose context rides in the record's `traceparent`
+ * header, and each produce request is a span (`Ingest.produceBatch`) linking
+ * the sends it carries.
  */
-import { Clock, Context, Deferred, Effect, Exit, Layer, Metric, Queue } from "effect"
+import { Clock, Context, Deferred, Effect, Exit, Layer, Metric, Queue, type Tracer } from "effect"
 import { messagesAccepted } from "../Metrics.ts"
 import { EventLog, type EventLogError, type ProduceRecord } from "../infra/EventLog.ts"
 import type { ChatId, MessageId, UserId } from "../schema/Domain.ts"
@@ -13,6 +18,7 @@ import { NotFound, type RateLimited, Unavailable } from "../schema/Errors.ts"
 import { encodeSendRecord, messageIdOf } from "../schema/Records.ts"
 import { Membership } from "../state/Membership.ts"
 import { RateLimits } from "../state/RateLimits.ts"
+import { exporting, TraceparentHeader, traceparentOf } from "../Tracing.ts"
 import { MessagesTopic } from "./Topics.ts"
 
 export interface Accepted {
@@ -25,6 +31,8 @@ interface Pending {
   /** The record's size on the wire, roughly. */
   readonly size: number
   readonly done: Deferred.Deferred<void, EventLogError>
+  /** The send's producer span, when tracing. */
+  readonly span?: Tracer.AnySpan | undefined
 }
 
 /** Sends waiting for a produce request before further senders wait. */
@@ -73,20 +81,37 @@ export class Ingest extends Context.Service<
       // Bounded: when the log cannot keep up, senders wait here (their acks
       // come later) instead of the node buffering without limit.
       const queue = yield* Queue.bounded<Pending>(MaxQueued)
+      const traced = yield* exporting
 
+      const produceRequest = (chunk: ReadonlyArray<Pending>) => {
+        const request = log.produce(
+          MessagesTopic,
+          chunk.map((pending) => pending.record)
+        )
+        if (!traced) return request
+        const links: Array<Tracer.SpanLink> = []
+        for (const pending of chunk) if (pending.span !== undefined) links.push({ span: pending.span, attributes: {} })
+        return request.pipe(
+          Effect.withSpan("Ingest.produceBatch", {
+            kind: "producer",
+            root: true,
+            links,
+            attributes: {
+              "messaging.system": "kafka",
+              "messaging.destination.name": MessagesTopic,
+              "messaging.batch.message_count": chunk.length
+            }
+          })
+        )
+      }
       const produce = (chunk: ReadonlyArray<Pending>) =>
-        log
-          .produce(
-            MessagesTopic,
-            chunk.map((pending) => pending.record)
-          )
-          .pipe(
-            Effect.exit,
-            Effect.flatMap((exit) => {
-              const outcome = Exit.asVoid(exit)
-              return Effect.forEach(chunk, (pending) => Deferred.done(pending.done, outcome))
-            })
-          )
+        produceRequest(chunk).pipe(
+          Effect.exit,
+          Effect.flatMap((exit) => {
+            const outcome = Exit.asVoid(exit)
+            return Effect.forEach(chunk, (pending) => Deferred.done(pending.done, outcome))
+          })
+        )
       yield* Queue.takeBetween(queue, 1, MaxBatch).pipe(
         Effect.flatMap((batch) => Effect.forEach(byBytes(batch), produce, { discard: true })),
         Effect.forever,
@@ -106,12 +131,30 @@ export class Ingest extends Context.Service<
         const sentAt = new Date(yield* Clock.currentTimeMillis).toISOString()
         const done = yield* Deferred.make<void, EventLogError>()
         const value = encodeSendRecord({ id, chatId, authorId, clientMsgId, body, sentAt })
-        yield* Queue.offer(queue, {
-          record: { key: chatId, value },
-          size: Buffer.byteLength(value) + chatId.length + 64,
-          done
-        })
-        yield* Deferred.await(done).pipe(
+        const size = Buffer.byteLength(value) + chatId.length + 64
+        const enqueue = traced
+          ? Effect.useSpan(
+              "Ingest.produce",
+              {
+                kind: "producer",
+                attributes: {
+                  "messaging.system": "kafka",
+                  "messaging.destination.name": MessagesTopic,
+                  "harmony.message.id": id
+                }
+              },
+              (span) =>
+                Queue.offer(queue, {
+                  record: { key: chatId, value, headers: { [TraceparentHeader]: traceparentOf(span) } },
+                  size: size + 64,
+                  done,
+                  span
+                }).pipe(Effect.andThen(Deferred.await(done)))
+            )
+          : Queue.offer(queue, { record: { key: chatId, value }, size, done }).pipe(
+              Effect.andThen(Deferred.await(done))
+            )
+        yield* enqueue.pipe(
           Effect.catchTag("EventLogError", (error) =>
             Effect.logWarning("produce failed: the send is not acknowledged", error).pipe(
               Effect.andThen(Effect.fail(new Unavailable({ message: "the message log is unavailable, try again" })))

@@ -13,14 +13,22 @@
  *
  * Embedded mode is one node with a one-connection pool: no lock, no LISTEN,
  * just polling.
+ *
+ * Every node samples the outbox's backlog (unpublished rows, and the age of
+ * the oldest) for `harmony_outbox_backlog_rows` and
+ * `harmony_outbox_relay_lag_seconds`: the same table seen from every node,
+ * so take the max across nodes. Each published batch is a span
+ * (`OutboxRelay.publish`) whose context rides in the records' `traceparent`
+ * header to the event consumers.
  */
 import { PgClient } from "@effect/sql-pg"
 import { Clock, Duration, Effect, Layer, Metric, Option, Queue, Schedule, Schema } from "effect"
-import { outboxPublished } from "../Metrics.ts"
+import { outboxBacklog, outboxPublished, outboxRelayLag } from "../Metrics.ts"
 import { SqlClient } from "effect/sql"
 import { EventLog, type ProduceRecord } from "../infra/EventLog.ts"
 import { EventEnvelope, StateEvent } from "../schema/Events.ts"
 import { OutboxChannel } from "../state/Outbox.ts"
+import { TraceparentHeader, traceparentOf } from "../Tracing.ts"
 import { DeadLetterTopic } from "./EventConsumers.ts"
 import { EventsTopic } from "./Topics.ts"
 
@@ -35,6 +43,8 @@ export interface RelayOptions {
   readonly exclusive: boolean
   readonly pollInterval: Duration.Duration
   readonly batchSize: number
+  /** How often the backlog gauges are sampled (default 2 seconds). */
+  readonly sampleInterval?: Duration.Duration | undefined
 }
 
 interface OutboxRow {
@@ -60,16 +70,26 @@ export const layer = (options: RelayOptions) =>
       const log = yield* EventLog
       const pg = yield* PgClient.PgClient
 
-      /** Publishes one batch of unpublished rows; answers how many. */
-      const publishBatch = Effect.fn("OutboxRelay.publish")(function* () {
+      /**
+       * Publishes one batch of unpublished rows; answers how many. An empty
+       * poll is not traced (the relay polls all the time); a batch is.
+       */
+      const publishBatch = Effect.gen(function* () {
         const rows = yield* sql<OutboxRow>`
           SELECT id, event_id, aggregate_id, type, version, payload, created_at FROM outbox
           WHERE published_at IS NULL ORDER BY id LIMIT ${options.batchSize}`
         if (rows.length === 0) return 0
+        return yield* publishRows(rows).pipe(Effect.withTracerEnabled(true))
+      })
+
+      const publishRows = Effect.fn("OutboxRelay.publish")(function* (rows: ReadonlyArray<OutboxRow>) {
+        const span = yield* Effect.currentSpan.pipe(Effect.option)
+        const trace = span._tag === "Some" ? { [TraceparentHeader]: traceparentOf(span.value) } : {}
+        yield* Effect.annotateCurrentSpan("harmony.batch.size", rows.length)
         const published: Array<ProduceRecord> = []
         const undecodable: Array<ProduceRecord> = []
         for (const row of rows) {
-          const headers = { [OutboxIdHeader]: String(row.id) }
+          const headers = { [OutboxIdHeader]: String(row.id), ...trace }
           const payload = decodeEvent(typeof row.payload === "string" ? JSON.parse(row.payload) : row.payload)
           if (payload._tag === "Failure") {
             // A row no consumer could read (an event of an older shape): it
@@ -136,7 +156,7 @@ export const layer = (options: RelayOptions) =>
         yield* Effect.logWarning(`outbox relay: ${found.length} rows were published but not marked; marked now`)
       })
 
-      const drain = publishBatch().pipe(Effect.repeat({ while: (published) => published === options.batchSize }))
+      const drain = publishBatch.pipe(Effect.repeat({ while: (published) => published === options.batchSize }))
 
       const relay = (wakeups: Option.Option<Queue.Dequeue<unknown, unknown>>) =>
         Effect.gen(function* () {
@@ -176,10 +196,29 @@ export const layer = (options: RelayOptions) =>
         yield* Effect.raceFirst(relay(Option.some(wakeups)), holdLock)
       }).pipe(Effect.scoped)
 
+      // The backlog as every node sees it (cheap: the partial index of unpublished rows).
+      const sample = Effect.gen(function* () {
+        const [row] = yield* sql<{ backlog: number | string; oldest: Date | string | null }>`
+          SELECT
+            (SELECT count(*) FROM outbox WHERE published_at IS NULL) AS backlog,
+            (SELECT created_at FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT 1) AS oldest`
+        const now = yield* Clock.currentTimeMillis
+        const oldest = row?.oldest === null || row?.oldest === undefined ? undefined : new Date(row.oldest).getTime()
+        yield* Metric.update(outboxBacklog, Number(row?.backlog ?? 0))
+        yield* Metric.update(outboxRelayLag, oldest === undefined ? 0 : Math.max(0, now - oldest) / 1000)
+      }).pipe(Effect.catchCause((cause) => Effect.logDebug("outbox relay: backlog not sampled", cause)))
+      yield* sample.pipe(
+        Effect.repeat(Schedule.spaced(options.sampleInterval ?? Duration.seconds(2))),
+        Effect.withTracerEnabled(false),
+        Effect.forkScoped
+      )
+
       const turn = options.exclusive ? exclusive : relay(Option.none())
       // Failures and defects alike end the turn, never the relay: it backs
       // off and takes another turn (competing for the lock again).
       yield* turn.pipe(
+        // Polls, waits and the lock's keep-alive are not worth a trace each.
+        Effect.withTracerEnabled(false),
         Effect.sandbox,
         Effect.tapError((cause) => Effect.logWarning("outbox relay interrupted by a failure; retrying", cause)),
         Effect.retry(retry),

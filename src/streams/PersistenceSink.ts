@@ -10,10 +10,13 @@
  * Batches are written one after the other, so a chat's messages reach the
  * store in seq order and a crash leaves at most one batch partly written
  * (the actors' restore logic tolerates exactly that).
+ *
+ * Each write is a span (`PersistenceSink.persist`, a root: a batch belongs to
+ * many traces) linking the sequencing spans of the messages it carries.
  */
 import { Array as Arr, Cause, Effect, Fiber, Metric, Queue, Schedule } from "effect"
-import { messagesPersisted, sinkRetries } from "../Metrics.ts"
-import type { Scope } from "effect"
+import { messagesPersisted, sinkBatchSize, sinkRetries } from "../Metrics.ts"
+import type { Scope, Tracer } from "effect"
 import { SqlClient } from "effect/sql"
 import { MessageStore } from "../infra/MessageStore.ts"
 import type { Message } from "../schema/Domain.ts"
@@ -24,6 +27,8 @@ export interface SinkItem {
   readonly offset: number
   /** Called once the message is durable. */
   readonly onPersisted: () => void
+  /** The message's sequencing span, when tracing: the write links it. */
+  readonly span?: Tracer.AnySpan | undefined
 }
 
 export interface SinkOptions {
@@ -55,8 +60,8 @@ export const make = Effect.fnUntraced(function* (
   const sql = yield* SqlClient.SqlClient
   const queue = yield* Queue.bounded<SinkItem, Cause.Done>(options.backlog)
 
-  const persist = Effect.fn("PersistenceSink.persist")(function* (batch: ReadonlyArray<SinkItem>) {
-    yield* Effect.annotateCurrentSpan({ partition: options.partition, size: batch.length })
+  const write = Effect.fnUntraced(function* (batch: ReadonlyArray<SinkItem>) {
+    yield* Metric.update(sinkBatchSize, batch.length)
     yield* store.putBatch(batch.map((item) => item.message)).pipe(
       Effect.tapError((error) =>
         Effect.logWarning(
@@ -77,6 +82,17 @@ export const make = Effect.fnUntraced(function* (
     }
     yield* Metric.update(messagesPersisted, batch.length)
   })
+  const persist = (batch: ReadonlyArray<SinkItem>) => {
+    const links: Array<Tracer.SpanLink> = []
+    for (const item of batch) if (item.span !== undefined) links.push({ span: item.span, attributes: {} })
+    return write(batch).pipe(
+      Effect.withSpan("PersistenceSink.persist", {
+        root: true,
+        links,
+        attributes: { "harmony.partition": options.partition, "harmony.batch.size": batch.length }
+      })
+    )
+  }
 
   // `chats.last_seq` feeds `lastSeq` of /v1/me/chats; it trails the store and
   // never goes backwards. A failure here costs freshness, not messages.

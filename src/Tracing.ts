@@ -1,0 +1,82 @@
+/**
+ * Trace context across the message path's process boundaries, and spans for
+ * its synchronous parts.
+ *
+ * A message's trace crosses Kafka in the W3C `traceparent` record header and
+ * Redis fanout in a field of the envelope (Fanout.ts), so one trace links the
+ * send on the gateway, the actor that sequences it and every node that
+ * delivers it. Batches (a Kafka produce, a store write) get a span of their
+ * own that links the spans of the messages it carries.
+ *
+ * Per-message spans are made only when a tracer that exports is installed
+ * (OTLP, see Observability.ts): with Effect's native tracer nobody would ever
+ * see them, and the message path is hot. Code on that path asks `exporting`
+ * once, when it is set up.
+ */
+import { Clock, Context, Effect, Exit, Option, Tracer } from "effect"
+import { Headers, HttpTraceContext } from "effect/http"
+
+/** The W3C Trace Context header (and Kafka record header) carrying a span's context. */
+export const TraceparentHeader = "traceparent"
+
+/** Whether spans made with `tracer` leave the process: any tracer but Effect's native, in-memory one. */
+export const isExporting = (tracer: Tracer.Tracer): boolean => tracer !== Tracer.nativeTracer
+
+/** Whether the current tracer exports spans. */
+export const exporting: Effect.Effect<boolean> = Effect.map(Effect.tracer, isExporting)
+
+/** The `traceparent` of a span: `00-<trace id>-<span id>-<flags>`. */
+export const traceparentOf = (span: Tracer.AnySpan): string =>
+  `00-${span.traceId.padStart(32, "0")}-${span.spanId.padStart(16, "0")}-${span.sampled ? "01" : "00"}`
+
+/**
+ * The remote span a `traceparent` names, to parent or link local spans to;
+ * undefined when absent or malformed (W3C: the trace then restarts here).
+ */
+export const parseTraceparent = (value: string | undefined): Tracer.ExternalSpan | undefined =>
+  value === undefined
+    ? undefined
+    : Option.getOrUndefined(HttpTraceContext.w3c(Headers.fromRecordUnsafe({ [TraceparentHeader]: value })))
+
+export interface SyncSpanOptions {
+  readonly parent?: Tracer.AnySpan | undefined
+  readonly kind?: Tracer.SpanKind | undefined
+  readonly attributes?: Readonly<Record<string, unknown>> | undefined
+  readonly links?: ReadonlyArray<Tracer.SpanLink> | undefined
+}
+
+/**
+ * Spans for code that runs outside a fiber of its own, such as a listener
+ * writing to sockets: started and ended by hand, parented explicitly.
+ */
+export interface SyncSpans {
+  readonly start: (name: string, options?: SyncSpanOptions) => Tracer.Span
+  readonly end: (span: Tracer.Span, exit?: Exit.Exit<unknown, unknown>) => void
+}
+
+/** Sync spans on the current tracer and clock; undefined when the tracer does not export (make none then). */
+export const syncSpans: Effect.Effect<SyncSpans | undefined> = Effect.gen(function* () {
+  const tracer = yield* Effect.tracer
+  if (!isExporting(tracer)) return undefined
+  const clock = yield* Clock.clockWith(Effect.succeed)
+  return {
+    start: (name, options) => {
+      const parent = options?.parent
+      const span = tracer.span({
+        name,
+        parent: Option.fromNullishOr(parent),
+        annotations: Context.empty(),
+        links: options?.links === undefined ? [] : [...options.links],
+        startTime: clock.currentTimeNanosUnsafe(),
+        kind: options?.kind ?? "internal",
+        root: parent === undefined,
+        sampled: parent?.sampled ?? true
+      })
+      if (options?.attributes !== undefined) {
+        for (const key in options.attributes) span.attribute(key, options.attributes[key])
+      }
+      return span
+    },
+    end: (span, exit = Exit.void) => span.end(clock.currentTimeNanosUnsafe(), exit)
+  }
+})
