@@ -466,9 +466,19 @@ export class Store {
       if (!this.details.has(chatId)) void this.loadDetails(chatId)
       const timeline = this.timeline(chatId)
       if (!timeline.loaded) void this.loadLatest(chatId)
+      void this.loadReceipts(chatId)
       this.markRead(chatId)
     }
     this.changed()
+  }
+
+  /** Others' read positions as the server has them (live `read` events move them on from there). */
+  private async loadReceipts(chatId: ChatId) {
+    try {
+      for (const { userId, seq } of await this.client.readPositions(chatId)) this.onRead(chatId, userId, seq)
+    } catch {
+      // receipts are a nicety: live `read` events still arrive
+    }
   }
 
   /** The chat named in the address (#chat=ID), once the list has it. */

@@ -24,7 +24,7 @@
  *   with the new one.
  */
 import { Deferred, Duration, Effect, Exit, Fiber, Option, Schedule, Schema, Scope } from "effect"
-import { Chat, ChatSummary, Message, Session, User } from "../schema/Domain.ts"
+import { Chat, ChatSummary, Message, ReadPosition, Session, User } from "../schema/Domain.ts"
 import { ErrorBody } from "../schema/Errors.ts"
 import { ClientFrame, SendFrame, SubscribeFrame } from "../schema/Protocol.ts"
 import { decodeServerFrame, type ServerFrame } from "../schema/ServerFrames.ts"
@@ -132,6 +132,8 @@ export interface HarmonyClientEffect {
   removeMember(chatId: string, userId: string): Effect.Effect<void, HarmonyError>
   history(chatId: string, page: HistoryQuery): Effect.Effect<HistoryPage, HarmonyError>
   markRead(chatId: string, seq: number): Effect.Effect<void, HarmonyError>
+  /** Every member's read position (read receipts that survive a reload; live ones arrive as `read` events). */
+  readPositions(chatId: string): Effect.Effect<ReadonlyArray<ReadPosition>, HarmonyError>
   connect(): Effect.Effect<void, HarmonyError>
   subscribe(chatId: string, options?: { readonly sinceSeq?: number }): Effect.Effect<SubscribeResult, HarmonyError>
   unsubscribe(chatId: string): Effect.Effect<void>
@@ -165,6 +167,8 @@ export interface HarmonyClient {
   history(chatId: string, page: HistoryQuery): Promise<HistoryPage>
   /** HTTP `POST /read`, and (when connected) the WebSocket `read` frame so others see a receipt. */
   markRead(chatId: string, seq: number): Promise<void>
+  /** Every member's read position (read receipts that survive a reload; live ones arrive as `read` events). */
+  readPositions(chatId: string): Promise<ReadonlyArray<ReadPosition>>
   /** Opens the WebSocket now instead of on the first subscribe/send; resolves once it is authenticated. */
   connect(): Promise<void>
   subscribe(chatId: string, options?: { readonly sinceSeq?: number }): Promise<SubscribeResult>
@@ -183,6 +187,7 @@ export interface HarmonyClient {
 
 const ChatsAnswer = Schema.Struct({ chats: Schema.Array(ChatSummary) })
 const UsersAnswer = Schema.Struct({ users: Schema.Array(User) })
+const ReadsAnswer = Schema.Struct({ reads: Schema.Array(ReadPosition) })
 const HistoryAnswer = Schema.Struct({
   messages: Schema.Array(Message),
   nextBefore: Schema.optionalKey(Schema.NullOr(Schema.Int)),
@@ -978,6 +983,9 @@ export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffec
     if (current?.ready) sendRaw(current, { type: "read", chatId, seq })
   })
 
+  const readPositions = (chatId: string) =>
+    authedAs(ReadsAnswer, "GET", `${chatPath(chatId)}/read`).pipe(Effect.map((answer) => answer.reads))
+
   const connect = Effect.fn("Harmony.connect")(function* () {
     yield* ensureConnection
     if (current?.ready) return
@@ -1072,6 +1080,7 @@ export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffec
     removeMember,
     history,
     markRead,
+    readPositions,
     connect,
     subscribe,
     unsubscribe,
@@ -1105,6 +1114,7 @@ export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffec
     removeMember: (chatId, userId) => run(removeMember(chatId, userId)),
     history: (chatId, page) => run(history(chatId, page)),
     markRead: (chatId, seq) => run(markRead(chatId, seq)),
+    readPositions: (chatId) => run(readPositions(chatId)),
     connect: () => run(connect()),
     subscribe: (chatId, subscribeOptions) => run(subscribe(chatId, subscribeOptions)),
     unsubscribe: (chatId) => run(unsubscribe(chatId)),

@@ -21,5 +21,5 @@ export {
   type SubscribeResult
 } from "./HarmonyClient.ts"
 export { ClientErrorCode, HarmonyError, HarmonyErrorCode, isTransient } from "./HarmonyError.ts"
-export { Chat, ChatSummary, Member, Message, Role, Session, User } from "../schema/Domain.ts"
+export { Chat, ChatSummary, Member, Message, ReadPosition, Role, Session, User } from "../schema/Domain.ts"
 export { ErrorCode } from "../schema/Errors.ts"

@@ -26,6 +26,7 @@ import {
   MessageBody,
   MessageId,
   Password,
+  ReadPosition,
   Seq,
   Session,
   User,
@@ -189,6 +190,12 @@ export class MessagesApi extends HttpApiGroup.make("messages")
       payload: ReadRequest,
       success: HttpApiSchema.NoContent,
       error: [BadRequestWire, NotFoundWire, UnavailableWire]
+    }),
+    // Beyond PROTOCOL.md: read receipts that survive a reload (docs/protocol.md).
+    HttpApiEndpoint.get("readPositions", "/:chatId/read", {
+      params: chatParams,
+      success: Schema.Struct({ reads: Schema.Array(ReadPosition) }),
+      error: [NotFoundWire, UnavailableWire]
     })
   )
   .middleware(Authentication)

@@ -162,6 +162,10 @@ const MessagesHandlers = HttpApiBuilder.group(
             ),
             Effect.asVoid
           )
+        ),
+      readPositions: ({ params }) =>
+        Effect.flatMap(CurrentUser, (user) =>
+          Effect.map(chats.readPositions(user.id, params.chatId), (reads) => ({ reads }))
         )
     })
   })

@@ -98,6 +98,12 @@ export class ChatSummary extends Schema.Class<ChatSummary>("harmony/ChatSummary"
   lastReadSeq: Seq
 }) {}
 
+/** How far a member has read a chat (read receipts). */
+export class ReadPosition extends Schema.Class<ReadPosition>("harmony/ReadPosition")({
+  userId: UserId,
+  seq: Seq
+}) {}
+
 export class Message extends Schema.Class<Message>("harmony/Message")({
   chatId: ChatId,
   seq: Seq,

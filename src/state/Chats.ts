@@ -16,6 +16,7 @@ import {
   ChatSummary,
   MaxGroupMembers,
   Member,
+  ReadPosition,
   type Role,
   type UserId
 } from "../schema/Domain.ts"
@@ -62,6 +63,11 @@ export class Chats extends Context.Service<
     readonly listForUser: (userId: UserId) => Effect.Effect<ReadonlyArray<ChatSummary>, Unavailable>
     /** Moves the member's read position forward (never back); answers whether it moved. */
     readonly markRead: (userId: UserId, chatId: ChatId, seq: number) => Effect.Effect<boolean, NotFound | Unavailable>
+    /** Every member's read position, for a member (read receipts after a reload). */
+    readonly readPositions: (
+      callerId: UserId,
+      chatId: ChatId
+    ) => Effect.Effect<ReadonlyArray<ReadPosition>, NotFound | Unavailable>
     /** The member's role, or none for a non-member or an unknown chat (authorization). */
     readonly roleOf: (chatId: ChatId, userId: UserId) => Effect.Effect<Option.Option<Role>, Unavailable>
     /**
@@ -329,6 +335,17 @@ export class Chats extends Context.Service<
         return rows[0]!.moved
       }, orUnavailable)
 
+      const readPositions = Effect.fn("Chats.readPositions")(function* (callerId: UserId, chatId: ChatId) {
+        const rows = yield* sql<{ user_id: UserId; last_read_seq: string | number }>`
+          SELECT m.user_id, m.last_read_seq FROM memberships m
+          WHERE m.chat_id = ${chatId}
+            AND EXISTS (SELECT 1 FROM memberships me WHERE me.chat_id = ${chatId} AND me.user_id = ${callerId})
+          ORDER BY m.user_id`
+        // A non-member learns nothing, exactly as for an unknown chat.
+        if (rows.length === 0) return yield* notFound(chatId)
+        return rows.map((row) => new ReadPosition({ userId: row.user_id, seq: Number(row.last_read_seq) }))
+      }, orUnavailable)
+
       const roleOf = Effect.fn("Chats.roleOf")(function* (chatId: ChatId, userId: UserId) {
         const rows = yield* sql<{ role: Role }>`
           SELECT role FROM memberships WHERE chat_id = ${chatId} AND user_id = ${userId}`
@@ -354,6 +371,7 @@ export class Chats extends Context.Service<
         removeMember,
         listForUser,
         markRead,
+        readPositions,
         roleOf,
         leaveAll
       })

@@ -210,6 +210,13 @@ describe("client SDK", { timeout: 120_000 }, () => {
       await waitUntil("read at bob", () => reads.length > 0)
       expect(reads[0]).toEqual({ chatId: chat.id, userId: alice.user.id, seq: 1 })
       expect((await alice.client.chats())[0]?.lastReadSeq).toBe(1)
+      const positions = await bob.client.readPositions(chat.id)
+      expect(new Map(positions.map((p) => [p.userId, p.seq]))).toEqual(
+        new Map([
+          [alice.user.id, 1],
+          [bob.user.id, 0]
+        ])
+      )
 
       await alice.client.addMembers(chat.id, [carol.user.id])
       // (Bob may first hear of his own addition: membership events travel through the outbox.)

@@ -592,9 +592,23 @@ export const wsSuite = (mode: "embedded" | "cluster") => {
         await b1.waitFor((f) => f.type === "read" && f.seq === 3)
         expect((await myChat(a, chatId))?.lastReadSeq).toBe(3)
         // A read of a chat the caller is not in answers not_found.
-        const outsider = await session(await register("read"))
+        const stranger = await register("read")
+        const outsider = await session(stranger)
         expect(await outsider.request({ type: "read", chatId, seq: 1, ref: "r" })).toEqual(errorFrame("not_found", "r"))
         expect((await myChat(b, chatId))?.lastReadSeq).toBe(3)
+        // Every member's position, for a member (receipts after a reload); a non-member learns nothing.
+        const reads = await http.get(`/v1/chats/${chatId}/read`, { token: b.accessToken })
+        expectStatus(reads, 200)
+        expect(reads.body.reads).toHaveLength(2)
+        expect(reads.body.reads).toEqual(
+          expect.arrayContaining([
+            { userId: a.id, seq: 3 },
+            { userId: b.id, seq: 3 }
+          ])
+        )
+        const refused = await http.get(`/v1/chats/${chatId}/read`, { token: stranger.accessToken })
+        expectStatus(refused, 404)
+        expect(refused.body).toMatchObject({ error: { code: "not_found" } })
       })
     })
 
