@@ -1,0 +1,182 @@
+/**
+ * The message path with its OTLP collector down, black-box: a node exports
+ * (often: short intervals) to a collector that refuses connections (a closed
+ * port), one that accepts them and never answers (a hung or blackholed
+ * collector), and one that answers 503. Messages must still flow — every send
+ * acked, every message delivered, acks as prompt as they were before the
+ * exporters noticed — the log must stay quiet (no error spam), and the node
+ * must still stop promptly (exporters flush with a bound).
+ *
+ * `npm run bench -- --otel compare` measures the same against a run without
+ * OTLP (docs/benchmarks.md).
+ */
+import { randomUUID } from "node:crypto"
+import { createServer as createHttpServer } from "node:http"
+import { createServer as createNetServer, type Server, type Socket } from "node:net"
+import { afterAll, describe, expect, it } from "vitest"
+import { api, freePort, startHarmony } from "../support/harmony.ts"
+import type { WsClient } from "../support/wsClient.ts"
+import { createGroup, register, session, sleep } from "./support.ts"
+
+/** A collector that accepts connections, reads what comes and never answers a byte. */
+const startHungCollector = async () => {
+  const sockets = new Set<Socket>()
+  let most = 0
+  const server: Server = createNetServer((socket) => {
+    sockets.add(socket)
+    most = Math.max(most, sockets.size)
+    socket.on("close", () => sockets.delete(socket))
+    socket.on("error", () => {})
+    socket.resume()
+  })
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+  const port = (server.address() as { port: number }).port
+  return {
+    url: `http://127.0.0.1:${port}`,
+    /** The most connections open at once so far. */
+    mostConnections: () => most,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy()
+        server.close(() => resolve())
+      })
+  }
+}
+
+/** A collector that answers every export with 503. */
+const startFailingCollector = async () => {
+  let requests = 0
+  const server = createHttpServer((request, response) => {
+    requests++
+    request.resume()
+    request.on("end", () => {
+      response.writeHead(503, { "content-type": "text/plain" })
+      response.end("unavailable")
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+  const port = (server.address() as { port: number }).port
+  return {
+    url: `http://127.0.0.1:${port}`,
+    requests: () => requests,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections()
+        server.close(() => resolve())
+      })
+  }
+}
+
+const percentile = (values: ReadonlyArray<number>, p: number) => {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? Number.NaN
+}
+
+/**
+ * Runs a node exporting to `endpoint`, sends `rounds` bursts of messages over
+ * ~15 s (past the exporters' first failures, retries and back-off), and
+ * checks that everything flowed and the log stayed quiet.
+ */
+const messagesFlow = async (mode: "embedded" | "cluster", endpoint: string) => {
+  const harmony = await startHarmony({
+    mode,
+    env: {
+      OTEL_EXPORTER_OTLP_ENDPOINT: endpoint,
+      OTEL_SERVICE_NAME: "collector-down",
+      OTEL_BSP_SCHEDULE_DELAY: "100",
+      OTEL_METRIC_EXPORT_INTERVAL: "200",
+      OTEL_BLRP_SCHEDULE_DELAY: "100",
+      OTEL_EXPORTER_OTLP_TIMEOUT: "2000",
+      RATE_LIMIT_SEND: "5000/5000"
+    },
+    readyTimeoutMs: 120_000
+  })
+  const clients: Array<WsClient> = []
+  try {
+    const http = api(harmony.url)
+    const a = await register(http, "otel-down")
+    const b = await register(http, "otel-down")
+    const chatId = await createGroup(http, a, [b])
+    const sender = await session(harmony.url, a, chatId)
+    const receiver = await session(harmony.url, b, chatId)
+    clients.push(sender, receiver)
+
+    const rounds = 15
+    const perRound = 20
+    const ackMs: Array<number> = []
+    const roundMs: Array<number> = []
+    for (let round = 0; round < rounds; round++) {
+      const started = performance.now()
+      const answers = await Promise.all(
+        Array.from({ length: perRound }, async (_, i) => {
+          const sentAt = performance.now()
+          const answer = await sender.request(
+            { type: "send", chatId, clientMsgId: randomUUID(), body: `round ${round} #${i}` },
+            { timeoutMs: 10_000 }
+          )
+          ackMs.push(performance.now() - sentAt)
+          return answer
+        })
+      )
+      roundMs.push(performance.now() - started)
+      for (const answer of answers) expect(answer, JSON.stringify(answer)).toMatchObject({ type: "ack" })
+      await sleep(1_000)
+    }
+    const total = rounds * perRound
+    const delivered = await receiver.waitForMessages(chatId, total, { timeoutMs: 30_000 })
+    expect(delivered.map((m) => m.seq)).toEqual(Array.from({ length: total }, (_, i) => i + 1))
+
+    // Prompt throughout: no round waited on an exporter (generous bounds: two shared cores).
+    expect(percentile(ackMs, 0.99), `ack times ${JSON.stringify(roundMs)}`).toBeLessThan(1_000)
+    expect(Math.max(...roundMs), `round times ${JSON.stringify(roundMs)}`).toBeLessThan(2_500)
+
+    // Quiet: the exporters' failures are not the operator's error log.
+    const lines = harmony.logs().split("\n")
+    const loud = lines.filter(
+      // (Embedded mode warns once, at start, that it generated its development JWT secret.)
+      (line) => /"level":"(ERROR|FATAL|WARN)"/.test(line) && !line.includes("development JWT secret")
+    )
+    expect(loud, loud.join("\n")).toEqual([])
+    expect(lines.length, "log lines").toBeLessThan(40)
+  } finally {
+    for (const client of clients) client.terminate()
+    const stoppedAt = performance.now()
+    const exit = await harmony.stop("SIGTERM")
+    expect(exit, harmony.logs()).toEqual({ code: 0, signal: null })
+    // The exporters' final flush is bounded (3 s), whatever the collector does.
+    expect(performance.now() - stoppedAt).toBeLessThan(15_000)
+  }
+}
+
+describe("the message path with the OTLP collector down", { timeout: 180_000 }, () => {
+  const closers: Array<() => Promise<void>> = []
+  afterAll(async () => {
+    for (const close of closers) await close()
+  })
+
+  it("embedded: connections refused (nothing listens)", async () => {
+    await messagesFlow("embedded", `http://127.0.0.1:${await freePort()}`)
+  })
+
+  it("embedded: a collector that accepts and never answers", async () => {
+    const collector = await startHungCollector()
+    closers.push(collector.close)
+    await messagesFlow("embedded", collector.url)
+    // The exporters did try it, with a bounded number of connections at a time (abandoned requests close theirs).
+    expect(collector.mostConnections()).toBeGreaterThan(0)
+    expect(collector.mostConnections()).toBeLessThanOrEqual(6)
+  })
+
+  it("embedded: a collector answering 503", async () => {
+    const collector = await startFailingCollector()
+    closers.push(collector.close)
+    await messagesFlow("embedded", collector.url)
+    expect(collector.requests()).toBeGreaterThan(0)
+  })
+
+  it("cluster: a collector that accepts and never answers", async () => {
+    const collector = await startHungCollector()
+    closers.push(collector.close)
+    await messagesFlow("cluster", collector.url)
+  })
+})
