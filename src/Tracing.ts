@@ -8,10 +8,12 @@
  * delivers it. Batches (a Kafka produce, a store write) get a span of their
  * own that links the spans of the messages it carries.
  *
- * Per-message spans are made only when a tracer that exports is installed
- * (OTLP, see Observability.ts): with Effect's native tracer nobody would ever
- * see them, and the message path is hot. Code on that path asks `exporting`
- * once, when it is set up.
+ * Per-message spans are made only while they can leave the process: OTLP
+ * configured (Observability.ts) and its collector not known to be down
+ * (`ExportGate`) — the message path is hot, and spans nobody can receive
+ * are pure cost. Code on that path asks `syncSpans`/`ExportGate` once, when
+ * it is set up, and `active()` per message; it also makes no child spans
+ * under a parent that is not sampled (OTEL_TRACES_SAMPLER).
  */
 import { Clock, Context, Effect, Exit, Option, Tracer } from "effect"
 import { Headers, HttpTraceContext } from "effect/http"
@@ -19,11 +21,18 @@ import { Headers, HttpTraceContext } from "effect/http"
 /** The W3C Trace Context header (and Kafka record header) carrying a span's context. */
 export const TraceparentHeader = "traceparent"
 
-/** Whether spans made with `tracer` leave the process: any tracer but Effect's native, in-memory one. */
-export const isExporting = (tracer: Tracer.Tracer): boolean => tracer !== Tracer.nativeTracer
+/** Whether spans can leave the process, now. */
+export interface ExportGate {
+  /** OTLP export is configured at all. */
+  readonly configured: boolean
+  /** Spans made now would be exported: configured, and the collector not known to be down. */
+  readonly open: () => boolean
+}
 
-/** Whether the current tracer exports spans. */
-export const exporting: Effect.Effect<boolean> = Effect.map(Effect.tracer, isExporting)
+const closed: ExportGate = { configured: false, open: () => false }
+
+/** The process's export gate: closed for good unless Observability.otlp provides one. */
+export const ExportGate = Context.Reference<ExportGate>("harmony/Tracing/ExportGate", { defaultValue: () => closed })
 
 /** The `traceparent` of a span: `00-<trace id>-<span id>-<flags>`. */
 export const traceparentOf = (span: Tracer.AnySpan): string =>
@@ -50,16 +59,20 @@ export interface SyncSpanOptions {
  * writing to sockets: started and ended by hand, parented explicitly.
  */
 export interface SyncSpans {
+  /** Whether per-message spans are worth making now (the export gate is open). */
+  readonly active: () => boolean
   readonly start: (name: string, options?: SyncSpanOptions) => Tracer.Span
   readonly end: (span: Tracer.Span, exit?: Exit.Exit<unknown, unknown>) => void
 }
 
-/** Sync spans on the current tracer and clock; undefined when the tracer does not export (make none then). */
+/** Spans for the message path on the current tracer and clock; undefined when nothing is ever exported. */
 export const syncSpans: Effect.Effect<SyncSpans | undefined> = Effect.gen(function* () {
+  const gate = yield* ExportGate
+  if (!gate.configured) return undefined
   const tracer = yield* Effect.tracer
-  if (!isExporting(tracer)) return undefined
   const clock = yield* Clock.clockWith(Effect.succeed)
   return {
+    active: gate.open,
     start: (name, options) => {
       const parent = options?.parent
       const span = tracer.span({
@@ -80,3 +93,7 @@ export const syncSpans: Effect.Effect<SyncSpans | undefined> = Effect.gen(functi
     end: (span, exit = Exit.void) => span.end(clock.currentTimeNanosUnsafe(), exit)
   }
 })
+
+/** `span` when it is sampled (its trace is exported), else undefined: no child spans under an unsampled parent. */
+export const sampled = <S extends Tracer.AnySpan>(span: S | undefined): S | undefined =>
+  span !== undefined && span.sampled ? span : undefined

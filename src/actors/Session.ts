@@ -352,7 +352,7 @@ export const run = Effect.fnUntraced(function* (
     })
 
   // --- frames ---------------------------------------------------------------
-  const handle = (frame: ClientFrame): Effect.Effect<void> => {
+  const handle = (frame: ClientFrame, traced: boolean): Effect.Effect<void> => {
     switch (frame.type) {
       case "auth":
         return services.accounts.authenticateSession(frame.token).pipe(
@@ -406,7 +406,7 @@ export const run = Effect.fnUntraced(function* (
               ),
               Effect.ensuring(sendPermits.release(1)),
               (effect) =>
-                spans === undefined
+                !traced
                   ? effect
                   : effect.pipe(
                       Effect.withSpan(
@@ -464,17 +464,19 @@ export const run = Effect.fnUntraced(function* (
   let malformed = 0
   let rateLimitedInARow = 0
   const lastTyping = new Map<ChatId, number>()
-  const decode = (text: string) =>
-    spans === undefined
+  /** Whether this frame is traced: OTLP is configured and its collector up. */
+  const tracing = () => spans !== undefined && spans.active()
+  const decode = (text: string, traced: boolean) =>
+    !traced
       ? decodeClientFrame(text).pipe(Effect.result)
       : decodeClientFrame(text).pipe(
           Effect.result,
           Effect.withSpan("Session.decode", { attributes: { "harmony.frame.bytes": text.length } }, noStackTrace)
         )
-  const onInput = (input: Inbound) =>
+  const onInput = (input: Inbound, traced: boolean) =>
     Effect.gen(function* () {
       if (socket.isPaused && Queue.sizeUnsafe(inbound) <= InboundLowWater) socket.resume()
-      const frame = input._tag === "Text" ? yield* decode(input.text) : undefined
+      const frame = input._tag === "Text" ? yield* decode(input.text, traced) : undefined
       if (frame === undefined || frame._tag === "Failure") {
         malformed++
         if (malformed >= options.maxMalformed) return yield* close(CloseCode.malformed, "malformed frames")
@@ -486,21 +488,22 @@ export const run = Effect.fnUntraced(function* (
         )
       }
       malformed = 0
-      if (spans !== undefined) yield* Effect.annotateCurrentSpan("harmony.frame.type", frame.success.type)
-      yield* handle(frame.success)
+      if (traced) yield* Effect.annotateCurrentSpan("harmony.frame.type", frame.success.type)
+      yield* handle(frame.success, traced)
     })
   const loop = Queue.take(inbound).pipe(
-    Effect.flatMap((input) =>
-      spans === undefined
-        ? onInput(input)
-        : onInput(input).pipe(
+    Effect.flatMap((input) => {
+      const traced = tracing()
+      return !traced
+        ? onInput(input, false)
+        : onInput(input, true).pipe(
             Effect.withSpan(
               "Session.frame",
               { kind: "server", root: true, attributes: { "harmony.session.id": sessionId } },
               noStackTrace
             )
           )
-    ),
+    }),
     Effect.forever,
     Effect.catchIf(Cause.isDone, () => Effect.void)
   )

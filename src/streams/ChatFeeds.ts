@@ -7,15 +7,19 @@
  *
  * When tracing, each message's delivery on this node is a span
  * (`ChatFeeds.deliver`) continuing the trace its envelope carries; the
- * sessions' socket writes are its children.
+ * sessions' socket writes are its children (the first `MaxTracedWrites`
+ * of them: a big group's fanout would otherwise be a thousand spans).
  */
 import { Context, Deferred, Effect, Fiber, FiberSet, Layer, Stream } from "effect"
 import type { CacheError } from "../infra/Cache.ts"
 import type { ChatId } from "../schema/Domain.ts"
-import { parseTraceparent, type SyncSpans, syncSpans } from "../Tracing.ts"
+import { parseTraceparent, sampled, type SyncSpans, syncSpans } from "../Tracing.ts"
 import { Fanout, type FanoutItem } from "./Fanout.ts"
 
 export type Listener = (items: ReadonlyArray<FanoutItem>) => void
+
+/** Sessions per node whose socket writes of a traced message are spans of their own. */
+export const MaxTracedWrites = 32
 
 interface Feed {
   readonly listeners: Set<Listener>
@@ -48,18 +52,20 @@ export class ChatFeeds extends Context.Service<
       const dispatchTraced = (spans: SyncSpans, chatId: ChatId, feed: Feed, batch: ReadonlyArray<FanoutItem>) => {
         const started: Array<ReturnType<SyncSpans["start"]>> = []
         const traced = batch.map((item) => {
-          const parent = parseTraceparent(item.traceparent)
+          const parent = sampled(parseTraceparent(item.traceparent))
           if (parent === undefined) return item
           const span = spans.start("ChatFeeds.deliver", {
             parent,
             kind: "consumer",
-            attributes: { "harmony.chat.id": chatId, "harmony.seq": item.seq, "harmony.listeners": feed.listeners.size }
+            attributes: { "harmony.chat.id": chatId, "harmony.seq": item.seq, "harmony.sessions": feed.listeners.size }
           })
           started.push(span)
           return { ...item, span }
         })
+        if (started.length === 0) return dispatch(feed, batch)
         try {
-          dispatch(feed, traced)
+          let index = 0
+          for (const listener of feed.listeners) listener(index++ < MaxTracedWrites ? traced : batch)
         } finally {
           for (const span of started) spans.end(span)
         }
@@ -73,7 +79,9 @@ export class ChatFeeds extends Context.Service<
             yield* items.pipe(
               Stream.runForEachArray((batch) =>
                 Effect.sync(() =>
-                  spans === undefined ? dispatch(feed, batch) : dispatchTraced(spans, chatId, feed, batch)
+                  spans !== undefined && spans.active()
+                    ? dispatchTraced(spans, chatId, feed, batch)
+                    : dispatch(feed, batch)
                 )
               )
             )

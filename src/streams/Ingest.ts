@@ -10,7 +10,7 @@
  * header, and each produce request is a span (`Ingest.produceBatch`) linking
  * the sends it carries.
  */
-import { Clock, Context, Deferred, Effect, Exit, Layer, Metric, Queue, type Tracer } from "effect"
+import { Clock, Context, Deferred, Effect, Exit, Layer, Metric, Option, Queue, type Tracer } from "effect"
 import { messagesAccepted } from "../Metrics.ts"
 import { EventLog, type EventLogError, type ProduceRecord } from "../infra/EventLog.ts"
 import type { ChatId, MessageId, UserId } from "../schema/Domain.ts"
@@ -18,7 +18,7 @@ import { NotFound, type RateLimited, Unavailable } from "../schema/Errors.ts"
 import { encodeSendRecord, messageIdOf } from "../schema/Records.ts"
 import { Membership } from "../state/Membership.ts"
 import { RateLimits } from "../state/RateLimits.ts"
-import { exporting, TraceparentHeader, traceparentOf } from "../Tracing.ts"
+import { ExportGate, sampled, TraceparentHeader, traceparentOf } from "../Tracing.ts"
 import { MessagesTopic } from "./Topics.ts"
 
 export interface Accepted {
@@ -81,16 +81,16 @@ export class Ingest extends Context.Service<
       // Bounded: when the log cannot keep up, senders wait here (their acks
       // come later) instead of the node buffering without limit.
       const queue = yield* Queue.bounded<Pending>(MaxQueued)
-      const traced = yield* exporting
+      const gate = yield* ExportGate
 
       const produceRequest = (chunk: ReadonlyArray<Pending>) => {
         const request = log.produce(
           MessagesTopic,
           chunk.map((pending) => pending.record)
         )
-        if (!traced) return request
         const links: Array<Tracer.SpanLink> = []
         for (const pending of chunk) if (pending.span !== undefined) links.push({ span: pending.span, attributes: {} })
+        if (links.length === 0) return request
         return request.pipe(
           Effect.withSpan("Ingest.produceBatch", {
             kind: "producer",
@@ -132,6 +132,8 @@ export class Ingest extends Context.Service<
         const done = yield* Deferred.make<void, EventLogError>()
         const value = encodeSendRecord({ id, chatId, authorId, clientMsgId, body, sentAt })
         const size = Buffer.byteLength(value) + chatId.length + 64
+        const traced =
+          gate.open() && sampled(Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))) !== undefined
         const enqueue = traced
           ? Effect.useSpan(
               "Ingest.produce",

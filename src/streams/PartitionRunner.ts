@@ -21,7 +21,7 @@ import type { PartitionClaim } from "../infra/EventLog.ts"
 import type { MessageStore } from "../infra/MessageStore.ts"
 import { consumerLag, registerGauge } from "../Metrics.ts"
 import { decodeSendRecord } from "../schema/Records.ts"
-import { parseTraceparent, syncSpans, TraceparentHeader } from "../Tracing.ts"
+import { parseTraceparent, sampled, syncSpans, TraceparentHeader } from "../Tracing.ts"
 import type { Fanout } from "./Fanout.ts"
 import { OffsetTracker } from "./OffsetTracker.ts"
 import * as PersistenceSink from "./PersistenceSink.ts"
@@ -81,7 +81,6 @@ export const run = (
     yield* Effect.forkScoped(commit.pipe(Effect.repeat(Schedule.spaced(options.commitInterval))))
     yield* registerLag(claim, tracker)
 
-    const traced = spans !== undefined
     const decoder = new TextDecoder()
     yield* claim.records.pipe(
       Stream.runForEach((record) => {
@@ -99,7 +98,10 @@ export const run = (
             }
             yield* registry.route(decoded.value, record.offset, span)
           })
-        const parent = traced ? parseTraceparent(record.headers[TraceparentHeader]) : undefined
+        const parent =
+          spans !== undefined && spans.active()
+            ? sampled(parseTraceparent(record.headers[TraceparentHeader]))
+            : undefined
         if (parent === undefined) return receive(undefined)
         return Effect.useSpan(
           "PartitionRunner.consume",

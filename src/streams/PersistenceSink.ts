@@ -88,6 +88,8 @@ export const make = Effect.fnUntraced(function* (
     return write(batch).pipe(
       Effect.withSpan("PersistenceSink.persist", {
         root: true,
+        // Exported when it carries a traced message: a batch of untraced ones is not worth a trace.
+        sampled: links.length > 0,
         links,
         attributes: { "harmony.partition": options.partition, "harmony.batch.size": batch.length }
       })

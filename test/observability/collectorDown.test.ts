@@ -16,7 +16,16 @@ import { createServer as createNetServer, type Server, type Socket } from "node:
 import { afterAll, describe, expect, it } from "vitest"
 import { api, freePort, startHarmony } from "../support/harmony.ts"
 import type { WsClient } from "../support/wsClient.ts"
-import { createGroup, register, session, sleep } from "./support.ts"
+import {
+  createGroup,
+  fastExportEnv,
+  register,
+  sendMessage,
+  session,
+  sleep,
+  startOtlpReceiver,
+  until
+} from "./support.ts"
 
 /** A collector that accepts connections, reads what comes and never answers a byte. */
 const startHungCollector = async () => {
@@ -172,6 +181,54 @@ describe("the message path with the OTLP collector down", { timeout: 180_000 }, 
     closers.push(collector.close)
     await messagesFlow("embedded", collector.url)
     expect(collector.requests()).toBeGreaterThan(0)
+  })
+
+  it("embedded: traces resume once the collector is back", { timeout: 240_000 }, async () => {
+    let down = true
+    const receiver = await startOtlpReceiver({ refuse: () => down })
+    closers.push(receiver.close)
+    const harmony = await startHarmony({ mode: "embedded", env: { ...fastExportEnv(receiver, "comes-back") } })
+    const clients: Array<WsClient> = []
+    try {
+      const http = api(harmony.url)
+      const a = await register(http, "otel-back")
+      const b = await register(http, "otel-back")
+      const chatId = await createGroup(http, a, [b])
+      const sender = await session(harmony.url, a, chatId)
+      const listener = await session(harmony.url, b, chatId)
+      clients.push(sender, listener)
+      // Down long enough for the exporters to exhaust their retries and pause.
+      for (let i = 0; i < 8; i++) {
+        await sendMessage(sender, chatId, `while down ${i}`)
+        await sleep(1_000)
+      }
+      down = false
+      // The exporters pause for a minute after failing; then a probe finds the collector, and every hop is traced again.
+      let sent = 8
+      await until(
+        "a message traced end to end after the collector came back",
+        async () => {
+          const id = await sendMessage(sender, chatId, `back ${sent++}`)
+          await listener.waitForMessages(chatId, sent)
+          await sleep(1_000)
+          const produce = receiver
+            .spans()
+            .find((span) => span.name === "Ingest.produce" && span.attributes["harmony.message.id"] === id)
+          if (produce === undefined) return undefined
+          const names = new Set(
+            receiver
+              .spans()
+              .filter((s) => s.traceId === produce.traceId)
+              .map((s) => s.name)
+          )
+          return names.has("Session.write") ? true : undefined
+        },
+        { timeoutMs: 150_000, intervalMs: 2_000 }
+      )
+    } finally {
+      for (const client of clients) client.terminate()
+      await harmony.stop()
+    }
   })
 
   it("cluster: a collector that accepts and never answers", async () => {

@@ -86,13 +86,22 @@ const readBody = (request: IncomingMessage): Promise<string> =>
     request.on("error", reject)
   })
 
-/** Listens on a free loopback port and accepts OTLP/HTTP JSON exports of every signal. */
-export const startOtlpReceiver = async (): Promise<OtlpReceiver> => {
+/**
+ * Listens on a free loopback port and accepts OTLP/HTTP JSON exports of
+ * every signal — or, while `refuse()` answers true, answers 503 and keeps
+ * nothing.
+ */
+export const startOtlpReceiver = async (options: { readonly refuse?: () => boolean } = {}): Promise<OtlpReceiver> => {
   const spans: Array<ReceivedSpan> = []
   const bodies = new Map<string, Array<string>>()
   const server: Server = createServer((request, response) => {
     void readBody(request).then(
       (body) => {
+        if (options.refuse?.() === true) {
+          response.writeHead(503, { "content-type": "text/plain" })
+          response.end("unavailable")
+          return
+        }
         const path = (request.url ?? "").split("?")[0]!
         const list = bodies.get(path) ?? []
         list.push(body)

@@ -39,6 +39,7 @@ import {
   sendMessage,
   session,
   SpanKind,
+  sleep,
   startOtlpReceiver,
   until
 } from "./support.ts"
@@ -189,6 +190,11 @@ const tracingSuite = (mode: "embedded" | "cluster") =>
 
       // Every span of the trace ended no earlier than it started.
       for (const span of trace) expect(BigInt(span.endTimeUnixNano) >= BigInt(span.startTimeUnixNano)).toBe(true)
+      // Probes and scrapes are not traced (the harness polled /readyz until the node was ready).
+      const probes = receiver
+        .spans()
+        .filter((s) => ["/readyz", "/healthz", "/metrics"].includes(String(s.attributes["url.path"])))
+      expect(describeSpans(probes)).toBe("")
     })
 
     it("the state path: each event consumer's span is a child of the relay's publish across chat.events", async () => {
@@ -272,3 +278,40 @@ const tracingSuite = (mode: "embedded" | "cluster") =>
 
 tracingSuite("embedded")
 tracingSuite("cluster")
+
+describe("tracing: sampling (embedded mode)", { timeout: 120_000 }, () => {
+  it("with a sampling ratio of 0 no message span leaves the node, while metrics and logs still do", async () => {
+    const receiver = await startOtlpReceiver()
+    const harmony = await startHarmony({
+      mode: "embedded",
+      env: {
+        ...fastExportEnv(receiver, "unsampled"),
+        OTEL_TRACES_SAMPLER: "parentbased_traceidratio",
+        OTEL_TRACES_SAMPLER_ARG: "0"
+      }
+    })
+    const clients: Array<WsClient> = []
+    try {
+      const http = api(harmony.url)
+      const a = await register(http, "unsampled")
+      const b = await register(http, "unsampled")
+      const chatId = await createGroup(http, a, [b])
+      const sa = await session(harmony.url, a, chatId)
+      const sb = await session(harmony.url, b, chatId)
+      clients.push(sa, sb)
+      for (let i = 0; i < 5; i++) await sendMessage(sa, chatId, `unsampled ${i}`)
+      await sb.waitForMessages(chatId, 5)
+      await until("metrics exported with the 5 messages", () =>
+        receiver.bodies("/v1/metrics").some((body) => body.includes("harmony_messages_persisted_total"))
+          ? true
+          : undefined
+      )
+      await sleep(1_000)
+      expect(describeSpans(receiver.spans())).toBe("")
+    } finally {
+      for (const client of clients) client.terminate()
+      await harmony.stop()
+      await receiver.close()
+    }
+  })
+})
