@@ -146,6 +146,12 @@ export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(r
 /** A port nothing listens on now (the test harness's own helper). */
 export { freePort } from "../test/support/harmony.ts"
 
+/** How a Harmony target exports OTLP (`--otel`): not at all, to a collector that is down, to a sink that accepts. */
+export type OtelVariant = "off" | "down" | "up"
+
+/** The label suffix of a Harmony target of an OTLP variant ("" without OTLP). */
+export const otelSuffix = (variant: OtelVariant): string => (variant === "off" ? "" : `+otel-${variant}`)
+
 /**
  * Latency histogram with logarithmic buckets (1% wide, 1 µs to ~10 min):
  * bounded memory whatever the sample count, percentiles within 1%.

@@ -3,7 +3,7 @@
  * and scenario, the ratios of each Harmony mode to the raw `ws` and Socket.IO
  * baselines measured in the same run, and the issue's targets, met or not.
  */
-import type { ScenarioResult, TargetResult } from "./common.ts"
+import { otelSuffix, type ScenarioResult, type TargetResult } from "./common.ts"
 
 export interface RunInfo {
   readonly command: string
@@ -102,6 +102,34 @@ export const render = (info: RunInfo, targets: ReadonlyArray<TargetResult>): str
               `${ratio(s.latency.p99, b.latency.p99)} | ${ratio(s.latency.p999, b.latency.p999)} |`
           )
         }
+      }
+    }
+  }
+
+  // --otel: each Harmony mode exporting (to a collector that is down, or to a sink) against itself without OTLP.
+  const otelPairs = harmonies.flatMap((variant) =>
+    (["down", "up"] as const).flatMap((kind) => {
+      const suffix = otelSuffix(kind)
+      if (!variant.label.endsWith(suffix)) return []
+      const off = harmonies.find((candidate) => candidate.label === variant.label.slice(0, -suffix.length))
+      return off === undefined ? [] : [[off, variant] as const]
+    })
+  )
+  if (otelPairs.length > 0) {
+    lines.push("", "OTLP export ÷ no OTLP (same run; 1.00× = unaffected; latency and server CPU: lower is better):", "")
+    lines.push("| harmony | scenario | accepted | deliveries/s | p50 | p99 | p999 | server CPU |")
+    lines.push("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    const serverCpu = (s: ScenarioResult) => (s.cpu.processes.server ?? Number.NaN) / s.cpu.seconds
+    for (const [off, variant] of otelPairs) {
+      for (const s of variant.scenarios) {
+        const b = off.scenarios.find((candidate) => candidate.scenario === s.scenario)
+        if (b === undefined) continue
+        const ratio = (a: number, c: number) => (c > 0 && Number.isFinite(a) ? `${(a / c).toFixed(2)}×` : "–")
+        lines.push(
+          `| ${variant.label} | ${s.scenario} | ${ratio(s.acceptedPerSecond, b.acceptedPerSecond)} | ` +
+            `${ratio(s.deliveriesPerSecond, b.deliveriesPerSecond)} | ${ratio(s.latency.p50, b.latency.p50)} | ` +
+            `${ratio(s.latency.p99, b.latency.p99)} | ${ratio(s.latency.p999, b.latency.p999)} | ${ratio(serverCpu(s), serverCpu(b))} |`
+        )
       }
     }
   }

@@ -10,6 +10,7 @@
  *                    [--scenario latency|throughput|all] [--rate 1000] [--chats 100] [--members 10]
  *                    [--duration 60] [--latency-duration 30] [--warmup 5] [--window 1]
  *                    [--body 100] [--quick] [--profile] [--kafka own|shared] [--server-dir DIR]
+ *                    [--otel off|down|up|compare|LIST] [--otel-endpoint URL]
  *
  * --kafka own (default) starts a private Kafka broker for the cluster run (the
  * shared one's `actors` consumer group is joined by every Harmony node that
@@ -17,6 +18,15 @@
  * our chats); --kafka shared uses the services' broker as it is.
  * --server-dir runs Harmony from another checkout (e.g. `git archive REV | tar -x -C DIR`
  * with node_modules linked in), so a tree being edited is not what is measured.
+ *
+ * --otel down runs Harmony with OTEL_EXPORTER_OTLP_ENDPOINT pointing at a
+ * collector that is not there (a closed loopback port unless --otel-endpoint
+ * names another, e.g. one that never answers); --otel up exports to a sink
+ * in this process that accepts everything (the cost of tracing itself);
+ * --otel compare (= off,down) runs each Harmony mode without OTLP and with
+ * the collector down and reports the ratios: exporting must not slow the
+ * message path when the collector is down. A comma-separated list (e.g.
+ * off,down,up) runs each variant in turn.
  */
 import { DeleteTableCommand, DynamoDBClient } from "@aws-sdk/client-dynamodb"
 import { PgClient } from "@effect/sql-pg"
@@ -34,6 +44,7 @@ import {
   rmSync,
   writeFileSync
 } from "node:fs"
+import { createServer as createHttpServer } from "node:http"
 import { createServer as createNetServer } from "node:net"
 import { cpus, tmpdir, totalmem } from "node:os"
 import { join } from "node:path"
@@ -42,6 +53,8 @@ import { parseArgs } from "node:util"
 import {
   freePort,
   type LoadConfig,
+  type OtelVariant,
+  otelSuffix,
   type LoadEvent,
   type ScenarioName,
   sleep,
@@ -74,6 +87,8 @@ const { values: flags } = parseArgs({
     profile: { type: "boolean", default: process.env.BENCH_PROFILE === "1" },
     "server-dir": { type: "string", default: process.env.BENCH_SERVER_DIR ?? "" },
     kafka: { type: "string", default: process.env.BENCH_KAFKA ?? "own" },
+    otel: { type: "string", default: process.env.BENCH_OTEL ?? "off" },
+    "otel-endpoint": { type: "string", default: process.env.BENCH_OTEL_ENDPOINT ?? "" },
     help: { type: "boolean", short: "h", default: false }
   },
   strict: true
@@ -124,6 +139,13 @@ const scenarios: Array<ScenarioName> =
       : []
 if (scenarios.length === 0) throw new Error("bench: --scenario must be latency, throughput or all")
 if (flags.kafka !== "own" && flags.kafka !== "shared") throw new Error("bench: --kafka must be own or shared")
+const otelVariants: Array<OtelVariant> = (flags.otel === "compare" ? "off,down" : flags.otel)
+  .split(",")
+  .map((variant) => variant.trim() as OtelVariant)
+for (const variant of otelVariants) {
+  if (variant !== "off" && variant !== "down" && variant !== "up")
+    throw new Error("bench: --otel must be off, down, up, compare or a comma-separated list of off, down and up")
+}
 
 // kafkajs' admin client schedules a timer with a negative delay (TimeoutNegativeWarning): harmless noise.
 process.removeAllListeners("warning")
@@ -420,97 +442,131 @@ interface Target {
   readonly cpuPids: () => Record<string, Array<number>>
 }
 
-const harmonyTarget = (mode: "cluster" | "embedded"): Target => ({
-  label: `harmony-${mode}`,
-  kind: "harmony",
-  cpuPids: () => (mode === "cluster" ? servicePids() : {}),
-  start: async () => {
-    const port = await freePort()
-    const env = baseEnv()
-    env.PORT = String(port)
-    env.HOST = "127.0.0.1"
-    env.ACCESS_TOKEN_TTL = "6 hours"
-    // Setting up registers chats × members users from one address: not what is measured.
-    env.RATE_LIMIT_REGISTER ??= "100000/10000"
-    const cleanups: Array<() => Promise<void>> = []
-    if (mode === "embedded") {
-      const dataDir = mkdtempSync(join(tmpdir(), "harmony-bench-"))
-      env.HARMONY_DATA_DIR = dataDir
-      cleanups.push(async () => rmSync(dataDir, { recursive: true, force: true }))
-    } else {
-      const services = { ...clusterServices() }
-      if (flags.kafka === "own") services.KAFKA_BROKERS = await startOwnKafka()
-      Object.assign(env, services)
-      // A database and a DynamoDB table of its own, dropped afterwards.
-      const database = `harmony_bench_${runStamp}_${runId}`
-      await adminSql(services.DATABASE_URL!, `CREATE DATABASE ${database}`)
-      const dbUrl = new URL(services.DATABASE_URL!)
-      dbUrl.pathname = `/${database}`
-      env.DATABASE_URL = dbUrl.toString()
-      env.DYNAMODB_TABLE = database
-      env.HARMONY_JWT_SECRET = `harmony-bench-secret-${runId}-0123456789abcdef`
-      const dropStores = async () => {
-        pendingCleanups.delete(dropStores)
-        const dynamo = new DynamoDBClient({
-          endpoint: services.DYNAMODB_ENDPOINT!,
-          region: services.AWS_REGION ?? "us-east-1",
-          credentials: {
-            accessKeyId: services.AWS_ACCESS_KEY_ID ?? "local",
-            secretAccessKey: services.AWS_SECRET_ACCESS_KEY ?? "local"
-          }
-        })
-        await dynamo.send(new DeleteTableCommand({ TableName: database })).catch((error: unknown) => {
-          out(`bench: could not delete DynamoDB table ${database}: ${String(error)}`)
-        })
-        dynamo.destroy()
-        await adminSql(services.DATABASE_URL!, `DROP DATABASE IF EXISTS ${database} WITH (FORCE)`).catch(
-          (error: unknown) => out(`bench: could not drop database ${database}: ${String(error)}`)
-        )
-      }
-      pendingCleanups.add(dropStores)
-      cleanups.push(dropStores)
-      const members = flags.kafka === "own" ? 0 : await actorsGroupMembers(services.KAFKA_BROKERS!)
-      if (members !== undefined && members > 0) {
-        const warning = `${members} other member(s) in Kafka consumer group "actors" before the cluster run: another Harmony node (e.g. a test suite) shares chat.messages' partitions, so some of our chats are sequenced and persisted by it (latency and persistence figures are then not ours alone)`
-        warnings.push(warning)
-        out(`bench: warning: ${warning}`)
-      }
-    }
-    const url = `http://127.0.0.1:${port}`
-    let child: Child | undefined
-    for (let attempt = 1; child === undefined; attempt++) {
-      const candidate = startNode(
-        `harmony-${mode}${attempt === 1 ? "" : `-${attempt}`}`,
-        ["src/main.ts", "serve"],
-        env,
-        profileArgs(`harmony-${mode}`),
-        serverDir
-      )
-      try {
-        await waitReady(candidate, `${url}/readyz`, 120)
-        child = candidate
-      } catch (error) {
-        await stopChild(candidate)
-        // A node that exits while starting (e.g. racing a fresh broker's topic creation) gets one more try.
-        if (attempt === 1 && candidate.exited) {
-          const warning = `harmony-${mode} exited while starting and was started again: ${firstError(candidate.logFile)}`
+/** Where `--otel down` points OTLP: the given endpoint, or a loopback port nobody listens on. */
+const unreachableOtlpEndpoint = async () =>
+  flags["otel-endpoint"] !== "" ? flags["otel-endpoint"] : `http://127.0.0.1:${await freePort()}`
+
+/** `--otel up`: an OTLP/HTTP sink in this process that accepts (and counts) every export. */
+let otlpSink: { readonly url: string; readonly bytes: () => number; readonly close: () => Promise<void> } | undefined
+const startOtlpSink = async () => {
+  if (otlpSink !== undefined) return otlpSink.url
+  let bytes = 0
+  const server = createHttpServer((request, response) => {
+    request.on("data", (chunk: Buffer) => {
+      bytes += chunk.length
+    })
+    request.on("end", () => {
+      response.writeHead(200, { "content-type": "application/json" })
+      response.end("{}")
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+  const { port } = server.address() as { port: number }
+  otlpSink = {
+    url: `http://127.0.0.1:${port}`,
+    bytes: () => bytes,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve()))
+  }
+  return otlpSink.url
+}
+
+const harmonyTarget = (mode: "cluster" | "embedded", otel: OtelVariant = "off"): Target => {
+  const label = `harmony-${mode}${otelSuffix(otel)}`
+  return {
+    label,
+    kind: "harmony",
+    cpuPids: () => (mode === "cluster" ? servicePids() : {}),
+    start: async () => {
+      const port = await freePort()
+      const env = baseEnv()
+      delete env.OTEL_EXPORTER_OTLP_ENDPOINT
+      if (otel === "down") env.OTEL_EXPORTER_OTLP_ENDPOINT = await unreachableOtlpEndpoint()
+      if (otel === "up") env.OTEL_EXPORTER_OTLP_ENDPOINT = await startOtlpSink()
+      env.PORT = String(port)
+      env.HOST = "127.0.0.1"
+      env.ACCESS_TOKEN_TTL = "6 hours"
+      // Setting up registers chats × members users from one address: not what is measured.
+      env.RATE_LIMIT_REGISTER ??= "100000/10000"
+      const cleanups: Array<() => Promise<void>> = []
+      if (mode === "embedded") {
+        const dataDir = mkdtempSync(join(tmpdir(), "harmony-bench-"))
+        env.HARMONY_DATA_DIR = dataDir
+        cleanups.push(async () => rmSync(dataDir, { recursive: true, force: true }))
+      } else {
+        const services = { ...clusterServices() }
+        if (flags.kafka === "own") services.KAFKA_BROKERS = await startOwnKafka()
+        Object.assign(env, services)
+        // A database and a DynamoDB table of its own, dropped afterwards.
+        const database = `harmony_bench_${runStamp}_${runId}`
+        await adminSql(services.DATABASE_URL!, `CREATE DATABASE ${database}`)
+        const dbUrl = new URL(services.DATABASE_URL!)
+        dbUrl.pathname = `/${database}`
+        env.DATABASE_URL = dbUrl.toString()
+        env.DYNAMODB_TABLE = database
+        env.HARMONY_JWT_SECRET = `harmony-bench-secret-${runId}-0123456789abcdef`
+        const dropStores = async () => {
+          pendingCleanups.delete(dropStores)
+          const dynamo = new DynamoDBClient({
+            endpoint: services.DYNAMODB_ENDPOINT!,
+            region: services.AWS_REGION ?? "us-east-1",
+            credentials: {
+              accessKeyId: services.AWS_ACCESS_KEY_ID ?? "local",
+              secretAccessKey: services.AWS_SECRET_ACCESS_KEY ?? "local"
+            }
+          })
+          await dynamo.send(new DeleteTableCommand({ TableName: database })).catch((error: unknown) => {
+            out(`bench: could not delete DynamoDB table ${database}: ${String(error)}`)
+          })
+          dynamo.destroy()
+          await adminSql(services.DATABASE_URL!, `DROP DATABASE IF EXISTS ${database} WITH (FORCE)`).catch(
+            (error: unknown) => out(`bench: could not drop database ${database}: ${String(error)}`)
+          )
+        }
+        pendingCleanups.add(dropStores)
+        cleanups.push(dropStores)
+        const members = flags.kafka === "own" ? 0 : await actorsGroupMembers(services.KAFKA_BROKERS!)
+        if (members !== undefined && members > 0) {
+          const warning = `${members} other member(s) in Kafka consumer group "actors" before the cluster run: another Harmony node (e.g. a test suite) shares chat.messages' partitions, so some of our chats are sequenced and persisted by it (latency and persistence figures are then not ours alone)`
           warnings.push(warning)
           out(`bench: warning: ${warning}`)
-          continue
         }
-        for (const cleanup of cleanups) await cleanup()
-        throw error
       }
-    }
-    return {
-      url,
-      child,
-      cleanup: async () => {
-        for (const cleanup of cleanups) await cleanup()
+      const url = `http://127.0.0.1:${port}`
+      let child: Child | undefined
+      for (let attempt = 1; child === undefined; attempt++) {
+        const candidate = startNode(
+          `${label}${attempt === 1 ? "" : `-${attempt}`}`,
+          ["src/main.ts", "serve"],
+          env,
+          profileArgs(label),
+          serverDir
+        )
+        try {
+          await waitReady(candidate, `${url}/readyz`, 120)
+          child = candidate
+        } catch (error) {
+          await stopChild(candidate)
+          // A node that exits while starting (e.g. racing a fresh broker's topic creation) gets one more try.
+          if (attempt === 1 && candidate.exited) {
+            const warning = `${label} exited while starting and was started again: ${firstError(candidate.logFile)}`
+            warnings.push(warning)
+            out(`bench: warning: ${warning}`)
+            continue
+          }
+          for (const cleanup of cleanups) await cleanup()
+          throw error
+        }
+      }
+      return {
+        url,
+        child,
+        cleanup: async () => {
+          for (const cleanup of cleanups) await cleanup()
+        }
       }
     }
   }
-})
+}
 
 const baselineTarget = (kind: "ws" | "socketio"): Target => ({
   label: kind === "ws" ? "raw-ws" : "socket.io",
@@ -618,7 +674,7 @@ const serverDescription = () => {
 const main = async () => {
   mkdirSync(resultsDir, { recursive: true })
   const targets: Array<Target> = [
-    ...modes.map(harmonyTarget),
+    ...modes.flatMap((mode) => otelVariants.map((variant) => harmonyTarget(mode, variant))),
     ...baselines.map((name) => baselineTarget(name as "ws" | "socketio"))
   ]
   const startedAt = new Date().toISOString()
@@ -698,8 +754,8 @@ const main = async () => {
         }
       }
     }
-    if (target.label === "harmony-cluster") await stopOwnKafka()
-    if (target.label === "harmony-cluster" && flags.kafka !== "own") {
+    if (target.label.startsWith("harmony-cluster")) await stopOwnKafka()
+    if (target.label.startsWith("harmony-cluster") && flags.kafka !== "own") {
       const services = (() => {
         try {
           return clusterServices()
@@ -717,6 +773,10 @@ const main = async () => {
   }
 
   for (const cleanup of [...pendingCleanups]) await cleanup().catch(() => {})
+  if (otlpSink !== undefined) {
+    out(`bench: the OTLP sink received ${(otlpSink.bytes() / 2 ** 20).toFixed(1)} MiB of telemetry`)
+    await otlpSink.close()
+  }
 
   const info: RunInfo = {
     command,
