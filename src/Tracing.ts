@@ -15,7 +15,7 @@
  * it is set up, and `active()` per message; it also makes no child spans
  * under a parent that is not sampled (OTEL_TRACES_SAMPLER).
  */
-import { Clock, Context, Effect, Exit, Option, Tracer } from "effect"
+import { Clock, Context, Effect, Exit, Option, type Tracer } from "effect"
 import { Headers, HttpTraceContext } from "effect/http"
 
 /** The W3C Trace Context header (and Kafka record header) carrying a span's context. */
@@ -96,4 +96,4 @@ export const syncSpans: Effect.Effect<SyncSpans | undefined> = Effect.gen(functi
 
 /** `span` when it is sampled (its trace is exported), else undefined: no child spans under an unsampled parent. */
 export const sampled = <S extends Tracer.AnySpan>(span: S | undefined): S | undefined =>
-  span !== undefined && span.sampled ? span : undefined
+  span?.sampled ? span : undefined

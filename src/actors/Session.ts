@@ -465,7 +465,7 @@ export const run = Effect.fnUntraced(function* (
   let rateLimitedInARow = 0
   const lastTyping = new Map<ChatId, number>()
   /** Whether this frame is traced: OTLP is configured and its collector up. */
-  const tracing = () => spans !== undefined && spans.active()
+  const tracing = () => spans?.active() === true
   const decode = (text: string, traced: boolean) =>
     !traced
       ? decodeClientFrame(text).pipe(Effect.result)

@@ -79,9 +79,7 @@ export class ChatFeeds extends Context.Service<
             yield* items.pipe(
               Stream.runForEachArray((batch) =>
                 Effect.sync(() =>
-                  spans !== undefined && spans.active()
-                    ? dispatchTraced(spans, chatId, feed, batch)
-                    : dispatch(feed, batch)
+                  spans?.active() ? dispatchTraced(spans, chatId, feed, batch) : dispatch(feed, batch)
                 )
               )
             )

@@ -98,10 +98,7 @@ export const run = (
             }
             yield* registry.route(decoded.value, record.offset, span)
           })
-        const parent =
-          spans !== undefined && spans.active()
-            ? sampled(parseTraceparent(record.headers[TraceparentHeader]))
-            : undefined
+        const parent = spans?.active() ? sampled(parseTraceparent(record.headers[TraceparentHeader])) : undefined
         if (parent === undefined) return receive(undefined)
         return Effect.useSpan(
           "PartitionRunner.consume",
