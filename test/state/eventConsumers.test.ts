@@ -255,7 +255,8 @@ const runScenario = (ops: ReadonlyArray<Op>, book: LogBook) =>
       Effect.gen(function* () {
         const rows = yield* sql<OutboxRow>`
           SELECT id::text AS id, event_id, aggregate_id, type, version, payload, created_at FROM outbox
-          WHERE id > ${lastRow}::bigint ORDER BY id LIMIT ${limit}`.pipe(Effect.orDie)
+          WHERE id > ${lastRow}::bigint ORDER BY outbox.id LIMIT ${limit}`.pipe(Effect.orDie)
+        // (ORDER BY the column: by the text alias "100" comes before "85", and rows were skipped.)
         for (const row of rows) {
           const record = recordOf(row)
           yield* produce(record)

@@ -287,7 +287,7 @@ export interface OutboxRow {
 
 export const outboxRows = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
-  return yield* sql<OutboxRow>`SELECT id::text AS id, event_id, aggregate_id, type, published_at FROM outbox ORDER BY id`.pipe(
+  return yield* sql<OutboxRow>`SELECT id::text AS id, event_id, aggregate_id, type, published_at FROM outbox ORDER BY outbox.id`.pipe(
     Effect.orDie
   )
 })
