@@ -23,9 +23,10 @@ export const expectStatus = (reply: Reply, status: number) => {
 export const until = async <A>(
   what: string,
   probe: () => Promise<A | undefined> | A | undefined,
-  options: { readonly timeoutMs: number; readonly intervalMs?: number; readonly detail?: () => string }
+  options: { readonly timeoutMs?: number; readonly intervalMs?: number; readonly detail?: () => string } = {}
 ): Promise<A> => {
-  const deadline = Date.now() + options.timeoutMs
+  const timeoutMs = options.timeoutMs ?? 30_000
+  const deadline = Date.now() + timeoutMs
   let lastError: unknown
   for (;;) {
     try {
@@ -37,7 +38,7 @@ export const until = async <A>(
     if (Date.now() > deadline) {
       const why = lastError instanceof Error ? ` (last error: ${lastError.message})` : ""
       throw new Error(
-        `${what}: not within ${options.timeoutMs} ms${why}${options.detail === undefined ? "" : `\n${options.detail()}`}`
+        `${what}: not within ${timeoutMs} ms${why}${options.detail === undefined ? "" : `\n${options.detail()}`}`
       )
     }
     await sleep(options.intervalMs ?? 200)
@@ -88,7 +89,7 @@ export interface Account {
 
 const run = `${Date.now().toString(36).slice(-5)}${Math.random().toString(36).slice(2, 6)}`
 let counter = 0
-const password = "correct horse battery"
+export const password = "correct horse battery"
 
 /** A fresh account (names unique per run: the services' Postgres is shared across runs and suites). */
 export const register = async (http: Api, label: string): Promise<Account> => {

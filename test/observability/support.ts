@@ -6,30 +6,18 @@
 import { randomUUID } from "node:crypto"
 import { createServer, type IncomingMessage, type Server } from "node:http"
 import { expect } from "vitest"
-import type { Api, Reply } from "../support/harmony.ts"
+import type { Account } from "../integration/cluster.support.ts"
 import { WsClient } from "../support/wsClient.ts"
 
-export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
-
-/** Polls `probe` until it answers something other than undefined; fails naming `what` after `timeoutMs`. */
-export const until = async <A>(
-  what: string,
-  probe: () => Promise<A | undefined> | A | undefined,
-  options: { readonly timeoutMs?: number; readonly intervalMs?: number; readonly detail?: () => string } = {}
-): Promise<A> => {
-  const timeoutMs = options.timeoutMs ?? 30_000
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const value = await probe()
-    if (value !== undefined) return value
-    if (Date.now() > deadline) {
-      throw new Error(
-        `${what}: not within ${timeoutMs} ms${options.detail === undefined ? "" : `\n${options.detail()}`}`
-      )
-    }
-    await sleep(options.intervalMs ?? 200)
-  }
-}
+export {
+  createGroup,
+  expectStatus,
+  type Account,
+  password,
+  register,
+  sleep,
+  until
+} from "../integration/cluster.support.ts"
 
 // --- the OTLP receiver ---------------------------------------------------------------------------
 
@@ -204,45 +192,6 @@ export const sum = (samples: ReadonlyArray<Sample>, name: string, labels: Record
     .reduce((sum, sample) => sum + sample.value, 0)
 
 // --- accounts, chats, sessions -------------------------------------------------------------------
-
-export const expectStatus = (reply: Reply, status: number) => {
-  expect(reply.status, `answered ${reply.status}: ${reply.text}`).toBe(status)
-}
-
-export interface Account {
-  readonly id: string
-  readonly username: string
-  readonly accessToken: string
-}
-
-const run = `${Date.now().toString(36).slice(-5)}${Math.random().toString(36).slice(2, 6)}`
-let counter = 0
-export const password = "correct horse battery"
-
-/** A fresh account (names unique per run: cluster mode shares one Postgres across runs). */
-export const register = async (http: Api, label: string): Promise<Account> => {
-  const username = `${label}-${run}-${(counter++).toString(36)}`
-  const deadline = Date.now() + 60_000
-  for (;;) {
-    const reply = await http.post("/v1/auth/register", { username, password })
-    if (reply.status === 429 && Date.now() < deadline) {
-      await sleep(1_000 * Number(reply.headers.get("retry-after") ?? "1"))
-      continue
-    }
-    expectStatus(reply, 201)
-    return { id: reply.body.user.id, username, accessToken: reply.body.accessToken }
-  }
-}
-
-export const createGroup = async (http: Api, owner: Account, members: ReadonlyArray<Account>): Promise<string> => {
-  const reply = await http.post(
-    "/v1/chats",
-    { name: `obs ${run}`, kind: "group", memberIds: members.map((m) => m.id) },
-    { token: owner.accessToken }
-  )
-  expectStatus(reply, 201)
-  return reply.body.id as string
-}
 
 /** An authenticated session of `account` on `base`, subscribed to `chatId` when given. */
 export const session = async (base: string, account: Account, chatId?: string): Promise<WsClient> => {
