@@ -165,7 +165,7 @@ export interface HarmonyClient {
   addMembers(chatId: string, userIds: ReadonlyArray<string>): Promise<Chat>
   removeMember(chatId: string, userId: string): Promise<void>
   history(chatId: string, page: HistoryQuery): Promise<HistoryPage>
-  /** HTTP `POST /read`, and (when connected) the WebSocket `read` frame so others see a receipt. */
+  /** HTTP `POST /read`: stores the position; the server sends the other members a `read` frame. */
   markRead(chatId: string, seq: number): Promise<void>
   /** Every member's read position (read receipts that survive a reload; live ones arrive as `read` events). */
   readPositions(chatId: string): Promise<ReadonlyArray<ReadPosition>>
@@ -977,10 +977,10 @@ export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffec
     )
   }
 
+  // Over HTTP only: the server stores the position and itself tells the other
+  // members' sessions (a `read` frame), so a socket frame too would tell them twice.
   const markRead = Effect.fn("Harmony.markRead")(function* (chatId: string, seq: number) {
     yield* authed("POST", `${chatPath(chatId)}/read`, { seq })
-    // Over the socket too, so the other members see the receipt at once.
-    if (current?.ready) sendRaw(current, { type: "read", chatId, seq })
   })
 
   const readPositions = (chatId: string) =>

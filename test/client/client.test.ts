@@ -197,6 +197,7 @@ describe("client SDK", { timeout: 120_000 }, () => {
       const chat = await groupOf(alice, bob)
       const typing = collect(bob.client, "typing")
       const reads = collect(bob.client, "read")
+      const received = collect(bob.client, "message")
       const added = collect(bob.client, "member_added")
       await bob.client.subscribe(chat.id)
       await alice.client.subscribe(chat.id)
@@ -209,6 +210,10 @@ describe("client SDK", { timeout: 120_000 }, () => {
       await alice.client.markRead(chat.id, 1)
       await waitUntil("read at bob", () => reads.length > 0)
       expect(reads[0]).toEqual({ chatId: chat.id, userId: alice.user.id, seq: 1 })
+      // Once: the server tells the others; the client does not repeat it over the socket.
+      await alice.client.send(chat.id, "after the read")
+      await waitUntil("alice's next message at bob", () => received.some((m) => m.body === "after the read"))
+      expect(reads).toHaveLength(1)
       expect((await alice.client.chats())[0]?.lastReadSeq).toBe(1)
       const positions = await bob.client.readPositions(chat.id)
       expect(new Map(positions.map((p) => [p.userId, p.seq]))).toEqual(
