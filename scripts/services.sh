@@ -406,8 +406,13 @@ EOF
   : >"$KAFKA_LOG"
   if [[ ! -f "$KAFKA_DIR/data/meta.properties" ]]; then
     if [[ ! -s "$KAFKA_DIR/cluster.id" ]]; then
-      # A Kafka Uuid: 16 random bytes, URL-safe base64 without padding.
-      head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' >"$KAFKA_DIR/cluster.id"
+      # A Kafka Uuid: 16 random bytes, URL-safe base64 without padding. Not
+      # one starting with '-' (1 in 64): the format tool would read it as an option.
+      local id="-"
+      while [[ "$id" == -* ]]; do
+        id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+      done
+      printf '%s' "$id" >"$KAFKA_DIR/cluster.id"
     fi
     cid="$(cat "$KAFKA_DIR/cluster.id")"
     log "kafka: formatting storage (cluster id $cid)"
