@@ -93,6 +93,8 @@ export type Inbound = { readonly _tag: "Text"; readonly text: string } | { reado
 interface Subscription {
   readonly scope: Scope.Closeable
   lastDelivered: number
+  /** Set the moment a removal or deletion is written: nothing of the chat follows it, even before the scope closes. */
+  ended: boolean
 }
 
 export class Closed {
@@ -228,7 +230,7 @@ export const run = Effect.fnUntraced(function* (
     const scope = yield* Scope.fork(sessionScope, "sequential")
     // A client that has up to sinceSeq must never get those again (a new
     // owner replaying its partition re-publishes them).
-    const subscription: Subscription = { scope, lastDelivered: sinceSeq ?? 0 }
+    const subscription: Subscription = { scope, lastDelivered: sinceSeq ?? 0, ended: false }
     subscriptions.set(chatId, subscription)
     yield* services.presence.join(user.id, chatId)
 
@@ -247,6 +249,7 @@ export const run = Effect.fnUntraced(function* (
           const found = yield* services.history.since(chatId, subscription.lastDelivered, upTo).pipe(Effect.option)
           if (found._tag === "Some") {
             for (const message of found.value) {
+              if (subscription.ended) return
               if (message.seq !== subscription.lastDelivered + 1) continue
               sendTextUnsafe(messageFrame(message))
               subscription.lastDelivered = message.seq
@@ -266,6 +269,7 @@ export const run = Effect.fnUntraced(function* (
         )
       )
     const deliver = (item: FanoutItem): void => {
+      if (subscription.ended) return
       if (item.seq > 0) {
         if (filling) {
           waiting.push(item)
@@ -286,7 +290,9 @@ export const run = Effect.fnUntraced(function* (
         // Typing and read signals are for the others.
         return
       } else if (item.from === undefined && endsSubscription(item.frame, user.id)) {
-        // Removed from the chat, or the chat is gone: say so, then stop.
+        // Removed from the chat, or the chat is gone: say so, then stop —
+        // at once, for the rest of this batch and anything held by a fill.
+        subscription.ended = true
         sendTextUnsafe(item.frame)
         runFork(unsubscribe(chatId))
         return

@@ -1,0 +1,130 @@
+/**
+ * A session's live delivery around a membership signal, in process: the real
+ * Session, ChatFeeds, Fanout and PresenceTracker over the in-process PubSub
+ * and Presence, a socket that records what it is sent, and stand-ins for the
+ * two lookups the scenario needs (the token's user, the member's role).
+ *
+ * `member_removed` and the chat's next message can reach a node in one
+ * PubSub batch (they travel the same channel from different nodes). Nothing
+ * of the chat may follow `member_removed` on the socket — the cluster suite
+ * once saw exactly that.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { type Cause, Effect, Layer, Option, Queue } from "effect"
+import type { WebSocket } from "ws"
+import * as Memory from "../../src/infra/Memory.ts"
+import { PubSub } from "../../src/infra/PubSub.ts"
+import { PresenceTracker } from "../../src/actors/PresenceTracker.ts"
+import * as Session from "../../src/actors/Session.ts"
+import { type ChatId, Message, MessageId, User, UserId } from "../../src/schema/Domain.ts"
+import type { Accounts } from "../../src/state/Accounts.ts"
+import type { Membership } from "../../src/state/Membership.ts"
+import type { History } from "../../src/streams/History.ts"
+import type { Ingest } from "../../src/streams/Ingest.ts"
+import type { Chats } from "../../src/state/Chats.ts"
+import { ChatFeeds } from "../../src/streams/ChatFeeds.ts"
+import { channelOf, encodeItem, Fanout, messageFrame } from "../../src/streams/Fanout.ts"
+
+/** What the session writes, as the `ws` socket it expects. */
+const recordingSocket = () => {
+  const sent: Array<{ readonly type: string; readonly [key: string]: unknown }> = []
+  const socket = {
+    CONNECTING: 0,
+    OPEN: 1,
+    readyState: 1,
+    bufferedAmount: 0,
+    send: (text: string) => {
+      sent.push(JSON.parse(text))
+    },
+    close: () => {
+      socket.readyState = 3
+    }
+  }
+  return { sent, socket: socket as unknown as WebSocket }
+}
+
+const live = Layer.mergeAll(ChatFeeds.layer, PresenceTracker.layer()).pipe(
+  Layer.provideMerge(Fanout.layer),
+  Layer.provideMerge(Memory.layer)
+)
+
+const unused = (name: string) =>
+  new Proxy({}, { get: (_, key) => () => Effect.die(`the scenario does not use ${name}.${String(key)}`) })
+
+describe("Session live delivery", () => {
+  it.live("nothing of a chat follows member_removed, even in the same batch", () =>
+    Effect.gen(function* () {
+      const user = new User({ id: UserId.make(crypto.randomUUID()), username: "member", displayName: "member" })
+      const chatId = crypto.randomUUID() as ChatId
+      const services: Session.SessionServices = {
+        accounts: {
+          ...(unused("accounts") as Accounts["Service"]),
+          authenticateSession: () => Effect.succeed({ user, expiresAt: Date.now() + 3_600_000 })
+        },
+        membership: {
+          ...(unused("membership") as Membership["Service"]),
+          roleOf: () => Effect.succeed(Option.some("member" as const))
+        },
+        history: {
+          ...(unused("history") as History["Service"]),
+          lastSeq: () => Effect.succeed(1),
+          since: () => Effect.succeed([])
+        },
+        chats: unused("chats") as Chats["Service"],
+        ingest: unused("ingest") as Ingest["Service"],
+        fanout: yield* Fanout,
+        feeds: yield* ChatFeeds,
+        presence: yield* PresenceTracker,
+        register: () => () => {}
+      }
+      const { sent, socket } = recordingSocket()
+      const inbound = yield* Queue.unbounded<Session.Inbound, Cause.Done>()
+      yield* Session.run(socket, inbound, services, Session.defaultSessionOptions).pipe(
+        Effect.scoped,
+        Effect.forkScoped
+      )
+      const frame = (value: object) => Queue.offer(inbound, { _tag: "Text", text: JSON.stringify(value) })
+      yield* frame({ type: "auth", token: "token" })
+      yield* frame({ type: "subscribe", chatId })
+      yield* awaitFrame(sent, "presence")
+
+      const message = (seq: number) =>
+        encodeItem({
+          seq,
+          frame: messageFrame(
+            new Message({
+              id: MessageId.make(`message-${seq}`),
+              chatId,
+              seq,
+              authorId: UserId.make(crypto.randomUUID()),
+              body: `message ${seq}`,
+              clientMsgId: `client-${seq}`,
+              createdAt: new Date().toISOString()
+            })
+          )
+        })
+      const removed = encodeItem({
+        seq: 0,
+        frame: JSON.stringify({ type: "member_removed", chatId, userId: user.id })
+      })
+      // One synchronous run of publishes: the feed hands them over as one batch.
+      const pubsub = yield* PubSub
+      yield* Effect.forEach([message(2), removed, message(3), message(4)], (payload) =>
+        pubsub.publish(channelOf(chatId), payload)
+      )
+      yield* awaitFrame(sent, "member_removed")
+      // Later batches too: the session is no longer subscribed.
+      yield* pubsub.publish(channelOf(chatId), message(5))
+      yield* frame({ type: "ping", ref: "last" })
+      yield* awaitFrame(sent, "pong")
+
+      const types = sent.map((f) => (f.type === "message" ? `message ${(f.message as Message).seq}` : f.type))
+      assert.deepStrictEqual(types, ["ready", "subscribed", "presence", "message 2", "member_removed", "pong"])
+    }).pipe(Effect.scoped, Effect.provide(live))
+  )
+})
+
+const awaitFrame = (sent: ReadonlyArray<{ readonly type: string }>, type: string) =>
+  Effect.gen(function* () {
+    while (!sent.some((f) => f.type === type)) yield* Effect.sleep("5 millis")
+  }).pipe(Effect.timeout("5 seconds"))
