@@ -2,7 +2,8 @@
  * A session's live delivery around a membership signal, in process: the real
  * Session, ChatFeeds, Fanout and PresenceTracker over the in-process PubSub
  * and Presence, a socket that records what it is sent, and stand-ins for the
- * two lookups the scenario needs (the token's user, the member's role).
+ * lookups the scenario needs (the token's user, the member's role, the
+ * chat's last seq; anything else the session calls dies).
  *
  * `member_removed` and the chat's next message can reach a node in one
  * PubSub batch (they travel the same channel from different nodes). Nothing
@@ -48,8 +49,14 @@ const live = Layer.mergeAll(ChatFeeds.layer, PresenceTracker.layer()).pipe(
   Layer.provideMerge(Memory.layer)
 )
 
-const unused = (name: string) =>
-  new Proxy({}, { get: (_, key) => () => Effect.die(`the scenario does not use ${name}.${String(key)}`) })
+/** A service of which the scenario uses only `used`: anything else dies, naming what was called. */
+const standIn = <S extends object>(name: string, used: Partial<S> = {}): S =>
+  new Proxy(used, {
+    get: (target, key) =>
+      key in target
+        ? target[key as keyof typeof target]
+        : () => Effect.die(`the scenario does not use ${name}.${String(key)}`)
+  }) as S
 
 describe("Session live delivery", () => {
   it.live("nothing of a chat follows member_removed, even in the same batch", () =>
@@ -57,21 +64,18 @@ describe("Session live delivery", () => {
       const user = new User({ id: UserId.make(crypto.randomUUID()), username: "member", displayName: "member" })
       const chatId = crypto.randomUUID() as ChatId
       const services: Session.SessionServices = {
-        accounts: {
-          ...(unused("accounts") as Accounts["Service"]),
+        accounts: standIn<Accounts["Service"]>("accounts", {
           authenticateSession: () => Effect.succeed({ user, expiresAt: Date.now() + 3_600_000 })
-        },
-        membership: {
-          ...(unused("membership") as Membership["Service"]),
+        }),
+        membership: standIn<Membership["Service"]>("membership", {
           roleOf: () => Effect.succeed(Option.some("member" as const))
-        },
-        history: {
-          ...(unused("history") as History["Service"]),
+        }),
+        history: standIn<History["Service"]>("history", {
           lastSeq: () => Effect.succeed(1),
           since: () => Effect.succeed([])
-        },
-        chats: unused("chats") as Chats["Service"],
-        ingest: unused("ingest") as Ingest["Service"],
+        }),
+        chats: standIn<Chats["Service"]>("chats"),
+        ingest: standIn<Ingest["Service"]>("ingest"),
         fanout: yield* Fanout,
         feeds: yield* ChatFeeds,
         presence: yield* PresenceTracker,
