@@ -19,7 +19,7 @@ import type { WsClient } from "../support/wsClient.ts"
 import {
   createGroup,
   fastExportEnv,
-  register,
+  registerMany,
   sendMessage,
   session,
   sleep,
@@ -103,8 +103,7 @@ const messagesFlow = async (mode: "embedded" | "cluster", endpoint: string) => {
   const clients: Array<WsClient> = []
   try {
     const http = api(harmony.url)
-    const a = await register(http, "otel-down")
-    const b = await register(http, "otel-down")
+    const [a, b] = await registerMany(http, 2, "otel-down")
     const chatId = await createGroup(http, a, [b])
     const sender = await session(harmony.url, a, chatId)
     const receiver = await session(harmony.url, b, chatId)
@@ -191,8 +190,7 @@ describe("the message path with the OTLP collector down", { timeout: 180_000 }, 
     const clients: Array<WsClient> = []
     try {
       const http = api(harmony.url)
-      const a = await register(http, "otel-back")
-      const b = await register(http, "otel-back")
+      const [a, b] = await registerMany(http, 2, "otel-back")
       const chatId = await createGroup(http, a, [b])
       const sender = await session(harmony.url, a, chatId)
       const listener = await session(harmony.url, b, chatId)

@@ -15,6 +15,7 @@ import {
   createGroup,
   expectStatus,
   register,
+  registerMany,
   type Sample,
   scrape,
   sendMessage,
@@ -81,8 +82,7 @@ const metricsSuite = (mode: "embedded" | "cluster") =>
 
     it("the message path's counters move by exactly what was sent; sessions and latency follow", async () => {
       const N = 20
-      const a = await register(http, "metrics")
-      const b = await register(http, "metrics")
+      const [a, b] = await registerMany(http, 2, "metrics")
       const chatId = await createGroup(http, a, [b])
       // Three receiving sessions: the sender's, and two of b's.
       const sa = await session(harmony.url, a, chatId)
@@ -148,8 +148,7 @@ const metricsSuite = (mode: "embedded" | "cluster") =>
     })
 
     it("rate-limit refusals count by limit, exactly as the client saw them", async () => {
-      const a = await register(http, "metrics-rl")
-      const b = await register(http, "metrics-rl")
+      const [a, b] = await registerMany(http, 2, "metrics-rl")
       const chatId = await createGroup(http, a, [b])
       const client = await session(harmony.url, a, chatId)
       clients.push(client)
@@ -174,8 +173,7 @@ const metricsSuite = (mode: "embedded" | "cluster") =>
     })
 
     it("every series follows Prometheus conventions; no label carries an id; the gauges of every stage are there", async () => {
-      const a = await register(http, "metrics-names")
-      const b = await register(http, "metrics-names")
+      const [a, b] = await registerMany(http, 2, "metrics-names")
       const chatId = await createGroup(http, a, [b])
       const sa = await session(harmony.url, a, chatId)
       clients.push(sa)

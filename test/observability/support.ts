@@ -15,6 +15,7 @@ export {
   type Account,
   password,
   register,
+  registerMany,
   sleep,
   until
 } from "../integration/cluster.support.ts"

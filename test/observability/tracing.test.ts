@@ -36,6 +36,7 @@ import {
   password,
   type ReceivedSpan,
   register,
+  registerMany,
   sendMessage,
   session,
   SpanKind,
@@ -92,8 +93,7 @@ const tracingSuite = (mode: "embedded" | "cluster") =>
     it("one trace holds every hop of a message, with the right parents across Kafka and fanout", async () => {
       const sender = nodes[0]!
       const receiving = nodes.at(-1)!
-      const a = await register(sender.http, "trace")
-      const b = await register(sender.http, "trace")
+      const [a, b] = await registerMany(sender.http, 2, "trace")
       const chatId = await createGroup(sender.http, a, [b])
       const sa = await session(sender.harmony.url, a, chatId)
       const sb = await session(receiving.harmony.url, b, chatId)
@@ -199,8 +199,7 @@ const tracingSuite = (mode: "embedded" | "cluster") =>
 
     it("the state path: each event consumer's span is a child of the relay's publish across chat.events", async () => {
       const node = nodes[0]!
-      const owner = await register(node.http, "trace-state")
-      const member = await register(node.http, "trace-state")
+      const [owner, member] = await registerMany(node.http, 2, "trace-state")
       await createGroup(node.http, owner, [member])
       const consumers = ["cache-invalidator", "gateway-signals", "store-cleaner"]
       const relaySpans = () => receiver.spans().filter((s) => s.name === "OutboxRelay.publish")
@@ -293,8 +292,7 @@ describe("tracing: sampling (embedded mode)", { timeout: 120_000 }, () => {
     const clients: Array<WsClient> = []
     try {
       const http = api(harmony.url)
-      const a = await register(http, "unsampled")
-      const b = await register(http, "unsampled")
+      const [a, b] = await registerMany(http, 2, "unsampled")
       const chatId = await createGroup(http, a, [b])
       const sa = await session(harmony.url, a, chatId)
       const sb = await session(harmony.url, b, chatId)
