@@ -4,7 +4,7 @@
  * four → cluster; anything in between is an error that names what is missing.
  */
 import { Config, Duration, Effect, Option, Redacted, Schema, SchemaTransformation } from "effect"
-import type { TokenBucket } from "./infra/Cache.ts"
+import type { TokenBucket } from "./ports/Cache.ts"
 import { defaultRateLimits, type RateLimitSettings } from "./state/RateLimits.ts"
 
 export class ConfigurationError extends Schema.TaggedError<ConfigurationError>()("ConfigurationError", {

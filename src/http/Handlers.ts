@@ -13,9 +13,9 @@ import type { ChatId, UserId } from "../schema/Domain.ts"
 import { RateLimits } from "../state/RateLimits.ts"
 import { Api, Authentication, CurrentUser } from "./Api.ts"
 import { Readiness } from "./Readiness.ts"
-import { Fanout } from "../streams/Fanout.ts"
-import { History } from "../streams/History.ts"
-import { Ingest } from "../streams/Ingest.ts"
+import { Fanout } from "../messages/Fanout.ts"
+import { History } from "../messages/History.ts"
+import { Ingest } from "../messages/Ingest.ts"
 
 /** The client's address for per-address limits (the socket peer; no proxy headers are trusted). */
 const addressOf = (request: HttpServerRequest.HttpServerRequest) =>

@@ -7,7 +7,7 @@
  * is down, lookups go to Postgres: degraded, never wrong.
  */
 import { Context, Duration, Effect, Layer, Metric, Option } from "effect"
-import { Cache, type CacheError } from "../infra/Cache.ts"
+import { Cache, type CacheError } from "../ports/Cache.ts"
 import { cacheLookups } from "../Metrics.ts"
 import type { ChatId, Role, UserId } from "../schema/Domain.ts"
 import type { Unavailable } from "../schema/Errors.ts"

@@ -4,7 +4,7 @@
  * the request through (availability over strictness) and says so in the log.
  */
 import { Context, Effect, Layer, Metric } from "effect"
-import { Cache, type TokenBucket } from "../infra/Cache.ts"
+import { Cache, type TokenBucket } from "../ports/Cache.ts"
 import { rateLimited } from "../Metrics.ts"
 import { RateLimited } from "../schema/Errors.ts"
 

@@ -1,14 +1,14 @@
 /**
- * The behaviour every Cache + PubSub adapter promises (src/infra/Cache.ts,
- * src/infra/PubSub.ts). Each adapter's suite calls `cacheContract` with its
+ * The behaviour every Cache + PubSub adapter promises (src/ports/Cache.ts,
+ * src/ports/PubSub.ts). Each adapter's suite calls `cacheContract` with its
  * layer; the tests run on the live clock because TTLs, refills and Redis TIME
  * are real time.
  */
 import { assert, describe, layer } from "@effect/vitest"
 import { Duration, Effect, Exit, Result, Scope, Stream } from "effect"
 import type { Layer } from "effect"
-import { Cache, CacheError } from "../../src/infra/Cache.ts"
-import { PubSub } from "../../src/infra/PubSub.ts"
+import { Cache, CacheError } from "../../src/ports/Cache.ts"
+import { PubSub } from "../../src/ports/PubSub.ts"
 import { uniqueName } from "../support/services.ts"
 
 /** How long a test waits for messages that should arrive before calling them lost. */

@@ -1,4 +1,4 @@
-import { layer } from "../../src/infra/Memory.ts"
+import { layer } from "../../src/adapters/memory/Memory.ts"
 import { cacheContract } from "./Cache.contract.ts"
 
 cacheContract("Memory", layer)

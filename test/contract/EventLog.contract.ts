@@ -10,7 +10,7 @@
 import { assert, layer } from "@effect/vitest"
 import { Deferred, Effect, Exit, Fiber, Scope, Stream } from "effect"
 import type { Layer } from "effect"
-import { EventLog, type LogRecord, type PartitionClaim, type RecordPosition } from "../../src/infra/EventLog.ts"
+import { EventLog, type LogRecord, type PartitionClaim, type RecordPosition } from "../../src/ports/EventLog.ts"
 import { uniqueName } from "../support/services.ts"
 
 const decoder = new TextDecoder()

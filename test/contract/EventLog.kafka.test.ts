@@ -1,4 +1,4 @@
-import * as KafkaEventLog from "../../src/infra/KafkaEventLog.ts"
+import * as KafkaEventLog from "../../src/adapters/kafka/KafkaEventLog.ts"
 import { serviceUrl } from "../support/services.ts"
 import { eventLogContract } from "./EventLog.contract.ts"
 

@@ -1,4 +1,4 @@
-import * as MemoryEventLog from "../../src/infra/MemoryEventLog.ts"
+import * as MemoryEventLog from "../../src/adapters/memory/MemoryEventLog.ts"
 import { eventLogContract } from "./EventLog.contract.ts"
 
 eventLogContract("MemoryEventLog", MemoryEventLog.layer())

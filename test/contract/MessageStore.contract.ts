@@ -6,7 +6,7 @@
 import { assert, layer } from "@effect/vitest"
 import { Effect } from "effect"
 import type { Layer } from "effect"
-import { MessageStore, type MessageStoreError } from "../../src/infra/MessageStore.ts"
+import { MessageStore, type MessageStoreError } from "../../src/ports/MessageStore.ts"
 import { ChatId, Message, MessageId, UserId } from "../../src/schema/Domain.ts"
 import { uniqueName } from "../support/services.ts"
 

@@ -5,8 +5,8 @@
  */
 import { assert, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
-import * as DynamoMessageStore from "../../src/infra/DynamoMessageStore.ts"
-import { MessageStore } from "../../src/infra/MessageStore.ts"
+import * as DynamoMessageStore from "../../src/adapters/dynamo/DynamoMessageStore.ts"
+import { MessageStore } from "../../src/ports/MessageStore.ts"
 import { ChatId, Message, MessageId, UserId } from "../../src/schema/Domain.ts"
 import { serviceUrl, uniqueName } from "../support/services.ts"
 import { messageStoreContract } from "./MessageStore.contract.ts"

@@ -1,5 +1,5 @@
 /**
- * The behaviour every Presence adapter promises (src/infra/Presence.ts). Each
+ * The behaviour every Presence adapter promises (src/ports/Presence.ts). Each
  * adapter's suite calls `presenceContract` with its layer. The tests run on
  * the live clock, since Redis expires heartbeats by its own TIME, and each
  * uses chat ids of its own, so suites can share one Redis with earlier runs.
@@ -9,8 +9,8 @@
 import { assert, describe, layer } from "@effect/vitest"
 import { Duration, Effect, Result } from "effect"
 import type { Layer } from "effect"
-import { CacheError } from "../../src/infra/Cache.ts"
-import { Presence } from "../../src/infra/Presence.ts"
+import { CacheError } from "../../src/ports/Cache.ts"
+import { Presence } from "../../src/ports/Presence.ts"
 import { uniqueName } from "../support/services.ts"
 
 const ttl = Duration.seconds(30)

@@ -1,8 +1,8 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Duration, Effect, Layer } from "effect"
 import { Redis as IORedis } from "ioredis"
-import { Presence } from "../../src/infra/Presence.ts"
-import { layer } from "../../src/infra/Redis.ts"
+import { Presence } from "../../src/ports/Presence.ts"
+import { layer } from "../../src/adapters/redis/Redis.ts"
 import { serviceUrl, uniqueName } from "../support/services.ts"
 import { presenceContract } from "./Presence.contract.ts"
 

@@ -10,7 +10,7 @@ import { Effect, Exit, Layer } from "effect"
 import { SqlClient } from "effect/sql"
 import { isSqlError } from "effect/sql/SqlError"
 import type { SqlError } from "effect/sql/SqlError"
-import { migrate } from "../../src/infra/migrations.ts"
+import { migrate } from "../../src/state/migrations.ts"
 import { Outbox } from "../../src/state/Outbox.ts"
 import type { UserId } from "../../src/schema/Domain.ts"
 

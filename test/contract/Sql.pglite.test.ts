@@ -1,4 +1,4 @@
-import * as Sql from "../../src/infra/Sql.ts"
+import * as Sql from "../../src/adapters/sql/Sql.ts"
 import { sqlContract } from "./Sql.contract.ts"
 
 sqlContract("PGlite over pglite-socket", Sql.embedded({}))

@@ -21,21 +21,21 @@
 import { Arbitrary, Context, Duration, Effect, Exit, Fiber, Layer, Logger, References, Scope, Stream } from "effect"
 import type { Arbitrary as ArbitraryT } from "effect/Arbitrary"
 import { SqlClient } from "effect/sql"
-import * as Actors from "../../src/actors/Actors.ts"
-import { LocalActors } from "../../src/actors/ActorRegistry.ts"
-import * as Dynalite from "../../src/infra/Dynalite.ts"
-import { EventLog, type PartitionClaim } from "../../src/infra/EventLog.ts"
-import * as Memory from "../../src/infra/Memory.ts"
-import * as MemoryEventLog from "../../src/infra/MemoryEventLog.ts"
-import { MessageStore, MessageStoreError } from "../../src/infra/MessageStore.ts"
-import { PubSub } from "../../src/infra/PubSub.ts"
-import { migrate } from "../../src/infra/migrations.ts"
-import * as Sql from "../../src/infra/Sql.ts"
+import * as Actors from "../../src/sequencing/Actors.ts"
+import { LocalActors } from "../../src/sequencing/ActorRegistry.ts"
+import * as Dynalite from "../../src/adapters/dynamo/Dynalite.ts"
+import { EventLog, type PartitionClaim } from "../../src/ports/EventLog.ts"
+import * as Memory from "../../src/adapters/memory/Memory.ts"
+import * as MemoryEventLog from "../../src/adapters/memory/MemoryEventLog.ts"
+import { MessageStore, MessageStoreError } from "../../src/ports/MessageStore.ts"
+import { PubSub } from "../../src/ports/PubSub.ts"
+import { migrate } from "../../src/state/migrations.ts"
+import * as Sql from "../../src/adapters/sql/Sql.ts"
 import type { ChatId, Message } from "../../src/schema/Domain.ts"
 import { encodeSendRecord, type SendRecord } from "../../src/schema/Records.ts"
-import { Fanout } from "../../src/streams/Fanout.ts"
-import type { RunnerOptions } from "../../src/streams/PartitionRunner.ts"
-import { MessagesTopic } from "../../src/streams/Topics.ts"
+import { Fanout } from "../../src/messages/Fanout.ts"
+import type { RunnerOptions } from "../../src/sequencing/PartitionRunner.ts"
+import { MessagesTopic } from "../../src/schema/Topics.ts"
 import { bool, buildRecords, chatIdOf, firstOccurrences, int, type SendOp, sendOp } from "./generators.ts"
 
 // --- shared infrastructure ----------------------------------------------------
@@ -601,7 +601,7 @@ const subscribe = Effect.fnUntraced(function* (fanout: Fanout["Service"], chatId
         const frame = JSON.parse(item.frame) as { readonly message: { readonly id: string } }
         const entry = { seq: item.seq, id: frame.message.id }
         subscriber.raw.push(entry)
-        // As src/actors/Session.ts: `if (item.seq <= subscription.lastDelivered) return`.
+        // As src/gateway/Session.ts: `if (item.seq <= subscription.lastDelivered) return`.
         if (item.seq <= lastDelivered) return
         lastDelivered = item.seq
         subscriber.delivered.push(entry)

@@ -9,7 +9,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Arbitrary } from "effect"
-import { OffsetTracker } from "../../src/streams/OffsetTracker.ts"
+import { OffsetTracker } from "../../src/sequencing/OffsetTracker.ts"
 import { bool, checkOptions, int } from "./generators.ts"
 
 describe("OffsetTracker", () => {

@@ -13,7 +13,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Arbitrary } from "effect"
-import { Sequencer } from "../../src/actors/Sequencer.ts"
+import { Sequencer } from "../../src/sequencing/Sequencer.ts"
 import type { Message } from "../../src/schema/Domain.ts"
 import type { SendRecord } from "../../src/schema/Records.ts"
 import { bool, buildRecords, checkOptions, int, sendOp } from "./generators.ts"

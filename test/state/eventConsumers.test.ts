@@ -1,5 +1,5 @@
 /**
- * The consumers of `chat.events` (src/streams/EventConsumers.ts) under
+ * The consumers of `chat.events` (src/relay/EventConsumers.ts) under
  * redelivery, property-based: the real consumers (cache invalidator, gateway
  * signals, store cleaner) on the in-process log, the in-process cache and
  * pubsub, dynalite as the MessageStore and the real Chats/Membership on
@@ -26,23 +26,23 @@ import { Arbitrary, Context, Duration, Effect, Layer, type Option, Schema, Strea
 import type { Arbitrary as ArbitraryT } from "effect/Arbitrary"
 import { SqlClient } from "effect/sql"
 import { randomUUID } from "node:crypto"
-import { Cache } from "../../src/infra/Cache.ts"
-import * as Dynalite from "../../src/infra/Dynalite.ts"
-import { EventLog, type LogRecord, type ProduceRecord } from "../../src/infra/EventLog.ts"
-import * as Memory from "../../src/infra/Memory.ts"
-import * as MemoryEventLog from "../../src/infra/MemoryEventLog.ts"
-import { MessageStore } from "../../src/infra/MessageStore.ts"
-import { PubSub } from "../../src/infra/PubSub.ts"
+import { Cache } from "../../src/ports/Cache.ts"
+import * as Dynalite from "../../src/adapters/dynamo/Dynalite.ts"
+import { EventLog, type LogRecord, type ProduceRecord } from "../../src/ports/EventLog.ts"
+import * as Memory from "../../src/adapters/memory/Memory.ts"
+import * as MemoryEventLog from "../../src/adapters/memory/MemoryEventLog.ts"
+import { MessageStore } from "../../src/ports/MessageStore.ts"
+import { PubSub } from "../../src/ports/PubSub.ts"
 import { type ChatId, Message, MessageId, type Role, UserId } from "../../src/schema/Domain.ts"
 import { EventEnvelope, StateEvent } from "../../src/schema/Events.ts"
 import { Chats } from "../../src/state/Chats.ts"
 import { Membership, MembershipTtl, roleKey } from "../../src/state/Membership.ts"
 import { Outbox } from "../../src/state/Outbox.ts"
-import { DeadLetterTopic } from "../../src/streams/EventConsumers.ts"
-import * as EventConsumers from "../../src/streams/EventConsumers.ts"
-import { Fanout } from "../../src/streams/Fanout.ts"
-import { OutboxIdHeader } from "../../src/streams/OutboxRelay.ts"
-import { EventsTopic } from "../../src/streams/Topics.ts"
+import { DeadLetterTopic } from "../../src/relay/EventConsumers.ts"
+import * as EventConsumers from "../../src/relay/EventConsumers.ts"
+import { Fanout } from "../../src/messages/Fanout.ts"
+import { OutboxIdHeader } from "../../src/relay/OutboxRelay.ts"
+import { EventsTopic } from "../../src/schema/Topics.ts"
 import { checkOptions, int } from "../property/generators.ts"
 import { embeddedSql, LogBook, logInto, startIn } from "./support.ts"
 

@@ -1,5 +1,5 @@
 /**
- * The outbox relay (src/streams/OutboxRelay.ts), embedded (PGlite, the
+ * The outbox relay (src/relay/OutboxRelay.ts), embedded (PGlite, the
  * in-process log, polling) and real (a fresh Postgres database, Kafka,
  * `exclusive: true`: advisory lock, LISTEN/NOTIFY):
  *
@@ -21,15 +21,15 @@ import type { PgClient } from "@effect/sql-pg"
 import { Context, Deferred, Duration, Effect, Fiber, Layer } from "effect"
 import { SqlClient } from "effect/sql"
 import { randomUUID } from "node:crypto"
-import { EventLog, EventLogError, type LogRecord } from "../../src/infra/EventLog.ts"
-import * as MemoryEventLog from "../../src/infra/MemoryEventLog.ts"
+import { EventLog, EventLogError, type LogRecord } from "../../src/ports/EventLog.ts"
+import * as MemoryEventLog from "../../src/adapters/memory/MemoryEventLog.ts"
 import { ChatId } from "../../src/schema/Domain.ts"
 import type { StateEvent } from "../../src/schema/Events.ts"
 import { Outbox } from "../../src/state/Outbox.ts"
-import * as OutboxRelay from "../../src/streams/OutboxRelay.ts"
-import { OutboxIdHeader, type RelayOptions } from "../../src/streams/OutboxRelay.ts"
-import { EventsTopic } from "../../src/streams/Topics.ts"
-import { DeadLetterTopic } from "../../src/streams/EventConsumers.ts"
+import * as OutboxRelay from "../../src/relay/OutboxRelay.ts"
+import { OutboxIdHeader, type RelayOptions } from "../../src/relay/OutboxRelay.ts"
+import { EventsTopic } from "../../src/schema/Topics.ts"
+import { DeadLetterTopic } from "../../src/relay/EventConsumers.ts"
 import {
   allPublished,
   byKey,

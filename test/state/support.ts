@@ -24,19 +24,19 @@ import {
 import { SqlClient } from "effect/sql"
 import { randomUUID } from "node:crypto"
 import { createConnection, createServer, type Server, type Socket } from "node:net"
-import { Cache, CacheError } from "../../src/infra/Cache.ts"
+import { Cache, CacheError } from "../../src/ports/Cache.ts"
 import {
   EventLog,
   type EventLogError,
   type LogRecord,
   type ProduceRecord,
   type RecordPosition
-} from "../../src/infra/EventLog.ts"
-import * as KafkaEventLog from "../../src/infra/KafkaEventLog.ts"
-import { migrate } from "../../src/infra/migrations.ts"
-import * as Sql from "../../src/infra/Sql.ts"
+} from "../../src/ports/EventLog.ts"
+import * as KafkaEventLog from "../../src/adapters/kafka/KafkaEventLog.ts"
+import { migrate } from "../../src/state/migrations.ts"
+import * as Sql from "../../src/adapters/sql/Sql.ts"
 import { EventEnvelope } from "../../src/schema/Events.ts"
-import * as OutboxRelay from "../../src/streams/OutboxRelay.ts"
+import * as OutboxRelay from "../../src/relay/OutboxRelay.ts"
 import { serviceUrl } from "../support/services.ts"
 
 // --- logs ----------------------------------------------------------------------

@@ -1,0 +1,134 @@
+/**
+ * The embedded DynamoDB: dynalite (a DynamoDB-compatible HTTP server on
+ * LevelDB) listening on loopback, so embedded mode runs the very adapter
+ * cluster mode does (DynamoMessageStore.ts).
+ */
+import type { Server } from "node:http"
+import type { AddressInfo } from "node:net"
+import { createRequire } from "node:module"
+import { Context, Effect, Layer, Schema } from "effect"
+import * as DynamoMessageStore from "./DynamoMessageStore.ts"
+import { type MessageStore, MessageStoreError } from "../../ports/MessageStore.ts"
+
+interface DynaliteOptions {
+  readonly path?: string
+  readonly createTableMs?: number
+  readonly deleteTableMs?: number
+  readonly updateTableMs?: number
+}
+
+interface LevelDb {
+  open(): Promise<void>
+  close(): Promise<void>
+}
+
+// dynalite is CommonJS without type declarations; these are the parts of it we use.
+const requireCjs = createRequire(import.meta.url)
+const dynalite = requireCjs("dynalite") as (options: DynaliteOptions) => Server
+// The `level` dynalite itself resolves, so the probe below opens the store exactly as it will.
+const { Level } = createRequire(requireCjs.resolve("dynalite"))("level") as { Level: new (path: string) => LevelDb }
+
+export class DynaliteError extends Schema.TaggedError<DynaliteError>()("DynaliteError", {
+  message: Schema.String,
+  cause: Schema.optional(Schema.Defect())
+}) {}
+
+export class DynaliteServer extends Context.Service<DynaliteServer, { readonly endpoint: string }>()(
+  "harmony/adapters/DynaliteServer"
+) {}
+
+/**
+ * dynalite throws storage errors from inside its request callbacks, which
+ * crashes the process; so a store that cannot be opened (most often: locked
+ * by another Harmony on the same data directory) must be caught before it starts.
+ */
+const probeStore = (path: string) =>
+  Effect.tryPromise({
+    try: async () => {
+      const db = new Level(path)
+      try {
+        await db.open()
+      } finally {
+        await db.close()
+      }
+    },
+    catch: (cause) =>
+      new DynaliteError({
+        message: `cannot open the message store under ${path} (is another Harmony using it?): ${describe(cause)}`,
+        cause
+      })
+  })
+
+const describe = (error: unknown): string =>
+  error instanceof Error
+    ? `${error.message}${error.cause === undefined ? "" : ` (${describe(error.cause)})`}`
+    : String(error)
+
+/**
+ * Starts dynalite on 127.0.0.1 with an ephemeral port, on LevelDB under `path`
+ * when given (the data survives restarts), in memory otherwise.
+ */
+export const layer = (options: { readonly path?: string | undefined }): Layer.Layer<DynaliteServer, DynaliteError> =>
+  Layer.effect(
+    DynaliteServer,
+    Effect.gen(function* () {
+      if (options.path !== undefined) yield* probeStore(options.path)
+      const server = yield* Effect.acquireRelease(
+        Effect.callback<Server>((resume) => {
+          // Tables are ACTIVE at once: nothing here gains from imitating AWS's delays.
+          const server = dynalite({
+            ...(options.path === undefined ? {} : { path: options.path }),
+            createTableMs: 0,
+            deleteTableMs: 0,
+            updateTableMs: 0
+          })
+          // Listening on an ephemeral loopback port fails only on a broken host.
+          const onError = (error: Error) => resume(Effect.die(error))
+          server.once("error", onError)
+          server.listen(0, "127.0.0.1", () => {
+            server.off("error", onError)
+            resume(Effect.succeed(server))
+          })
+        }),
+        (server) =>
+          Effect.callback<void>((resume) => {
+            // dynalite's close also closes LevelDB once pending operations finish.
+            server.close((error) =>
+              resume(
+                error === undefined || error === null
+                  ? Effect.void
+                  : Effect.logWarning("closing dynalite failed", error)
+              )
+            )
+          })
+      )
+      const { port } = server.address() as AddressInfo
+      return DynaliteServer.of({ endpoint: `http://127.0.0.1:${port}` })
+    })
+  )
+
+/** The MessageStore of embedded mode: DynamoMessageStore on a private dynalite. */
+export const embeddedLayer = (options: {
+  readonly path?: string | undefined
+  readonly table: string
+}): Layer.Layer<MessageStore, MessageStoreError> =>
+  Layer.unwrap(
+    Effect.gen(function* () {
+      const { endpoint } = yield* DynaliteServer
+      return DynamoMessageStore.layer({
+        endpoint,
+        region: "us-east-1",
+        table: options.table,
+        // dynalite checks that requests are signed, not by whom.
+        credentials: { accessKeyId: "embedded", secretAccessKey: "embedded" }
+      })
+    })
+  ).pipe(
+    Layer.provide(
+      layer({ path: options.path }).pipe(
+        Layer.catchTag("DynaliteError", (error) =>
+          Layer.effect(DynaliteServer, Effect.fail(new MessageStoreError({ message: error.message, cause: error })))
+        )
+      )
+    )
+  )

@@ -1,0 +1,466 @@
+/**
+ * The MessageStore adapter on DynamoDB: the real service in cluster mode,
+ * dynalite (Dynalite.ts) in embedded mode. Every AWS SDK import of the project
+ * lives in this file.
+ *
+ * Table: pk `chatId` (S), sk `seq` (N), on-demand. Items carry the Message
+ * fields as plain attributes (strings, `seq` a number).
+ */
+import {
+  type AttributeValue,
+  BatchWriteItemCommand,
+  CreateTableCommand,
+  DescribeTableCommand,
+  DynamoDBClient,
+  type DynamoDBClientConfig,
+  QueryCommand,
+  type QueryCommandInput,
+  type TableDescription,
+  type WriteRequest
+} from "@aws-sdk/client-dynamodb"
+import { Data, type Duration, Effect, Layer, Predicate, Schedule, Schema, SchemaTransformation } from "effect"
+import { Message } from "../../schema/Domain.ts"
+import type { ChatId } from "../../schema/Domain.ts"
+import { MessageStore, MessageStoreError, type PageQuery } from "../../ports/MessageStore.ts"
+
+export interface Options {
+  /** Omitted: the SDK's default endpoint for `region` (AWS itself). */
+  readonly endpoint?: string | undefined
+  readonly region: string
+  readonly table: string
+  /** Omitted: the SDK's default credential chain (env, profile, instance role). */
+  readonly credentials?:
+    | {
+        readonly accessKeyId: string
+        readonly secretAccessKey: string
+        readonly sessionToken?: string | undefined
+      }
+    | undefined
+}
+
+/** BatchWriteItem's hard limit on requests per call. */
+const batchWriteMax = 25
+/** Batch writes in flight at once per putBatch/deleteChat: enough to overlap round trips without bursting a table's capacity. */
+const writeConcurrency = 4
+/** Keys fetched per deleteChat round: a handful of batch writes each. */
+const deleteKeysPerRound = batchWriteMax * 10
+
+/** A failed DynamoDB call, classified once so the retry policies can tell transient from permanent. */
+class CallError extends Data.TaggedError("CallError")<{
+  readonly message: string
+  readonly retryable: boolean
+  readonly cause?: unknown
+}> {}
+
+// Names and codes the SDK's own retry strategy treats as transient; the SDK's
+// retries are off (maxAttempts 1) so that our schedules are the only ones.
+const throttlingNames = new Set([
+  "ProvisionedThroughputExceededException",
+  "RequestLimitExceeded",
+  "ThrottlingException",
+  "Throttling",
+  "LimitExceededException",
+  "TooManyRequestsException"
+])
+const transientNames = new Set([
+  "InternalServerError",
+  "ServiceUnavailable",
+  "TimeoutError",
+  "RequestTimeout",
+  "RequestTimeoutException"
+])
+const networkCodes = new Set([
+  "ECONNRESET",
+  "ECONNREFUSED",
+  "EPIPE",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENOTFOUND",
+  "EAI_AGAIN"
+])
+
+const isRetryable = (error: unknown, depth = 0): boolean => {
+  if (!Predicate.isObject(error) || depth > 5) return false
+  if (Predicate.hasProperty(error, "name") && error.name === "AbortError") return false
+  if (Predicate.hasProperty(error, "name") && Predicate.isString(error.name)) {
+    if (throttlingNames.has(error.name) || transientNames.has(error.name)) return true
+  }
+  if (Predicate.hasProperty(error, "code") && Predicate.isString(error.code) && networkCodes.has(error.code)) {
+    return true
+  }
+  if (Predicate.hasProperty(error, "$retryable") && error.$retryable !== undefined) return true
+  if (
+    Predicate.hasProperty(error, "$metadata") &&
+    Predicate.hasProperty(error.$metadata, "httpStatusCode") &&
+    Predicate.isNumber(error.$metadata.httpStatusCode)
+  ) {
+    const status = error.$metadata.httpStatusCode
+    if (status === 429 || status >= 500) return true
+  }
+  return Predicate.hasProperty(error, "cause") && isRetryable(error.cause, depth + 1)
+}
+
+const errorName = (error: unknown): string | undefined =>
+  Predicate.hasProperty(error, "name") && Predicate.isString(error.name) ? error.name : undefined
+
+const describeError = (error: unknown): string => {
+  if (error instanceof Error) return `${error.name}: ${error.message}`
+  return String(error)
+}
+
+/**
+ * Capped exponential backoff with jitter, retrying only transient failures.
+ * Both a count and an elapsed-time bound, so a dead endpoint fails in seconds.
+ */
+const backoff = (options: { readonly times: number; readonly duration: Duration.Input }) =>
+  Schedule.min([Schedule.exponential("50 millis"), Schedule.spaced("2 seconds")]).pipe(
+    Schedule.jittered,
+    Schedule.upTo(options),
+    Schedule.setInputType<CallError>(),
+    Schedule.while(({ input }) => input.retryable)
+  )
+
+/** Writes can be throttled for a while under load (~7 s of backoff). */
+const writeRetry = backoff({ times: 8, duration: "20 seconds" })
+/** Reads serve requests: a short retry, then let the caller decide. */
+const readRetry = backoff({ times: 3, duration: "5 seconds" })
+
+type Item = Record<string, AttributeValue>
+
+/** The item's attribute-value shape, decoded into a Message (with all of Message's checks). */
+const MessageItem = Schema.Struct({
+  chatId: Schema.Struct({ S: Schema.String }),
+  seq: Schema.Struct({ N: Schema.String }),
+  id: Schema.Struct({ S: Schema.String }),
+  authorId: Schema.Struct({ S: Schema.String }),
+  body: Schema.Struct({ S: Schema.String }),
+  clientMsgId: Schema.Struct({ S: Schema.String }),
+  createdAt: Schema.Struct({ S: Schema.String })
+}).pipe(
+  Schema.decodeTo(
+    Message,
+    SchemaTransformation.transform({
+      decode: (item) => ({
+        chatId: item.chatId.S,
+        // A non-numeric N decodes to NaN, which Message's Int check rejects.
+        seq: Number(item.seq.N),
+        id: item.id.S,
+        authorId: item.authorId.S,
+        body: item.body.S,
+        clientMsgId: item.clientMsgId.S,
+        createdAt: item.createdAt.S
+      }),
+      encode: (message) => toItem(message)
+    })
+  )
+)
+
+// Written by hand rather than through MessageItem's encoder: that encoder
+// insists on Message instances, while any value of the Message type is a valid item.
+const toItem = (message: typeof Message.Encoded) => ({
+  chatId: { S: message.chatId },
+  seq: { N: String(message.seq) },
+  id: { S: message.id },
+  authorId: { S: message.authorId },
+  body: { S: message.body },
+  clientMsgId: { S: message.clientMsgId },
+  createdAt: { S: message.createdAt }
+})
+
+const decodeItem = Schema.decodeUnknownEffect(MessageItem)
+
+const chunk = <A>(items: ReadonlyArray<A>, size: number): Array<Array<A>> => {
+  const chunks: Array<Array<A>> = []
+  for (let i = 0; i < items.length; i += size) chunks.push(items.slice(i, i + size))
+  return chunks
+}
+
+const clientConfig = (options: Options): DynamoDBClientConfig => ({
+  region: options.region,
+  ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }),
+  ...(options.credentials === undefined
+    ? {}
+    : {
+        credentials: {
+          accessKeyId: options.credentials.accessKeyId,
+          secretAccessKey: options.credentials.secretAccessKey,
+          ...(options.credentials.sessionToken === undefined ? {} : { sessionToken: options.credentials.sessionToken })
+        }
+      }),
+  // Retries belong to the schedules above; SDK retries would multiply with them.
+  maxAttempts: 1,
+  requestHandler: {
+    // A down or unreachable endpoint must fail in seconds; the SDK default is to wait forever.
+    connectionTimeout: 2_000,
+    requestTimeout: 10_000,
+    throwOnRequestTimeout: true
+  }
+})
+
+/**
+ * The adapter. Building it creates the table when missing and waits until it
+ * is ACTIVE; the client is destroyed when the layer is released.
+ */
+export const layer = (options: Options): Layer.Layer<MessageStore, MessageStoreError> =>
+  Layer.effect(
+    MessageStore,
+    Effect.gen(function* () {
+      const table = options.table
+      const client = yield* Effect.acquireRelease(
+        Effect.sync(() => new DynamoDBClient(clientConfig(options))),
+        (client) => Effect.sync(() => client.destroy())
+      )
+
+      const call = <A>(operation: string, send: (signal: AbortSignal) => Promise<A>): Effect.Effect<A, CallError> =>
+        Effect.tryPromise({
+          try: (signal) => send(signal),
+          catch: (cause) =>
+            new CallError({
+              message: `${operation} on ${table}: ${describeError(cause)}`,
+              retryable: isRetryable(cause),
+              cause
+            })
+        })
+
+      const toStoreError = (operation: string) => (error: CallError | Schema.SchemaError) =>
+        new MessageStoreError({
+          message: `${operation}: ${error.message}`,
+          cause: error._tag === "CallError" ? error.cause : error
+        })
+
+      const describeTable = call("DescribeTable", (abortSignal) =>
+        client.send(new DescribeTableCommand({ TableName: table }), { abortSignal })
+      ).pipe(Effect.map((output) => output.Table))
+
+      // Tables created concurrently by another node are fine: it is the same definition.
+      const createTable = call("CreateTable", (abortSignal) =>
+        client.send(
+          new CreateTableCommand({
+            TableName: table,
+            AttributeDefinitions: [
+              { AttributeName: "chatId", AttributeType: "S" },
+              { AttributeName: "seq", AttributeType: "N" }
+            ],
+            KeySchema: [
+              { AttributeName: "chatId", KeyType: "HASH" },
+              { AttributeName: "seq", KeyType: "RANGE" }
+            ],
+            BillingMode: "PAY_PER_REQUEST"
+          }),
+          { abortSignal }
+        )
+      ).pipe(
+        Effect.asVoid,
+        Effect.catchIf(
+          (error) => errorName(error.cause) === "ResourceInUseException",
+          () => Effect.logDebug(`DynamoDB table ${table} is being created by another node`)
+        )
+      )
+
+      const checkKeySchema = (description: TableDescription) => {
+        const keys = (description.KeySchema ?? []).map((key) => `${key.AttributeName}:${key.KeyType}`).join(",")
+        return keys === "chatId:HASH,seq:RANGE"
+          ? Effect.void
+          : Effect.fail(
+              new CallError({
+                message: `table ${table} exists with key schema ${keys}, expected chatId:HASH,seq:RANGE`,
+                retryable: false
+              })
+            )
+      }
+
+      // Real DynamoDB takes seconds to minutes to activate a new table, and may
+      // briefly answer ResourceNotFound for a table it has just accepted.
+      const awaitActive = describeTable.pipe(
+        Effect.mapError((error) =>
+          errorName(error.cause) === "ResourceNotFoundException"
+            ? new CallError({ message: error.message, retryable: true, cause: error.cause })
+            : error
+        ),
+        Effect.flatMap((description) =>
+          description?.TableStatus === "ACTIVE"
+            ? Effect.succeed(description)
+            : Effect.fail(
+                new CallError({
+                  message: `table ${table} is ${description?.TableStatus ?? "missing"}`,
+                  retryable: true
+                })
+              )
+        ),
+        Effect.retry(
+          Schedule.spaced("250 millis").pipe(
+            Schedule.upTo({ duration: "3 minutes" }),
+            Schedule.setInputType<CallError>(),
+            Schedule.while(({ input }) => input.retryable)
+          )
+        )
+      )
+
+      yield* describeTable.pipe(
+        Effect.retry(readRetry),
+        Effect.asVoid,
+        Effect.catchIf(
+          (error) => errorName(error.cause) === "ResourceNotFoundException",
+          () => createTable.pipe(Effect.retry(readRetry))
+        ),
+        Effect.andThen(awaitActive),
+        Effect.flatMap(checkKeySchema),
+        Effect.mapError(toStoreError(`preparing DynamoDB table ${table}`))
+      )
+
+      /** One BatchWriteItem of at most 25 requests, resent until nothing is left unprocessed. */
+      const batchWrite = (requests: ReadonlyArray<WriteRequest>) => {
+        let pending = requests
+        return Effect.suspend(() =>
+          call("BatchWriteItem", (abortSignal) =>
+            client.send(new BatchWriteItemCommand({ RequestItems: { [table]: [...pending] } }), { abortSignal })
+          )
+        ).pipe(
+          Effect.flatMap((output) => {
+            const unprocessed = output.UnprocessedItems?.[table] ?? []
+            if (unprocessed.length === 0) return Effect.void
+            pending = unprocessed
+            return Effect.fail(
+              new CallError({
+                message: `BatchWriteItem on ${table}: ${unprocessed.length} of ${requests.length} items unprocessed`,
+                retryable: true
+              })
+            )
+          }),
+          Effect.retry(writeRetry)
+        )
+      }
+
+      const writeAll = (requests: ReadonlyArray<WriteRequest>) =>
+        Effect.forEach(chunk(requests, batchWriteMax), batchWrite, { concurrency: writeConcurrency, discard: true })
+
+      const putBatch = Effect.fn("MessageStore.putBatch")(function* (messages: ReadonlyArray<Message>) {
+        // One BatchWriteItem rejects duplicate keys outright, and the last write
+        // of a key is the one that would have won anyway.
+        const byKey = new Map<string, Message>()
+        for (const message of messages) byKey.set(`${message.chatId}\u0000${message.seq}`, message)
+        yield* writeAll(Array.from(byKey.values(), (message) => ({ PutRequest: { Item: toItem(message) } }))).pipe(
+          Effect.mapError(toStoreError(`writing ${messages.length} messages`))
+        )
+      })
+
+      /** Queries until `limit` items or the end of the key range: one Query page stops at 1 MB. */
+      const queryMessages = (input: QueryCommandInput, limit: number) =>
+        Effect.gen(function* () {
+          const items: Array<Item> = []
+          let startKey: Item | undefined
+          do {
+            const output = yield* call("Query", (abortSignal) =>
+              client.send(
+                new QueryCommand({
+                  ...input,
+                  Limit: limit - items.length,
+                  ...(startKey === undefined ? {} : { ExclusiveStartKey: startKey })
+                }),
+                { abortSignal }
+              )
+            ).pipe(Effect.retry(readRetry))
+            items.push(...(output.Items ?? []))
+            startKey = output.LastEvaluatedKey
+          } while (startKey !== undefined && items.length < limit)
+          return yield* Effect.forEach(items, (item) => decodeItem(item))
+        })
+
+      const validLimit = (limit: number) =>
+        Number.isInteger(limit) && limit >= 0
+          ? Effect.succeed(limit)
+          : Effect.fail(new MessageStoreError({ message: `limit must be a non-negative integer, got ${limit}` }))
+
+      const queryChat = (
+        chatId: ChatId,
+        range: { readonly op: "<" | ">"; readonly bound: number } | undefined,
+        newestFirst: boolean,
+        limit: number
+      ) =>
+        limit === 0
+          ? Effect.succeed([])
+          : queryMessages(
+              {
+                TableName: table,
+                ...(range === undefined
+                  ? {
+                      KeyConditionExpression: "#chatId = :chatId",
+                      ExpressionAttributeNames: { "#chatId": "chatId" },
+                      ExpressionAttributeValues: { ":chatId": { S: chatId } }
+                    }
+                  : {
+                      KeyConditionExpression: `#chatId = :chatId AND #seq ${range.op} :bound`,
+                      ExpressionAttributeNames: { "#chatId": "chatId", "#seq": "seq" },
+                      ExpressionAttributeValues: { ":chatId": { S: chatId }, ":bound": { N: String(range.bound) } }
+                    }),
+                ScanIndexForward: !newestFirst,
+                // Activation reads the latest seq to continue the sequence: a stale read would reuse seqs.
+                ConsistentRead: true
+              },
+              limit
+            )
+
+      const page = Effect.fn("MessageStore.page")(function* (chatId: ChatId, query: PageQuery) {
+        const limit = yield* validLimit(query.limit)
+        return yield* (
+          query.before !== undefined
+            ? queryChat(chatId, { op: "<", bound: query.before }, true, limit)
+            : queryChat(chatId, { op: ">", bound: query.after ?? 0 }, false, limit)
+        ).pipe(Effect.mapError(toStoreError(`reading a page of chat ${chatId}`)))
+      })
+
+      const latest = Effect.fn("MessageStore.latest")(function* (chatId: ChatId, limit: number) {
+        yield* validLimit(limit)
+        return yield* queryChat(chatId, undefined, true, limit).pipe(
+          Effect.mapError(toStoreError(`reading the latest messages of chat ${chatId}`))
+        )
+      })
+
+      // Re-queries after every round, so a repeat after a partial failure picks up what is left.
+      const deleteChat = Effect.fn("MessageStore.deleteChat")(function* (chatId: ChatId) {
+        const deleteRound = call("Query", (abortSignal) =>
+          client.send(
+            new QueryCommand({
+              TableName: table,
+              KeyConditionExpression: "#chatId = :chatId",
+              ExpressionAttributeNames: { "#chatId": "chatId", "#seq": "seq" },
+              ExpressionAttributeValues: { ":chatId": { S: chatId } },
+              ProjectionExpression: "#chatId, #seq",
+              ConsistentRead: true,
+              Limit: deleteKeysPerRound
+            }),
+            { abortSignal }
+          )
+        ).pipe(
+          Effect.retry(readRetry),
+          Effect.flatMap((output) => {
+            const keys = output.Items ?? []
+            return writeAll(keys.map((key) => ({ DeleteRequest: { Key: key } }))).pipe(Effect.as(keys.length))
+          })
+        )
+        yield* deleteRound.pipe(
+          Effect.repeat({ until: (deleted) => deleted === 0 }),
+          Effect.mapError(toStoreError(`deleting chat ${chatId}`))
+        )
+      })
+
+      // No retry: readiness probes repeat on their own, and should see an outage at once.
+      const ping = describeTable.pipe(
+        Effect.flatMap((description) =>
+          description?.TableStatus === "ACTIVE"
+            ? Effect.void
+            : Effect.fail(
+                new CallError({
+                  message: `table ${table} is ${description?.TableStatus ?? "missing"}`,
+                  retryable: false
+                })
+              )
+        ),
+        Effect.mapError(toStoreError("pinging DynamoDB")),
+        Effect.withSpan("MessageStore.ping")
+      )
+
+      return MessageStore.of({ putBatch, page, latest, deleteChat, ping })
+    })
+  )

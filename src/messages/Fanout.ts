@@ -1,0 +1,145 @@
+/**
+ * Fanout across nodes: a sequenced message is serialized once, as the exact
+ * text frame clients receive, and published on the chat's channel; every node
+ * with local subscribers to the chat holds one subscription to that channel
+ * (the PubSub port ref-counts it) and hands the frame to each session as is.
+ *
+ * The payload is `<seq> <from> <sentAt> <traceparent> <frame>`: sessions drop
+ * a seq they already delivered (a message re-published after a replay)
+ * without parsing the frame. Frames that are not messages (typing, read,
+ * membership signals) carry seq 0 and, in `from`, the user they come from
+ * ("-" for none), so a user's own signals are not echoed to them. `sentAt`
+ * (milliseconds since the epoch, when the gateway accepted the send) feeds
+ * the send→deliver latency where the message is delivered; `traceparent`
+ * (W3C) continues the message's trace on every delivering node. Either is
+ * "-" when absent.
+ */
+import { Context, Effect, Layer, Schema, Stream } from "effect"
+import type { Scope, Tracer } from "effect"
+import type { CacheError } from "../ports/Cache.ts"
+import { PubSub } from "../ports/PubSub.ts"
+import { type ChatId, Message } from "../schema/Domain.ts"
+import type { ServerFrame } from "../schema/Protocol.ts"
+import { traceparentOf } from "../Tracing.ts"
+
+export interface FanoutItem {
+  /** The message's seq, or 0 for a frame that is not a message. */
+  readonly seq: number
+  /** The user whose action this frame reports, when it is not a message. */
+  readonly from?: string | undefined
+  /** The text frame to send, already serialized. */
+  readonly frame: string
+  /** A message's: when its send was accepted (milliseconds since the epoch). */
+  readonly sentAt?: number | undefined
+  /** The W3C context of the span that published it, when traced. */
+  readonly traceparent?: string | undefined
+  /** Where it is delivered, when traced: the span of its delivery to this node's sessions. */
+  readonly span?: Tracer.AnySpan | undefined
+}
+
+export const channelOf = (chatId: string) => `chat:${chatId}`
+
+const encodeMessage = Schema.encodeSync(Message)
+
+export const messageFrame = (message: Message): string =>
+  JSON.stringify({ type: "message", message: encodeMessage(message) } satisfies ServerFrame)
+
+export const encodeItem = (item: FanoutItem): string =>
+  `${item.seq} ${item.from ?? "-"} ${item.sentAt ?? "-"} ${item.traceparent ?? "-"} ${item.frame}`
+
+export const decodeItem = (payload: string): FanoutItem | undefined => {
+  const first = payload.indexOf(" ")
+  const second = payload.indexOf(" ", first + 1)
+  const third = payload.indexOf(" ", second + 1)
+  const fourth = payload.indexOf(" ", third + 1)
+  if (first <= 0 || second < 0 || third < 0 || fourth < 0) return undefined
+  const seq = Number(payload.slice(0, first))
+  if (!Number.isSafeInteger(seq)) return undefined
+  const from = payload.slice(first + 1, second)
+  const sentAt = payload.slice(second + 1, third)
+  const traceparent = payload.slice(third + 1, fourth)
+  return {
+    seq,
+    from: from === "-" ? undefined : from,
+    sentAt: sentAt === "-" ? undefined : Number(sentAt),
+    traceparent: traceparent === "-" ? undefined : traceparent,
+    frame: payload.slice(fourth + 1)
+  }
+}
+
+export class Fanout extends Context.Service<
+  Fanout,
+  {
+    /**
+     * Publishes messages on their chats' channels. `parents[i]`, when given,
+     * is the span of `messages[i]`'s sequencing: its publish is traced under it.
+     */
+    readonly publishMessages: (
+      messages: ReadonlyArray<Message>,
+      parents?: ReadonlyArray<Tracer.AnySpan | undefined>
+    ) => Effect.Effect<void, CacheError>
+    /** Publishes a frame that is not a message (seq 0) on a chat's channel, from a user or from nobody. */
+    readonly publishFrame: (
+      chatId: ChatId,
+      from: string | undefined,
+      frame: ServerFrame
+    ) => Effect.Effect<void, CacheError>
+    /** The chat's live items for the lifetime of the scope; active once this returns. */
+    readonly subscribe: (chatId: ChatId) => Effect.Effect<Stream.Stream<FanoutItem>, CacheError, Scope.Scope>
+  }
+>()("harmony/messages/Fanout") {
+  static readonly layer = Layer.effect(
+    Fanout,
+    Effect.gen(function* () {
+      const pubsub = yield* PubSub
+      const publish = (message: Message, traceparent: string | undefined) => {
+        const sentAt = Date.parse(message.createdAt)
+        return pubsub.publish(
+          channelOf(message.chatId),
+          encodeItem({
+            seq: message.seq,
+            frame: messageFrame(message),
+            sentAt: Number.isFinite(sentAt) ? sentAt : undefined,
+            traceparent
+          })
+        )
+      }
+      /** A message's publish, as a producer span under its sequencing; its context travels in the envelope. */
+      const publishTraced = (message: Message, parent: Tracer.AnySpan) =>
+        Effect.useSpan(
+          "Fanout.publish",
+          {
+            parent,
+            kind: "producer",
+            attributes: {
+              "messaging.system": "redis",
+              "messaging.destination.name": channelOf(message.chatId),
+              "harmony.message.id": message.id,
+              "harmony.seq": message.seq
+            }
+          },
+          (span) => publish(message, traceparentOf(span))
+        )
+      return Fanout.of({
+        publishMessages: (messages, parents) =>
+          Effect.forEach(
+            messages,
+            (message, index) => {
+              const parent = parents?.[index]
+              return parent === undefined ? publish(message, undefined) : publishTraced(message, parent)
+            },
+            { concurrency: "unbounded", discard: true }
+          ),
+        publishFrame: (chatId, from, frame) =>
+          pubsub.publish(channelOf(chatId), encodeItem({ seq: 0, from, frame: JSON.stringify(frame) })),
+        subscribe: (chatId) =>
+          Effect.map(pubsub.subscribe(channelOf(chatId)), (payloads) =>
+            payloads.pipe(
+              Stream.map(decodeItem),
+              Stream.filter((item): item is FanoutItem => item !== undefined)
+            )
+          )
+      })
+    })
+  )
+}

@@ -1,0 +1,106 @@
+/**
+ * The read side of messages: history pages over HTTP, and recovery for a
+ * client that resubscribes with `sinceSeq` — from the chat's actor ring when
+ * the actor is on this node, else from the MessageStore, which may trail the
+ * live stream by the sink's latency (the gateway waits for it to catch up).
+ */
+import { Context, Effect, Layer } from "effect"
+import { LocalActors } from "../sequencing/ActorRegistry.ts"
+import { MessageStore, type MessageStoreError } from "../ports/MessageStore.ts"
+import type { ChatId, Message, UserId } from "../schema/Domain.ts"
+import { NotFound, Unavailable } from "../schema/Errors.ts"
+import { Membership } from "../state/Membership.ts"
+
+export interface PageRequest {
+  readonly before?: number | undefined
+  readonly after?: number | undefined
+  readonly limit: number
+}
+
+export interface Page {
+  readonly messages: ReadonlyArray<Message>
+  readonly nextBefore?: number | null
+  readonly nextAfter?: number | null
+}
+
+const storeUnavailable = (error: MessageStoreError) =>
+  Effect.logWarning("message store unavailable", error).pipe(
+    Effect.andThen(Effect.fail(new Unavailable({ message: "message history is unavailable, try again" })))
+  )
+
+export class History extends Context.Service<
+  History,
+  {
+    readonly page: (
+      callerId: UserId,
+      chatId: ChatId,
+      request: PageRequest
+    ) => Effect.Effect<Page, NotFound | Unavailable>
+    /**
+     * Messages with seq in (sinceSeq, untilSeq] (untilSeq absent: all known),
+     * oldest first: from the local actor's ring, else the store.
+     */
+    readonly since: (
+      chatId: ChatId,
+      sinceSeq: number,
+      untilSeq?: number
+    ) => Effect.Effect<ReadonlyArray<Message>, MessageStoreError>
+    /** The chat's newest seq as far as this node can tell. */
+    readonly lastSeq: (chatId: ChatId) => Effect.Effect<number, MessageStoreError>
+  }
+>()("harmony/messages/History") {
+  static readonly layer = Layer.effect(
+    History,
+    Effect.gen(function* () {
+      const store = yield* MessageStore
+      const membership = yield* Membership
+      const local = yield* LocalActors
+
+      const page = Effect.fn("History.page")(function* (callerId: UserId, chatId: ChatId, request: PageRequest) {
+        const role = yield* membership.roleOf(chatId, callerId)
+        if (role._tag === "None") return yield* new NotFound({ message: `chat ${chatId} not found` })
+        // `after` pages forward, oldest first; otherwise pages back from
+        // `before` (or from the newest message), newest first.
+        if (request.after !== undefined && request.before === undefined) {
+          const messages = yield* store
+            .page(chatId, { after: request.after, limit: request.limit })
+            .pipe(Effect.catchTag("MessageStoreError", storeUnavailable))
+          return { messages, nextAfter: messages.length === request.limit ? messages.at(-1)!.seq : null }
+        }
+        const messages = yield* store
+          .page(chatId, { before: request.before ?? Number.MAX_SAFE_INTEGER, limit: request.limit })
+          .pipe(Effect.catchTag("MessageStoreError", storeUnavailable))
+        const oldest = messages.at(-1)?.seq
+        return {
+          messages,
+          nextBefore: messages.length === request.limit && oldest !== undefined && oldest > 1 ? oldest : null
+        }
+      })
+
+      const since = Effect.fn("History.since")(function* (chatId: ChatId, sinceSeq: number, untilSeq?: number) {
+        const upTo = (messages: ReadonlyArray<Message>) =>
+          untilSeq === undefined ? messages : messages.filter((m) => m.seq <= untilSeq)
+        const ring = local.since(chatId, sinceSeq)
+        if (ring !== undefined) return upTo(ring)
+        const found: Array<Message> = []
+        let after = sinceSeq
+        while (true) {
+          const batch = yield* store.page(chatId, { after, limit: 100 })
+          found.push(...batch)
+          if (batch.length < 100 || (untilSeq !== undefined && batch.at(-1)!.seq >= untilSeq)) break
+          after = batch.at(-1)!.seq
+        }
+        return upTo(found)
+      })
+
+      const lastSeq = Effect.fn("History.lastSeq")(function* (chatId: ChatId) {
+        const known = local.lastSeq(chatId)
+        if (known !== undefined) return known
+        const latest = yield* store.latest(chatId, 1)
+        return latest[0]?.seq ?? 0
+      })
+
+      return History.of({ page, since, lastSeq })
+    })
+  )
+}

@@ -1,0 +1,137 @@
+/**
+ * The runner of one `chat.messages` partition, for as long as this node
+ * owns it: it decodes each record, routes it to its chat's actor, and
+ * commits the group's offset for the prefix of records that are persisted
+ * (or needed no persisting: duplicates, undecodable records). When the
+ * partition is revoked, it drains — actors, then the sink — and makes its
+ * final commit before the partition moves.
+ *
+ * Its consumer lag (`harmony_consumer_lag_records`) is the partition's end
+ * offset minus the committable position, read when metrics are collected.
+ * When tracing, each record's receipt is a consumer span (`PartitionRunner.consume`)
+ * under the producer span named by its `traceparent` header — the trace
+ * crosses Kafka here — and the actor sequences it under that span.
+ */
+import { type Duration, Effect, Schedule, Stream, type Tracer } from "effect"
+import type { SqlClient } from "effect/sql"
+import * as ActorRegistry from "./ActorRegistry.ts"
+import type { LocalActors } from "./ActorRegistry.ts"
+import type { ActorOptions } from "./ChatActor.ts"
+import type { PartitionClaim } from "../ports/EventLog.ts"
+import type { MessageStore } from "../ports/MessageStore.ts"
+import { consumerLag, registerGauge } from "../Metrics.ts"
+import { decodeSendRecord } from "../schema/Records.ts"
+import { parseTraceparent, sampled, syncSpans, TraceparentHeader } from "../Tracing.ts"
+import type { Fanout } from "../messages/Fanout.ts"
+import { OffsetTracker } from "./OffsetTracker.ts"
+import * as PersistenceSink from "./PersistenceSink.ts"
+import { ActorsGroup } from "../schema/Topics.ts"
+
+export interface RunnerOptions {
+  readonly actors: ActorOptions
+  /**
+   * Records past the committed offset per partition before consumption
+   * pauses: the unpersisted backlog, and what a crash replays. Capped at the
+   * actors' dedupe window, so every replayed record is recognised.
+   */
+  readonly backlog: number
+  readonly batchSize: number
+  /** How often the committed offset catches up with the persisted prefix. */
+  readonly commitInterval: Duration.Duration
+}
+
+export const run = (
+  claim: PartitionClaim,
+  options: RunnerOptions,
+  fanout: Fanout["Service"]
+): Effect.Effect<void, never, MessageStore | SqlClient.SqlClient | LocalActors> =>
+  Effect.gen(function* () {
+    const tracker = new OffsetTracker()
+    // A replay must never reach past what the actors remember as sequenced.
+    const inFlightLimit = Math.min(options.backlog, options.actors.dedupeWindow)
+    const sink = yield* PersistenceSink.make({
+      partition: claim.partition,
+      tracker,
+      backlog: options.backlog,
+      batchSize: options.batchSize
+    })
+    const spans = yield* syncSpans
+    const registry = yield* ActorRegistry.make({
+      options: options.actors,
+      fanout,
+      sink,
+      tracker,
+      partition: claim.partition,
+      spans
+    })
+
+    let committed: number | undefined
+    const commit = Effect.suspend(() => {
+      const next = tracker.committable
+      if (next === undefined || next === committed) return Effect.void
+      return claim.commit(next).pipe(
+        Effect.tap(() =>
+          Effect.sync(() => {
+            committed = next
+          })
+        ),
+        Effect.catchCause((cause) => Effect.logWarning(`partition ${claim.partition}: commit of ${next} failed`, cause))
+      )
+    })
+    yield* Effect.forkScoped(commit.pipe(Effect.repeat(Schedule.spaced(options.commitInterval))))
+    yield* registerLag(claim, tracker)
+
+    const decoder = new TextDecoder()
+    yield* claim.records.pipe(
+      Stream.runForEach((record) => {
+        const receive = (span: Tracer.Span | undefined) =>
+          Effect.gen(function* () {
+            yield* tracker.awaitCapacity(inFlightLimit)
+            tracker.register(record.offset)
+            const decoded = yield* decodeSendRecord(decoder.decode(record.value)).pipe(Effect.option)
+            if (decoded._tag === "None" || decoded.value.chatId !== record.key) {
+              yield* Effect.logError(
+                `partition ${claim.partition}: skipping undecodable record at offset ${record.offset}`
+              )
+              tracker.complete(record.offset)
+              return
+            }
+            yield* registry.route(decoded.value, record.offset, span)
+          })
+        const parent = spans?.active() ? sampled(parseTraceparent(record.headers[TraceparentHeader])) : undefined
+        if (parent === undefined) return receive(undefined)
+        return Effect.useSpan(
+          "PartitionRunner.consume",
+          {
+            parent,
+            kind: "consumer",
+            attributes: {
+              "messaging.system": "kafka",
+              "messaging.destination.name": claim.topic,
+              "messaging.destination.partition.id": String(claim.partition),
+              "messaging.kafka.offset": record.offset,
+              "messaging.consumer.group.name": ActorsGroup
+            }
+          },
+          (span) => receive(span).pipe(Effect.withParentSpan(span, { captureStackTrace: false }))
+        )
+      })
+    )
+    // Revoked or stopping: everything routed gets sequenced and persisted
+    // before the final commit, so the next owner starts exactly after it.
+    yield* registry.drain
+    yield* sink.drain
+    yield* commit
+    yield* Effect.logDebug(`partition ${claim.partition}: released at offset ${committed}`)
+  }).pipe(Effect.scoped, Effect.withSpan("PartitionRunner.run", { attributes: { partition: claim.partition } }))
+
+/** The claim's consumer lag, read when metrics are collected, for as long as the claim lasts. */
+const registerLag = (claim: PartitionClaim, tracker: OffsetTracker) =>
+  registerGauge(
+    consumerLag,
+    () => {
+      const position = tracker.committable
+      return position === undefined ? 0 : Math.max(0, claim.endOffset() - position)
+    },
+    { group: ActorsGroup, topic: claim.topic, partition: String(claim.partition) }
+  )

@@ -1,0 +1,127 @@
+/**
+ * The persistence sink of one partition: sequenced messages queue here
+ * (bounded: a full sink back-pressures the actors and so the partition),
+ * are written to the MessageStore in batches, and only then are their
+ * records completed in the partition's OffsetTracker — Kafka offsets are
+ * committed for the persisted prefix only. A store that fails is retried
+ * forever with capped, jittered backoff: live fanout does not wait for it,
+ * and nothing is lost when it comes back.
+ *
+ * Batches are written one after the other, so a chat's messages reach the
+ * store in seq order and a crash leaves at most one batch partly written
+ * (the actors' restore logic tolerates exactly that).
+ *
+ * Each write is a span (`PersistenceSink.persist`, a root: a batch belongs to
+ * many traces) linking the sequencing spans of the messages it carries.
+ */
+import { Array as Arr, Cause, Effect, Fiber, Metric, Queue, Schedule } from "effect"
+import { messagesPersisted, sinkBatchSize, sinkRetries } from "../Metrics.ts"
+import type { Scope, Tracer } from "effect"
+import { SqlClient } from "effect/sql"
+import { MessageStore } from "../ports/MessageStore.ts"
+import type { Message } from "../schema/Domain.ts"
+import type { OffsetTracker } from "./OffsetTracker.ts"
+
+export interface SinkItem {
+  readonly message: Message
+  readonly offset: number
+  /** Called once the message is durable. */
+  readonly onPersisted: () => void
+  /** The message's sequencing span, when tracing: the write links it. */
+  readonly span?: Tracer.AnySpan | undefined
+}
+
+export interface SinkOptions {
+  readonly partition: number
+  readonly tracker: OffsetTracker
+  /** The most messages waiting to be persisted before the sink back-pressures. */
+  readonly backlog: number
+  /** The most messages in one store write. */
+  readonly batchSize: number
+}
+
+export interface PersistenceSink {
+  /** Queues messages for persistence; waits while the backlog is full. */
+  readonly offer: (items: ReadonlyArray<SinkItem>) => Effect.Effect<void>
+  /** Persists everything queued, then stops (partition revoked or node stopping). */
+  readonly drain: Effect.Effect<void>
+  /** Messages queued and not yet persisted. */
+  readonly backlog: Effect.Effect<number>
+}
+
+const retryForever = Schedule.min([Schedule.exponential("100 millis"), Schedule.spaced("5 seconds")]).pipe(
+  Schedule.jittered
+)
+
+export const make = Effect.fnUntraced(function* (
+  options: SinkOptions
+): Effect.fn.Return<PersistenceSink, never, Scope.Scope | MessageStore | SqlClient.SqlClient> {
+  const store = yield* MessageStore
+  const sql = yield* SqlClient.SqlClient
+  const queue = yield* Queue.bounded<SinkItem, Cause.Done>(options.backlog)
+
+  const write = Effect.fnUntraced(function* (batch: ReadonlyArray<SinkItem>) {
+    yield* Metric.update(sinkBatchSize, batch.length)
+    yield* store.putBatch(batch.map((item) => item.message)).pipe(
+      Effect.tapError((error) =>
+        Effect.logWarning(
+          `partition ${options.partition}: persisting ${batch.length} messages failed, retrying`,
+          error
+        ).pipe(Effect.andThen(Metric.update(sinkRetries, 1)))
+      ),
+      Effect.retry(retryForever),
+      // The schedule never ends: the store's failures are retried, not returned.
+      Effect.orDie
+    )
+    // Recorded before the offsets complete: once they are committed, nothing
+    // replays these messages, and nothing else would record their seqs.
+    yield* recordLastSeqs(batch)
+    for (const item of batch) {
+      options.tracker.complete(item.offset)
+      item.onPersisted()
+    }
+    yield* Metric.update(messagesPersisted, batch.length)
+  })
+  const persist = (batch: ReadonlyArray<SinkItem>) => {
+    const links: Array<Tracer.SpanLink> = []
+    for (const item of batch) if (item.span !== undefined) links.push({ span: item.span, attributes: {} })
+    return write(batch).pipe(
+      Effect.withSpan("PersistenceSink.persist", {
+        root: true,
+        // Exported when it carries a traced message: a batch of untraced ones is not worth a trace.
+        sampled: links.length > 0,
+        links,
+        attributes: { "harmony.partition": options.partition, "harmony.batch.size": batch.length }
+      })
+    )
+  }
+
+  // `chats.last_seq` feeds `lastSeq` of /v1/me/chats; it trails the store and
+  // never goes backwards. A failure here costs freshness, not messages.
+  const recordLastSeqs = (batch: ReadonlyArray<SinkItem>) => {
+    const last = new Map<string, number>()
+    for (const { message } of batch) last.set(message.chatId, Math.max(last.get(message.chatId) ?? 0, message.seq))
+    const rows = Array.from(last, ([id, seq]) => ({ id, seq: String(seq) }))
+    if (!Arr.isArrayNonEmpty(rows)) return Effect.void
+    return sql`
+      UPDATE chats SET last_seq = GREATEST(chats.last_seq, v.seq::bigint)
+      FROM ${sql.updateValues(rows, "v")} WHERE chats.id = v.id`.pipe(
+      Effect.catchCause((cause) =>
+        Effect.logWarning(`partition ${options.partition}: could not record chats' last seq`, cause)
+      )
+    )
+  }
+
+  const run = Queue.takeBetween(queue, 1, options.batchSize).pipe(
+    Effect.flatMap(persist),
+    Effect.forever,
+    Effect.catchIf(Cause.isDone, () => Effect.void)
+  )
+  const fiber = yield* Effect.forkScoped(run)
+
+  return {
+    offer: (items) => Queue.offerAll(queue, items).pipe(Effect.asVoid),
+    drain: Queue.end(queue).pipe(Effect.andThen(Fiber.join(fiber))),
+    backlog: Queue.size(queue)
+  }
+})
