@@ -12,8 +12,8 @@ import { PrometheusMetrics } from "effect/observability"
 import { SqlClient } from "effect/sql"
 import { createServer } from "node:http"
 import { join } from "node:path"
-import * as Actors from "./sequencing/Actors.ts"
-import { LocalActors } from "./sequencing/ActorRegistry.ts"
+import * as Sequencing from "./sequencing/Sequencing.ts"
+import { ActiveChats } from "./sequencing/ActiveChats.ts"
 import { PresenceTracker } from "./gateway/PresenceTracker.ts"
 import type { HarmonyConfig } from "./Config.ts"
 import { Api } from "./http/Api.ts"
@@ -110,10 +110,10 @@ const stateLayer = (config: HarmonyConfig) =>
     })
   )
 
-/** The message path (ingest, the actors role, fanout, history) and the state path's relay and consumers. */
-const streamsLayer = (config: HarmonyConfig) =>
+/** The message path (ingest, sequencing, fanout, history) and the state path's relay and consumers. */
+const pathsLayer = (config: HarmonyConfig) =>
   Layer.mergeAll(
-    Actors.layer({ partitions: config.kafkaPartitions }),
+    Sequencing.layer({ partitions: config.kafkaPartitions }),
     OutboxRelay.layer({
       exclusive: config.mode._tag === "Cluster",
       pollInterval: config.mode._tag === "Cluster" ? Duration.seconds(1) : Duration.millis(100),
@@ -123,7 +123,7 @@ const streamsLayer = (config: HarmonyConfig) =>
   ).pipe(
     Layer.provideMerge(Layer.mergeAll(Ingest.layer, History.layer)),
     Layer.provideMerge(Layer.mergeAll(PresenceTracker.layer({ ttl: config.presenceTtl }), ChatFeeds.layer)),
-    Layer.provideMerge(Layer.mergeAll(Fanout.layer, LocalActors.layer))
+    Layer.provideMerge(Layer.mergeAll(Fanout.layer, ActiveChats.layer))
   )
 
 const readinessLayer = Layer.unwrap(
@@ -167,7 +167,7 @@ export const serve = (config: HarmonyConfig) =>
     Layer.provide(httpServerLayer(config)),
     Layer.provideMerge(Gateway.layer()),
     Layer.provideMerge(readinessLayer),
-    Layer.provideMerge(streamsLayer(config)),
+    Layer.provideMerge(pathsLayer(config)),
     Layer.provideMerge(stateLayer(config)),
     Layer.provideMerge(sqlLayer(config)),
     Layer.provideMerge(messageStoreLayer(config)),

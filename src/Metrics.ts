@@ -54,6 +54,10 @@ export const sinkRetries = Metric.counter("harmony_sink_retries_total", {
 export const sinkBacklog = Metric.gauge("harmony_sink_backlog_messages", {
   description: "Messages this node's actors have sequenced that are not yet persisted"
 })
+export const actorRestarts = Metric.counter("harmony_actor_restarts_total", {
+  description: "Chat actors restarted by their supervisor after dying by a defect",
+  incremental: true
+})
 
 // --- sessions and the API ---------------------------------------------------------------------
 
@@ -135,6 +139,7 @@ export const initialize: Effect.Effect<void> = Effect.forEach(
     messagesPersisted,
     messagesDelivered,
     sinkRetries,
+    actorRestarts,
     slowConsumerDisconnects,
     outboxPublished,
     ...["send", "loginUser", "loginAddress", "register"].map((limit) => Metric.withAttributes(rateLimited, { limit }))

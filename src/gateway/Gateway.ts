@@ -8,13 +8,13 @@
  * `bufferedAmount` to tell a slow client (close 4008) from a busy one, which
  * effect's Socket abstraction does not expose.
  */
-import { Cause, Context, Effect, FiberSet, Layer, Queue, Schema, Stream } from "effect"
+import { Cause, Context, Effect, FiberSet, Layer, Queue, Stream } from "effect"
 import type { IncomingMessage, Server } from "node:http"
 import type { Duplex } from "node:stream"
 import { type WebSocket, WebSocketServer } from "ws"
 import { PubSub } from "../ports/PubSub.ts"
 import * as Metrics from "../Metrics.ts"
-import { ControlChannel } from "../relay/EventConsumers.ts"
+import { ControlChannel, decodeControlSignal } from "../schema/Control.ts"
 import { PresenceTracker } from "./PresenceTracker.ts"
 import * as Session from "./Session.ts"
 import { CloseCode, MaxFrameBytes } from "../schema/Protocol.ts"
@@ -84,10 +84,10 @@ export class Gateway extends Context.Service<
         // A closed account's sessions end on every node.
         const control = yield* (yield* PubSub).subscribe(ControlChannel)
         yield* control.pipe(
-          Stream.map((payload) => decodeUserDeleted(payload)),
+          Stream.map((payload) => decodeControlSignal(payload)),
           Stream.runForEach((signal) =>
             Effect.sync(() => {
-              if (signal._tag === "None") return
+              if (signal._tag === "None" || signal.value.type !== "user_deleted") return
               for (const socket of byUser.get(signal.value.userId) ?? []) {
                 socket.close(CloseCode.unauthorized, "the account is closed")
               }
@@ -155,7 +155,3 @@ export class Gateway extends Context.Service<
 }
 
 const pathOf = (request: IncomingMessage) => (request.url ?? "").split("?")[0]
-
-const decodeUserDeleted = Schema.decodeUnknownOption(
-  Schema.fromJsonString(Schema.Struct({ type: Schema.Literal("user_deleted"), userId: Schema.String }))
-)

@@ -5,7 +5,7 @@
  * live stream by the sink's latency (the gateway waits for it to catch up).
  */
 import { Context, Effect, Layer } from "effect"
-import { LocalActors } from "../sequencing/ActorRegistry.ts"
+import { RecentMessages } from "./RecentMessages.ts"
 import { MessageStore, type MessageStoreError } from "../ports/MessageStore.ts"
 import type { ChatId, Message, UserId } from "../schema/Domain.ts"
 import { NotFound, Unavailable } from "../schema/Errors.ts"
@@ -54,7 +54,7 @@ export class History extends Context.Service<
     Effect.gen(function* () {
       const store = yield* MessageStore
       const membership = yield* Membership
-      const local = yield* LocalActors
+      const recent = yield* RecentMessages
 
       const page = Effect.fn("History.page")(function* (callerId: UserId, chatId: ChatId, request: PageRequest) {
         const role = yield* membership.roleOf(chatId, callerId)
@@ -80,7 +80,7 @@ export class History extends Context.Service<
       const since = Effect.fn("History.since")(function* (chatId: ChatId, sinceSeq: number, untilSeq?: number) {
         const upTo = (messages: ReadonlyArray<Message>) =>
           untilSeq === undefined ? messages : messages.filter((m) => m.seq <= untilSeq)
-        const ring = local.since(chatId, sinceSeq)
+        const ring = recent.since(chatId, sinceSeq)
         if (ring !== undefined) return upTo(ring)
         const found: Array<Message> = []
         let after = sinceSeq
@@ -94,7 +94,7 @@ export class History extends Context.Service<
       })
 
       const lastSeq = Effect.fn("History.lastSeq")(function* (chatId: ChatId) {
-        const known = local.lastSeq(chatId)
+        const known = recent.lastSeq(chatId)
         if (known !== undefined) return known
         const latest = yield* store.latest(chatId, 1)
         return latest[0]?.seq ?? 0

@@ -17,7 +17,7 @@
  * outbox relay's publish span named by the record's `traceparent` header;
  * each claim reports its consumer lag.
  */
-import { Effect, Layer, Schedule, Schema, Stream } from "effect"
+import { Effect, Layer, Schema, Stream } from "effect"
 import { EventLog, type LogRecord, type PartitionClaim } from "../ports/EventLog.ts"
 import { MessageStore } from "../ports/MessageStore.ts"
 import { PubSub } from "../ports/PubSub.ts"
@@ -27,15 +27,11 @@ import { consumerLag, registerGauge } from "../Metrics.ts"
 import { Membership } from "../state/Membership.ts"
 import { parseTraceparent, TraceparentHeader } from "../Tracing.ts"
 import { Fanout } from "../messages/Fanout.ts"
-import { EventsTopic, topicRetry } from "../schema/Topics.ts"
-
-export const DeadLetterTopic = "chat.events.dlq"
-/** Node-wide control signals (every node subscribes): deleted chats for the actors, closed accounts for the gateway. */
-export const ControlChannel = "harmony:control"
+import { retryForever } from "../Retry.ts"
+import { ControlChannel, encodeControlSignal } from "../schema/Control.ts"
+import { DeadLetterTopic, EventsTopic, topicRetry } from "../schema/Topics.ts"
 
 const decodeEnvelope = Schema.decodeUnknownEffect(Schema.fromJsonString(EventEnvelope))
-
-const retry = Schedule.min([Schedule.exponential("100 millis"), Schedule.spaced("5 seconds")]).pipe(Schedule.jittered)
 
 type Handler = (envelope: EventEnvelope) => Effect.Effect<void, unknown>
 
@@ -52,7 +48,7 @@ const consumer = (group: string, handle: Handler) =>
             headers: { ...record.headers, "harmony-dlq-reason": reason, "harmony-dlq-group": group }
           }
         ])
-        .pipe(Effect.retry(retry), Effect.orDie)
+        .pipe(Effect.retry(retryForever), Effect.orDie)
 
     const onRecord = (record: LogRecord) =>
       decodeEnvelope(new TextDecoder().decode(record.value)).pipe(
@@ -66,7 +62,7 @@ const consumer = (group: string, handle: Handler) =>
               Effect.tapError((error) =>
                 Effect.logWarning(`${group}: ${envelope.type} ${envelope.id} failed, retrying`, error)
               ),
-              Effect.retry(retry),
+              Effect.retry(retryForever),
               Effect.orDie,
               Effect.withSpan(`${group}.${envelope.type}`, {
                 kind: "consumer",
@@ -152,13 +148,13 @@ const gatewaySignals = Effect.gen(function* () {
           userId: event.userId
         })
       case "user.deleted":
-        return pubsub.publish(ControlChannel, JSON.stringify({ type: "user_deleted", userId: event.userId }))
+        return pubsub.publish(ControlChannel, encodeControlSignal({ type: "user_deleted", userId: event.userId }))
       case "chat.deleted":
         return fanout
           .publishFrame(event.chatId, undefined, { type: "chat_deleted", chatId: event.chatId })
           .pipe(
             Effect.andThen(
-              pubsub.publish(ControlChannel, JSON.stringify({ type: "chat_deleted", chatId: event.chatId }))
+              pubsub.publish(ControlChannel, encodeControlSignal({ type: "chat_deleted", chatId: event.chatId }))
             )
           )
       default:

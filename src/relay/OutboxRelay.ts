@@ -29,8 +29,8 @@ import { EventLog, type ProduceRecord } from "../ports/EventLog.ts"
 import { EventEnvelope, StateEvent } from "../schema/Events.ts"
 import { OutboxChannel } from "../state/Outbox.ts"
 import { TraceparentHeader, traceparentOf } from "../Tracing.ts"
-import { DeadLetterTopic } from "./EventConsumers.ts"
-import { EventsTopic } from "../schema/Topics.ts"
+import { DeadLetterTopic, EventsTopic } from "../schema/Topics.ts"
+import { backoff } from "../Retry.ts"
 
 /** The advisory lock key of the relay ("harmony-outbox" as a 64-bit number). */
 const RelayLock = 7_243_905_118_431_204_661n
@@ -61,7 +61,7 @@ interface OutboxRow {
 const encodeEnvelope = Schema.encodeSync(Schema.fromJsonString(EventEnvelope))
 const decodeEvent = Schema.decodeUnknownResult(StateEvent)
 
-const retry = Schedule.min([Schedule.exponential("200 millis"), Schedule.spaced("5 seconds")]).pipe(Schedule.jittered)
+const retry = backoff("200 millis")
 
 export const layer = (options: RelayOptions) =>
   Layer.effectDiscard(

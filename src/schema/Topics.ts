@@ -4,6 +4,8 @@ import { Schedule } from "effect"
 export const MessagesTopic = "chat.messages"
 export const EventsTopic = "chat.events"
 export const ActorsGroup = "actors"
+/** Where an event that does not decode goes, with the reason, so its consumer can move on. */
+export const DeadLetterTopic = "chat.events.dlq"
 
 /**
  * Creating a topic can race a fresh broker's metadata ("does not host this

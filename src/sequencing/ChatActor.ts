@@ -8,12 +8,14 @@
  * nothing left to persist, it passivates: its memory goes, its state is in
  * the store.
  *
+ * The actor's state is its own: what reaches it from outside (records, the
+ * chat's deletion) arrives through its mailbox, in order.
+ *
  * When tracing, each record's sequencing is a span (`ChatActor.sequence`)
  * under its receipt from the log, and its fanout publish a child of that.
  */
-import { Cause, type Duration, Effect, Metric, Queue, Schedule, type Tracer } from "effect"
+import { Cause, type Duration, Effect, Metric, Queue, type Tracer } from "effect"
 import { messagesSequenced } from "../Metrics.ts"
-import { SqlClient } from "effect/sql"
 import { MessageStore } from "../ports/MessageStore.ts"
 import type { ChatId, Message } from "../schema/Domain.ts"
 import type { SendRecord } from "../schema/Records.ts"
@@ -22,13 +24,23 @@ import type { OffsetTracker } from "./OffsetTracker.ts"
 import type { PersistenceSink, SinkItem } from "./PersistenceSink.ts"
 import type { SyncSpans } from "../Tracing.ts"
 import { Sequencer, type SequencerOptions } from "./Sequencer.ts"
+import { retryForever } from "../Retry.ts"
+import { recordLastSeq } from "../state/Chats.ts"
 
 export interface Envelope {
+  readonly _tag: "Record"
   readonly record: SendRecord
   readonly offset: number
   /** The record's receipt from the log, when tracing. */
   readonly span?: Tracer.AnySpan | undefined
 }
+
+/** The chat was deleted: the records still to come are dropped, not sequenced. */
+export interface Deleted {
+  readonly _tag: "Deleted"
+}
+
+export type Mail = Envelope | Deleted
 
 export interface ActorOptions extends SequencerOptions {
   readonly mailboxSize: number
@@ -38,15 +50,20 @@ export interface ActorOptions extends SequencerOptions {
   readonly restoreWindow: number
 }
 
+/**
+ * What the actor's host and the node see of it. Only the actor writes these
+ * fields; its supervisor reads them to restart it (see ChatActors.ts).
+ */
 export interface ChatActorHandle {
   readonly chatId: ChatId
-  readonly mailbox: Queue.Queue<Envelope, Cause.Done>
+  readonly mailbox: Queue.Queue<Mail, Cause.Done>
   /** Undefined until the actor has restored its state. */
   sequencer: Sequencer | undefined
   /** Messages sequenced but not yet persisted. */
   unpersisted: number
-  /** The chat was deleted: its remaining records are dropped, not sequenced. */
   deleted: boolean
+  /** The batch being processed: if the actor dies on it, its successor processes it again. */
+  inFlight: ReadonlyArray<Mail>
 }
 
 export interface ActorContext {
@@ -61,21 +78,20 @@ export interface ActorContext {
   readonly passivate: (handle: ChatActorHandle) => boolean
 }
 
-const restoreRetry = Schedule.min([Schedule.exponential("100 millis"), Schedule.spaced("5 seconds")]).pipe(
-  Schedule.jittered
-)
-
 const restore = Effect.fn("ChatActor.restore")(function* (chatId: ChatId, options: ActorOptions) {
   const store = yield* MessageStore
   const latest = yield* store.latest(chatId, options.restoreWindow).pipe(
     Effect.tapError((error) => Effect.logWarning(`chat ${chatId}: cannot restore its actor yet, retrying`, error)),
-    Effect.retry(restoreRetry),
+    Effect.retry(retryForever),
     Effect.orDie
   )
   return Sequencer.restore(chatId, latest, { ...options, complete: latest.length < options.restoreWindow })
 })
 
-/** The actor's life: restore, then process its mailbox until it ends or the actor passivates. */
+/**
+ * The actor's life: restore, process the batch a dead predecessor left (if
+ * any), then its mailbox until it ends or the actor passivates.
+ */
 export const run = Effect.fnUntraced(function* (handle: ChatActorHandle, context: ActorContext) {
   const sequencer = yield* restore(handle.chatId, context.options)
   handle.sequencer = sequencer
@@ -83,13 +99,9 @@ export const run = Effect.fnUntraced(function* (handle: ChatActorHandle, context
   // replayed after): a deleted chat gets no new messages in the store. The
   // same statement brings `chats.last_seq` up to what the store holds, in
   // case the node that persisted the last messages died before recording it.
-  const sql = yield* SqlClient.SqlClient
-  const exists = yield* sql`
-    UPDATE chats SET last_seq = GREATEST(last_seq, ${sequencer.lastSeq}) WHERE id = ${handle.chatId} RETURNING id`.pipe(
-    Effect.retry(restoreRetry),
-    Effect.orDie
-  )
-  if (exists.length === 0) handle.deleted = true
+  const exists = yield* recordLastSeq(handle.chatId, sequencer.lastSeq).pipe(Effect.retry(retryForever), Effect.orDie)
+  if (!exists) handle.deleted = true
+  if (handle.inFlight.length > 0) yield* process(handle, sequencer, handle.inFlight, context)
   while (true) {
     const batch = yield* Queue.takeBetween(handle.mailbox, 1, context.options.mailboxSize).pipe(
       Effect.timeoutOption(context.options.idleTimeout),
@@ -107,13 +119,27 @@ export const run = Effect.fnUntraced(function* (handle: ChatActorHandle, context
 const process = Effect.fnUntraced(function* (
   handle: ChatActorHandle,
   sequencer: Sequencer,
+  mail: ReadonlyArray<Mail>,
+  context: ActorContext
+) {
+  handle.inFlight = mail
+  const batch: Array<Envelope> = []
+  for (const item of mail) {
+    if (item._tag === "Deleted") handle.deleted = true
+    else if (handle.deleted) context.tracker.complete(item.offset)
+    else batch.push(item)
+  }
+  yield* sequence(handle, sequencer, batch, context)
+  handle.inFlight = []
+})
+
+const sequence = Effect.fnUntraced(function* (
+  handle: ChatActorHandle,
+  sequencer: Sequencer,
   batch: ReadonlyArray<Envelope>,
   context: ActorContext
 ) {
-  if (handle.deleted) {
-    for (const { offset } of batch) context.tracker.complete(offset)
-    return
-  }
+  if (batch.length === 0) return
   const spans = context.spans
   const published: Array<Message> = []
   const persist: Array<SinkItem> = []
@@ -138,7 +164,6 @@ const process = Effect.fnUntraced(function* (
       published.push(outcome.message)
       parents?.push(span)
       persist.push({ message: outcome.message, offset, onPersisted, span })
-      handle.unpersisted++
     } else {
       // Already sequenced (a retried send or a replayed record): publish the
       // earlier copy again — sessions drop seqs they delivered — so a message
@@ -151,17 +176,20 @@ const process = Effect.fnUntraced(function* (
       context.tracker.complete(offset)
     }
   }
-  yield* context.fanout
-    .publishMessages(published, parents)
-    .pipe(
-      Effect.catchCause((cause) =>
-        Effect.logWarning(
-          `chat ${handle.chatId}: fanout of ${published.length} messages failed; subscribers recover from history`,
-          cause
-        )
+  yield* context.fanout.publishMessages(published, parents).pipe(
+    // A failed publish (pub/sub unreachable) is left to history recovery; a
+    // defect kills the actor, and its successor publishes the batch again.
+    Effect.catch((error) =>
+      Effect.logWarning(
+        `chat ${handle.chatId}: fanout of ${published.length} messages failed; subscribers recover from history`,
+        error
       )
     )
+  )
   if (spans !== undefined) for (const span of started) spans.end(span)
   yield* Metric.update(messagesSequenced, persist.length)
+  // Counted as they are handed over: what was sequenced but never reached
+  // the sink (the actor died first) is sequenced again by its successor.
+  handle.unpersisted += persist.length
   yield* context.sink.offer(persist)
 })

@@ -23,7 +23,9 @@ export class OffsetTracker {
     this.next ??= offset
   }
 
+  /** Idempotent: a record processed again (an actor restarted on it) may complete twice. */
   complete(offset: number): void {
+    if (this.next !== undefined && offset < this.next) return
     this.done.add(offset)
     while (this.pending.length > 0 && this.done.has(this.pending[0]!)) {
       const head = this.pending.shift()!

@@ -14,8 +14,8 @@
  */
 import { type Duration, Effect, Schedule, Stream, type Tracer } from "effect"
 import type { SqlClient } from "effect/sql"
-import * as ActorRegistry from "./ActorRegistry.ts"
-import type { LocalActors } from "./ActorRegistry.ts"
+import type { ActiveChats } from "./ActiveChats.ts"
+import * as ChatActors from "./ChatActors.ts"
 import type { ActorOptions } from "./ChatActor.ts"
 import type { PartitionClaim } from "../ports/EventLog.ts"
 import type { MessageStore } from "../ports/MessageStore.ts"
@@ -44,7 +44,7 @@ export const run = (
   claim: PartitionClaim,
   options: RunnerOptions,
   fanout: Fanout["Service"]
-): Effect.Effect<void, never, MessageStore | SqlClient.SqlClient | LocalActors> =>
+): Effect.Effect<void, never, MessageStore | SqlClient.SqlClient | ActiveChats> =>
   Effect.gen(function* () {
     const tracker = new OffsetTracker()
     // A replay must never reach past what the actors remember as sequenced.
@@ -56,7 +56,7 @@ export const run = (
       batchSize: options.batchSize
     })
     const spans = yield* syncSpans
-    const registry = yield* ActorRegistry.make({
+    const actors = yield* ChatActors.make({
       options: options.actors,
       fanout,
       sink,
@@ -96,7 +96,7 @@ export const run = (
               tracker.complete(record.offset)
               return
             }
-            yield* registry.route(decoded.value, record.offset, span)
+            yield* actors.route(decoded.value, record.offset, span)
           })
         const parent = spans?.active() ? sampled(parseTraceparent(record.headers[TraceparentHeader])) : undefined
         if (parent === undefined) return receive(undefined)
@@ -119,7 +119,7 @@ export const run = (
     )
     // Revoked or stopping: everything routed gets sequenced and persisted
     // before the final commit, so the next owner starts exactly after it.
-    yield* registry.drain
+    yield* actors.drain
     yield* sink.drain
     yield* commit
     yield* Effect.logDebug(`partition ${claim.partition}: released at offset ${committed}`)

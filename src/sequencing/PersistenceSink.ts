@@ -14,13 +14,15 @@
  * Each write is a span (`PersistenceSink.persist`, a root: a batch belongs to
  * many traces) linking the sequencing spans of the messages it carries.
  */
-import { Array as Arr, Cause, Effect, Fiber, Metric, Queue, Schedule } from "effect"
+import { Cause, Effect, Fiber, Metric, Queue } from "effect"
 import { messagesPersisted, sinkBatchSize, sinkRetries } from "../Metrics.ts"
 import type { Scope, Tracer } from "effect"
 import { SqlClient } from "effect/sql"
 import { MessageStore } from "../ports/MessageStore.ts"
-import type { Message } from "../schema/Domain.ts"
+import type { ChatId, Message } from "../schema/Domain.ts"
+import * as Chats from "../state/Chats.ts"
 import type { OffsetTracker } from "./OffsetTracker.ts"
+import { retryForever } from "../Retry.ts"
 
 export interface SinkItem {
   readonly message: Message
@@ -48,10 +50,6 @@ export interface PersistenceSink {
   /** Messages queued and not yet persisted. */
   readonly backlog: Effect.Effect<number>
 }
-
-const retryForever = Schedule.min([Schedule.exponential("100 millis"), Schedule.spaced("5 seconds")]).pipe(
-  Schedule.jittered
-)
 
 export const make = Effect.fnUntraced(function* (
   options: SinkOptions
@@ -99,13 +97,10 @@ export const make = Effect.fnUntraced(function* (
   // `chats.last_seq` feeds `lastSeq` of /v1/me/chats; it trails the store and
   // never goes backwards. A failure here costs freshness, not messages.
   const recordLastSeqs = (batch: ReadonlyArray<SinkItem>) => {
-    const last = new Map<string, number>()
+    const last = new Map<ChatId, number>()
     for (const { message } of batch) last.set(message.chatId, Math.max(last.get(message.chatId) ?? 0, message.seq))
-    const rows = Array.from(last, ([id, seq]) => ({ id, seq: String(seq) }))
-    if (!Arr.isArrayNonEmpty(rows)) return Effect.void
-    return sql`
-      UPDATE chats SET last_seq = GREATEST(chats.last_seq, v.seq::bigint)
-      FROM ${sql.updateValues(rows, "v")} WHERE chats.id = v.id`.pipe(
+    return Chats.recordLastSeqs(last).pipe(
+      Effect.provideService(SqlClient.SqlClient, sql),
       Effect.catchCause((cause) =>
         Effect.logWarning(`partition ${options.partition}: could not record chats' last seq`, cause)
       )

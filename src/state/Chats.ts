@@ -378,3 +378,30 @@ export class Chats extends Context.Service<
     })
   )
 }
+
+/**
+ * `chats.last_seq` feeds `lastSeq` of `/v1/me/chats`: the sequencing layer
+ * records here what it persisted. It never goes backwards.
+ */
+
+/** Raises one chat's last seq to at least `seq`; answers whether the chat exists. */
+export const recordLastSeq = (chatId: ChatId, seq: number): Effect.Effect<boolean, SqlError, SqlClient.SqlClient> =>
+  Effect.gen(function* () {
+    const sql = yield* SqlClient.SqlClient
+    const rows = yield* sql`
+      UPDATE chats SET last_seq = GREATEST(last_seq, ${seq}) WHERE id = ${chatId} RETURNING id`
+    return rows.length > 0
+  })
+
+/** Raises several chats' last seqs at once (a persisted batch). */
+export const recordLastSeqs = (
+  lastSeqs: ReadonlyMap<ChatId, number>
+): Effect.Effect<void, SqlError, SqlClient.SqlClient> =>
+  Effect.gen(function* () {
+    const rows = Array.from(lastSeqs, ([id, seq]) => ({ id, seq: String(seq) }))
+    if (!Arr.isArrayNonEmpty(rows)) return
+    const sql = yield* SqlClient.SqlClient
+    yield* sql`
+      UPDATE chats SET last_seq = GREATEST(chats.last_seq, v.seq::bigint)
+      FROM ${sql.updateValues(rows, "v")} WHERE chats.id = v.id`
+  })

@@ -1,8 +1,8 @@
 /**
  * A whole message path in one process, for the pipeline properties: one
  * in-process log (MemoryEventLog) that several "actors nodes" consume as the
- * group "actors" (each node is the real `Actors.layer` with its own
- * LocalActors), one shared MessageStore (DynamoMessageStore on dynalite, seen
+ * group "actors" (each node is the real `Sequencing.layer` with its own
+ * ActiveChats), one shared MessageStore (DynamoMessageStore on dynalite, seen
  * through a fault-injecting decorator), one PubSub with the real Fanout on
  * top, and the migrated SQL state for `chats.last_seq`.
  *
@@ -21,8 +21,8 @@
 import { Arbitrary, Context, Duration, Effect, Exit, Fiber, Layer, Logger, References, Scope, Stream } from "effect"
 import type { Arbitrary as ArbitraryT } from "effect/Arbitrary"
 import { SqlClient } from "effect/sql"
-import * as Actors from "../../src/sequencing/Actors.ts"
-import { LocalActors } from "../../src/sequencing/ActorRegistry.ts"
+import * as Sequencing from "../../src/sequencing/Sequencing.ts"
+import { ActiveChats } from "../../src/sequencing/ActiveChats.ts"
 import * as Dynalite from "../../src/adapters/dynamo/Dynalite.ts"
 import { EventLog, type PartitionClaim } from "../../src/ports/EventLog.ts"
 import * as Memory from "../../src/adapters/memory/Memory.ts"
@@ -63,6 +63,8 @@ export type Step =
    * crash): on replay those messages are in the store already.
    */
   | { readonly _tag: "CrashAfterWrite" }
+  /** The next fanout of a message of chat `chat` dies: a defect in that chat's actor, mid-batch. */
+  | { readonly _tag: "ActorDefect"; readonly chat: number }
 
 export type StoreFault =
   | { readonly _tag: "Ok" }
@@ -205,6 +207,28 @@ export const passivationScenario: ArbitraryT<Scenario> = Arbitrary.map(
   })
 )
 
+/**
+ * Whole scenarios with actors dying by a defect (up to four times, chat 0,
+ * the hot one, most often) among the sends, crashes, rebalances and store
+ * faults.
+ */
+export const supervisionScenario: ArbitraryT<Scenario> = Arbitrary.map(
+  Arbitrary.all({
+    base: scenario,
+    defects: Arbitrary.array(Arbitrary.all({ at: int(0, 70), chat: int(0, chatsPerRun + 1) }), {
+      minLength: 1,
+      maxLength: 4
+    })
+  }),
+  ({ base, defects }) => {
+    const steps = [...base.steps]
+    for (const { at, chat } of defects) {
+      steps.splice(Math.min(at, steps.length), 0, { _tag: "ActorDefect", chat: Math.max(0, chat - 2) })
+    }
+    return { ...base, steps }
+  }
+)
+
 export const runnerOptions = (s: Scenario): RunnerOptions => ({
   actors: {
     mailboxSize: s.mailboxSize,
@@ -254,6 +278,8 @@ export interface Counters {
   crashesAfterWrite: number
   /** Crashes in the middle of a batch (after a partial write). */
   crashesMidBatch: number
+  /** Actors killed by an injected defect. */
+  defects: number
   batches: number
   /** Batches with several messages of one chat. */
   multiBatches: number
@@ -498,10 +524,10 @@ const makeCluster = Effect.fnUntraced(function* (options: ClusterOptions) {
     }
     nodes.push(node)
     journal.add(`node ${node.id}: starting`)
-    const layer = Actors.layer({ partitions: options.partitions, runner: options.runner }).pipe(
+    const layer = Sequencing.layer({ partitions: options.partitions, runner: options.runner }).pipe(
       Layer.provide(
         Layer.mergeAll(
-          LocalActors.layer.pipe(Layer.provide(Layer.succeed(PubSub, options.pubsub))),
+          ActiveChats.layer.pipe(Layer.provide(Layer.succeed(PubSub, options.pubsub))),
           Layer.succeed(EventLog, nodeLog(node)),
           Layer.succeed(MessageStore, options.store.view(node.id)),
           Layer.succeed(Fanout, options.fanout),
@@ -694,6 +720,19 @@ const run = (s: Scenario, journal: Journal) =>
     yield* log.createTopic(MessagesTopic, s.partitions).pipe(Effect.orDie)
     const shared = yield* Layer.build(Fanout.layer.pipe(Layer.provideMerge(Memory.layer)))
     const fanout = Context.get(shared, Fanout)
+    /** Chats whose actor dies at its next fanout (ActorDefect steps). */
+    const doomed = new Set<string>()
+    const defectiveFanout = Fanout.of({
+      ...fanout,
+      publishMessages: (messages, parents) =>
+        Effect.suspend(() => {
+          const victim = messages.find((m) => doomed.delete(m.chatId))
+          if (victim === undefined) return fanout.publishMessages(messages, parents)
+          counters.defects++
+          journal.add(`defect: the actor of ${shortChat(victim.chatId)} dies publishing seq ${victim.seq}`)
+          return Effect.die(new Error(`injected defect in the actor of ${victim.chatId}`))
+        })
+    })
     // Live subscribers first, so they see every publication.
     const subscribers = new Map<string, Subscriber>()
     for (const chatId of chatIds) subscribers.set(chatId, yield* subscribe(fanout, chatId))
@@ -713,6 +752,7 @@ const run = (s: Scenario, journal: Journal) =>
       crashes: 0,
       crashesAfterWrite: 0,
       crashesMidBatch: 0,
+      defects: 0,
       batches: 0,
       multiBatches: 0,
       faults: 0,
@@ -730,7 +770,7 @@ const run = (s: Scenario, journal: Journal) =>
     )
     const cluster = yield* makeCluster({
       log,
-      fanout,
+      fanout: defectiveFanout,
       pubsub: Context.get(shared, PubSub),
       store,
       sql,
@@ -784,6 +824,9 @@ const run = (s: Scenario, journal: Journal) =>
           }
           break
         }
+        case "ActorDefect":
+          doomed.add(chatIds[st.chat % chatIds.length]!)
+          break
         case "CrashAfterWrite": {
           if (cluster.inState("starting", "live", "stopping").length === 0) break
           const node = yield* store.awaitWrite(crashAfterWriteMillis)

@@ -29,7 +29,7 @@ import { Outbox } from "../../src/state/Outbox.ts"
 import * as OutboxRelay from "../../src/relay/OutboxRelay.ts"
 import { OutboxIdHeader, type RelayOptions } from "../../src/relay/OutboxRelay.ts"
 import { EventsTopic } from "../../src/schema/Topics.ts"
-import { DeadLetterTopic } from "../../src/relay/EventConsumers.ts"
+import { DeadLetterTopic } from "../../src/schema/Topics.ts"
 import {
   allPublished,
   byKey,

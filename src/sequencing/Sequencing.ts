@@ -11,7 +11,7 @@ import type { MessageStore } from "../ports/MessageStore.ts"
 import { Fanout } from "../messages/Fanout.ts"
 import * as PartitionRunner from "./PartitionRunner.ts"
 import { ActorsGroup, MessagesTopic, topicRetry } from "../schema/Topics.ts"
-import type { LocalActors } from "./ActorRegistry.ts"
+import type { ActiveChats } from "./ActiveChats.ts"
 
 export const defaultRunnerOptions: PartitionRunner.RunnerOptions = {
   actors: {
@@ -32,7 +32,7 @@ export const layer = (options: { readonly partitions: number; readonly runner?: 
     Effect.gen(function* () {
       const log = yield* EventLog
       const fanout = yield* Fanout
-      const context = yield* Effect.context<MessageStore | SqlClient.SqlClient | LocalActors>()
+      const context = yield* Effect.context<MessageStore | SqlClient.SqlClient | ActiveChats>()
       yield* log.createTopic(MessagesTopic, options.partitions).pipe(Effect.retry(topicRetry))
       yield* log.consume({
         group: ActorsGroup,
