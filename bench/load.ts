@@ -68,7 +68,10 @@ class Meter {
   readonly recent = new Histogram()
   readonly closes: Record<string, number> = {}
   schedulerLagMaxMs = 0
-  constructor(readonly start: number) {}
+  readonly start: number
+  constructor(start: number) {
+    this.start = start
+  }
 }
 
 const main = async (config: LoadConfig) => {

@@ -1,6 +1,5 @@
 #!/usr/bin/env node
-// The npm bin: runs the TypeScript entry point through tsx's loader, so the
-// binary and `npm start` run the very same code.
-import { register } from "tsx/esm/api"
-register()
+// The npm bin: Node (22.18 and later) runs the TypeScript entry point itself,
+// stripping its types, so production needs no loader. `tsconfig.json` keeps
+// the code strippable (`erasableSyntaxOnly`).
 await import("../src/main.ts")

@@ -98,10 +98,12 @@ interface Subscription {
 }
 
 export class Closed {
-  constructor(
-    readonly code: number,
-    readonly reason: string
-  ) {}
+  readonly code: number
+  readonly reason: string
+  constructor(code: number, reason: string) {
+    this.code = code
+    this.reason = reason
+  }
 }
 
 /** Runs a session until the socket closes or the session closes it. */

@@ -28,11 +28,12 @@ export class Sequencer {
   private readonly idOrder: Array<string> = []
   private readonly ring: Array<Message> = []
 
-  private constructor(
-    readonly chatId: string,
-    private readonly options: SequencerOptions,
-    restored: ReadonlyArray<Message>
-  ) {
+  readonly chatId: string
+  private readonly options: SequencerOptions
+
+  private constructor(chatId: string, options: SequencerOptions, restored: ReadonlyArray<Message>) {
+    this.chatId = chatId
+    this.options = options
     this.lastSeqValue = 0
     for (const message of restored) this.remember(message)
   }

@@ -179,12 +179,17 @@ export class ChatClient {
   readonly receivedAt = new Map<string, number>()
   private reconnecting: Promise<void> | undefined
 
-  constructor(
-    readonly name: string,
-    readonly account: Account,
-    readonly chats: ReadonlyArray<string>,
-    private readonly opened: Set<WsClient>
-  ) {}
+  readonly name: string
+  readonly account: Account
+  readonly chats: ReadonlyArray<string>
+  private readonly opened: Set<WsClient>
+
+  constructor(name: string, account: Account, chats: ReadonlyArray<string>, opened: Set<WsClient>) {
+    this.name = name
+    this.account = account
+    this.chats = chats
+    this.opened = opened
+  }
 
   get ws(): WsClient {
     return this.connections.at(-1)!.ws

@@ -309,13 +309,24 @@ class FaultyStore {
   crashNode: (node: number) => Effect.Effect<void> = () => Effect.void
 
   private slowActivationPending: boolean
+  private readonly real: MessageStore["Service"]
+  private readonly faults: ReadonlyArray<StoreFault>
+  private readonly journal: Journal
+  private readonly counters: Counters
+  private readonly slowActivation: { readonly chatId: string; readonly millis: number } | undefined
+
   constructor(
-    private readonly real: MessageStore["Service"],
-    private readonly faults: ReadonlyArray<StoreFault>,
-    private readonly journal: Journal,
-    private readonly counters: Counters,
-    private readonly slowActivation: { readonly chatId: string; readonly millis: number } | undefined
+    real: MessageStore["Service"],
+    faults: ReadonlyArray<StoreFault>,
+    journal: Journal,
+    counters: Counters,
+    slowActivation: { readonly chatId: string; readonly millis: number } | undefined
   ) {
+    this.real = real
+    this.faults = faults
+    this.journal = journal
+    this.counters = counters
+    this.slowActivation = slowActivation
     this.slowActivationPending = slowActivation !== undefined
   }
 

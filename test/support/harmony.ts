@@ -72,8 +72,8 @@ export const freePort = (): Promise<number> =>
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
-// Children run in their own process group (so a kill reaches tsx's node child
-// too); make sure none outlives the test process.
+// Children run in their own process group (so a kill reaches anything they
+// started too); make sure none outlives the test process.
 const live = new Set<ChildProcess>()
 let exitHookInstalled = false
 const installExitHook = () => {
@@ -124,8 +124,8 @@ export const startHarmony = async (options: HarmonyOptions): Promise<Harmony> =>
 
   const localNode = join(repoRoot, "node_modules", ".bin", "node")
   const node = existsSync(localNode) ? localNode : process.execPath
-  const tsx = join(repoRoot, "node_modules", ".bin", "tsx")
-  const child = spawn(node, [tsx, "src/main.ts", "serve"], {
+  // As in production: Node runs the TypeScript itself (bin/harmony.mjs).
+  const child = spawn(node, ["src/main.ts", "serve"], {
     cwd: repoRoot,
     env,
     detached: true,
@@ -168,15 +168,14 @@ export const startHarmony = async (options: HarmonyOptions): Promise<Harmony> =>
   const stop = (signal: NodeJS.Signals = "SIGTERM"): Promise<Exit> => {
     stopping ??= (async () => {
       if (exit === undefined) {
-        // tsx relays a catchable signal to the node process running main.ts;
-        // SIGKILL cannot be relayed, so it goes to the whole group (a crash).
+        // SIGKILL goes to the whole group (a crash); other signals to the node.
         if (signal === "SIGKILL") killGroup(signal)
         else child.kill(signal)
         const timer = setTimeout(() => killGroup("SIGKILL"), 20_000)
         await exited
         clearTimeout(timer)
       }
-      // Whatever tsx left behind in the group.
+      // Whatever the node left behind in the group.
       killGroup("SIGKILL")
       if (ownDataDir && dataDir !== undefined) rmSync(dataDir, { recursive: true, force: true })
       return exit!

@@ -89,7 +89,10 @@ export class WsClient {
 
   private readonly waiters = new Set<Waiter>()
 
-  private constructor(readonly ws: WebSocket) {
+  readonly ws: WebSocket
+
+  private constructor(ws: WebSocket) {
+    this.ws = ws
     this.closed = new Promise<CloseInfo>((resolve) => {
       ws.on("close", (code, reason) => {
         this.closeInfo = { code, reason: reason.toString() }
