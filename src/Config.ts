@@ -1,7 +1,8 @@
 /**
- * Harmony's configuration, decoded from the environment (PROTOCOL.md
- * "Running it"). The four service URLs choose the mode: none → embedded, all
- * four → cluster; anything in between is an error that names what is missing.
+ * Harmony's configuration, decoded from the environment (README
+ * "Configuration", docs/operations.md). The four service URLs choose the
+ * mode: none → embedded, all four → cluster; anything in between is an
+ * error that names what is missing.
  */
 import { Config, Duration, Effect, Option, Redacted, Schema, SchemaTransformation } from "effect"
 import type { TokenBucket } from "./ports/Cache.ts"

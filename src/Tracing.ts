@@ -34,9 +34,8 @@ const closed: ExportGate = { configured: false, open: () => false }
 /** The process's export gate: closed for good unless Observability.otlp provides one. */
 export const ExportGate = Context.Reference<ExportGate>("harmony/Tracing/ExportGate", { defaultValue: () => closed })
 
-/** The `traceparent` of a span: `00-<trace id>-<span id>-<flags>`. */
-export const traceparentOf = (span: Tracer.AnySpan): string =>
-  `00-${span.traceId.padStart(32, "0")}-${span.spanId.padStart(16, "0")}-${span.sampled ? "01" : "00"}`
+/** The W3C `traceparent` of a span, as effect's HTTP propagation writes it. */
+export const traceparentOf = (span: Tracer.Span): string => HttpTraceContext.toHeaders(span)[TraceparentHeader]
 
 /**
  * The remote span a `traceparent` names, to parent or link local spans to;

@@ -44,7 +44,7 @@ import type { Ingest } from "../messages/Ingest.ts"
 import { syncSpans } from "../Tracing.ts"
 
 export interface SessionOptions {
-  /** The first frame must authenticate within this time (PROTOCOL.md: 5 s). */
+  /** The first frame must authenticate within this time (docs/protocol.md: 5 s). */
   readonly authTimeout: Duration.Duration
   /** Bytes the socket may hold unsent before the client counts as too slow. */
   readonly maxBufferedBytes: number

@@ -1,5 +1,5 @@
 /**
- * The HTTP contract (PROTOCOL.md "HTTP, under /v1") as one HttpApi
+ * The HTTP contract (docs/protocol.md "HTTP, under /v1") as one HttpApi
  * definition: the server's routes, the OpenAPI document at /openapi.json and
  * the page at /docs all come from it.
  */
@@ -106,7 +106,7 @@ export class MeApi extends HttpApiGroup.make("me")
       query: { q: Schema.String.check(Schema.isMinLength(1), isStorableText) },
       success: Schema.Struct({ users: Schema.Array(User) })
     }),
-    // Beyond PROTOCOL.md: chat members and messages carry user ids only, so
+    // Beyond docs/protocol.md: chat members and messages carry user ids only, so
     // clients need a way to show a name for one (docs/protocol.md).
     HttpApiEndpoint.get("getUser", "/v1/users/:userId", {
       params: { userId: UserId },
@@ -191,7 +191,7 @@ export class MessagesApi extends HttpApiGroup.make("messages")
       success: HttpApiSchema.NoContent,
       error: [BadRequestWire, NotFoundWire, UnavailableWire]
     }),
-    // Beyond PROTOCOL.md: read receipts that survive a reload (docs/protocol.md).
+    // Beyond docs/protocol.md: read receipts that survive a reload (docs/protocol.md).
     HttpApiEndpoint.get("readPositions", "/:chatId/read", {
       params: chatParams,
       success: Schema.Struct({ reads: Schema.Array(ReadPosition) }),

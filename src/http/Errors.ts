@@ -1,6 +1,6 @@
 /**
  * Every HTTP error, whoever raises it, leaves as the contract's
- * `{"error":{"code","message"}}` (PROTOCOL.md "Errors"): schema failures of
+ * `{"error":{"code","message"}}` (docs/protocol.md "Errors"): schema failures of
  * HttpApi (400 with the failing path), oversize bodies (413), unknown routes
  * (404), and anything unexpected (logged with its cause, answered without
  * internals). Installed as a global router middleware. Every error answered

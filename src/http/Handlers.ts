@@ -37,7 +37,7 @@ const refresher = (membership: Membership["Service"]) => (chatId: ChatId, userId
     { discard: true, concurrency: 8 }
   )
 
-/** At most this many users answer a search (PROTOCOL.md). */
+/** At most this many users answer a search (docs/protocol.md). */
 const SearchLimit = 20
 
 export const AuthenticationLive = Layer.effect(
@@ -125,7 +125,7 @@ const ChatsHandlers = HttpApiBuilder.group(
   })
 )
 
-/** The default history page size (PROTOCOL.md). */
+/** The default history page size (docs/protocol.md). */
 const DefaultPageSize = 50
 
 const MessagesHandlers = HttpApiBuilder.group(

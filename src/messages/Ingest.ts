@@ -1,7 +1,7 @@
 /**
  * Ingest: an authorized send becomes a record on Kafka `chat.messages`,
  * keyed by chat id, and is acknowledged only once the log holds it
- * (PROTOCOL.md: `ack` once Kafka has it). Concurrent sends are produced
+ * (docs/protocol.md: `ack` once Kafka has it). Concurrent sends are produced
  * together: while one produce is in flight, the next ones gather into the
  * following batch, so throughput does not pay one round trip per message.
  *

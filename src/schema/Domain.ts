@@ -1,6 +1,6 @@
 /**
  * The domain types of Harmony, shared by the server, the client SDK and the
- * tests. Their encoded forms are exactly the JSON of PROTOCOL.md.
+ * tests. Their encoded forms are exactly the JSON of docs/protocol.md.
  */
 import { Schema } from "effect"
 
@@ -59,7 +59,7 @@ export type ChatKind = typeof ChatKind.Type
 export const Role = Schema.Literals(["owner", "admin", "member"])
 export type Role = typeof Role.Type
 
-/** A group holds at most this many members (PROTOCOL.md). */
+/** A group holds at most this many members (docs/protocol.md). */
 export const MaxGroupMembers = 1000
 
 export class User extends Schema.Class<User>("harmony/User")({

@@ -1,7 +1,7 @@
 /**
  * The errors a caller can act on. Each is a tagged error inside the program
  * and, on the wire, `{"error":{"code","message"}}` with its HTTP status
- * (PROTOCOL.md "Errors"); the WebSocket `error` frame uses the same codes.
+ * (docs/protocol.md "Errors"); the WebSocket `error` frame uses the same codes.
  */
 import { Schema, SchemaTransformation } from "effect"
 import { HttpApiSchema } from "effect/http-api"

@@ -1,5 +1,5 @@
 /**
- * The WebSocket protocol (PROTOCOL.md "WebSocket: GET /v1/ws"): one JSON
+ * The WebSocket protocol (docs/protocol.md "WebSocket: GET /v1/ws"): one JSON
  * object per text frame. Client frames are decoded with `ClientFrame`;
  * server frames are built with the constructors below and encoded once.
  */
@@ -63,7 +63,7 @@ export type ServerFrame =
   | { readonly type: "member_added" | "member_removed"; readonly chatId: ChatId; readonly userId: UserId }
   | { readonly type: "chat_deleted"; readonly chatId: ChatId }
 
-/** Close codes (PROTOCOL.md). */
+/** Close codes (docs/protocol.md). */
 export const CloseCode = {
   normal: 1000,
   goingAway: 1001,
@@ -74,5 +74,5 @@ export const CloseCode = {
   malformed: 4400
 } as const
 
-/** The largest frame a client may send (PROTOCOL.md). */
+/** The largest frame a client may send (docs/protocol.md). */
 export const MaxFrameBytes = 64 * 1024

@@ -30,7 +30,7 @@ export const AckFrame = Schema.Struct({
   id: Schema.String,
   ref: Ref
 })
-/** `code` is one of the HTTP error codes (PROTOCOL.md "Errors"); kept open so a newer server's code still decodes. */
+/** `code` is one of the HTTP error codes (docs/protocol.md "Errors"); kept open so a newer server's code still decodes. */
 export const ErrorFrame = Schema.Struct({
   type: Schema.Literal("error"),
   code: Schema.String,

@@ -1,5 +1,5 @@
 /**
- * Accounts and sessions (PROTOCOL.md `/v1/auth`, `/v1/me`, `/v1/users`).
+ * Accounts and sessions (docs/protocol.md `/v1/auth`, `/v1/me`, `/v1/users`).
  * Passwords are argon2id; a login starts a refresh-token family; each
  * refresh rotates the token. A rotated token still works for a short grace
  * period (parallel refreshes from one client); used after that, it revokes
@@ -17,7 +17,7 @@ import { orUnavailable } from "./Db.ts"
 import { Outbox } from "./Outbox.ts"
 import { Tokens } from "./Tokens.ts"
 
-/** How long a rotated refresh token keeps working (PROTOCOL.md: at most 5 s). */
+/** How long a rotated refresh token keeps working (docs/protocol.md: at most 5 s). */
 export const RefreshGracePeriod = Duration.seconds(5)
 
 export const DeletedUserName = "Deleted user"

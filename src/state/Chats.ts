@@ -1,5 +1,5 @@
 /**
- * Chats and memberships (PROTOCOL.md HTTP, `/v1/chats`). Every change runs
+ * Chats and memberships (docs/protocol.md HTTP, `/v1/chats`). Every change runs
  * in one transaction that locks the chat row (so concurrent membership
  * changes of one chat serialize) and appends its events to the outbox.
  * A chat the caller is not a member of is `not_found`, exactly like an

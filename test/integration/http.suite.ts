@@ -1,5 +1,5 @@
 /**
- * The HTTP half of the client contract (PROTOCOL.md "Errors" and "HTTP, under
+ * The HTTP half of the client contract (docs/protocol.md "Errors" and "HTTP, under
  * /v1"), black-box: the real `harmony serve` binary in a child process, driven
  * over plain fetch. One server per file; every test makes its own users (names
  * unique per run, since cluster mode shares one Postgres across runs), so the
@@ -12,7 +12,7 @@ import { type Api, api, type Harmony, type Reply, startHarmony } from "../suppor
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
-/** The error codes of PROTOCOL.md "Errors". */
+/** The error codes of docs/protocol.md "Errors". */
 const contractCodes = [
   "bad_request",
   "unauthorized",

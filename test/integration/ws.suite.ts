@@ -1,5 +1,5 @@
 /**
- * The WebSocket half of the client contract (PROTOCOL.md "WebSocket: GET
+ * The WebSocket half of the client contract (docs/protocol.md "WebSocket: GET
  * /v1/ws" and "Guarantees", with the specifics of docs/protocol.md),
  * black-box: the real `harmony serve` binary in a child process, driven with
  * the `ws` package (test/support/wsClient.ts) and plain fetch.

@@ -22,13 +22,13 @@
  *     sequences it again, identically, and publishes it.
  * (d) the committed offset reached the end of every partition (nothing left
  *     unpersisted) and never went backwards;
- * (e) `chats.last_seq` is never ahead of the store, and equals n — except
- *     in runs with crashes, where a known bug can leave it behind (see the
- *     targeted test below).
+ * (e) `chats.last_seq` is never ahead of the store, and equals n (the
+ *     targeted test below covers a crash between a write and its offset's
+ *     completion).
  *
  * The second property drives passivation and reactivation mid-stream; the
- * last two tests are deterministic scenarios of product bugs the properties
- * found (they fail until the bugs are fixed).
+ * last two tests are deterministic scenarios of bugs the properties once
+ * found, kept so they stay fixed.
  *
  * PROPERTY_RUNS overrides the number of runs of each property (default 40 and
  * 30); PROPERTY_VERBOSE=1 prints each run's statistics.

@@ -1,5 +1,5 @@
 /**
- * A small typed WebSocket test client for the `/v1/ws` contract (PROTOCOL.md
+ * A small typed WebSocket test client for the `/v1/ws` contract (docs/protocol.md
  * "WebSocket"), over the `ws` package: connect, authenticate, send frames (or
  * raw text / binary), await frames matching a predicate with a deadline,
  * collect every frame received, and observe the close code and reason.
@@ -29,7 +29,7 @@ export interface ClientFrame {
   readonly [field: string]: unknown
 }
 
-/** The `Message` of PROTOCOL.md. */
+/** The `Message` of docs/protocol.md. */
 export interface Message {
   readonly chatId: string
   readonly seq: number
