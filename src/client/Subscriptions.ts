@@ -1,0 +1,167 @@
+/**
+ * The chats the app subscribed to, and the promise that each `(chatId, seq)`
+ * reaches the app exactly once, in order: every subscription remembers the
+ * last seq it delivered and resubscribes from it (`sinceSeq`) on every new
+ * connection and after a gap; anything at or below it is dropped. When the
+ * server cannot replay a range (`recovered:false`), the `gap` event names it.
+ */
+import { Deferred, type Duration, Effect } from "effect"
+import type { Message } from "../schema/Domain.ts"
+import type { Connection } from "./Connection.ts"
+import type { Events } from "./Events.ts"
+import type { HarmonyError } from "./HarmonyError.ts"
+import type { SubscribeResult } from "./Types.ts"
+
+interface Subscription {
+  /** The last seq handed to the app; undefined until the first `subscribed` (a subscription "from now"). */
+  last: number | undefined
+  /** Callers of `subscribe` waiting for the next `subscribed`. */
+  readonly waiters: Array<Deferred.Deferred<SubscribeResult, HarmonyError>>
+  /** A resubscribe for a gap is in flight: later gaps wait for it. */
+  resyncing: boolean
+}
+
+export interface Subscriptions {
+  /** Subscribes (or, with `sinceSeq`, replays from there); resolves on the server's `subscribed`. */
+  readonly subscribe: (chatId: string, sinceSeq: number | undefined) => Effect.Effect<SubscribeResult, HarmonyError>
+  readonly unsubscribe: (chatId: string, error: HarmonyError) => void
+  /** A new connection: every subscription again, from its last seq. */
+  readonly resubscribeAll: (connection: Connection) => void
+  readonly onSubscribed: (chatId: string, lastSeq: number, recovered: boolean) => void
+  readonly onMessage: (connection: Connection, message: Message) => void
+  /** The server refused a subscribe. */
+  readonly onError: (connection: Connection, chatId: string, error: HarmonyError) => void
+  /** The subscription is over (the chat was deleted, the user removed): its waiters fail with `error`. */
+  readonly drop: (chatId: string, error: HarmonyError) => void
+  /** A connection ended: no resubscribe is in flight any more. */
+  readonly onConnectionEnd: () => void
+  /** The session ended: every subscription is dropped. */
+  readonly dropAll: (error: HarmonyError) => void
+}
+
+export const makeSubscriptions = (options: {
+  readonly events: Events
+  readonly current: () => Connection | undefined
+  /** How long to wait before asking again after a transient refusal. */
+  readonly retryDelay: Duration.Duration
+  readonly fork: (effect: Effect.Effect<void>) => void
+}): Subscriptions => {
+  const { events } = options
+  const subscriptions = new Map<string, Subscription>()
+
+  const sendSubscribe = (connection: Connection, chatId: string, subscription: Subscription) =>
+    connection.request(
+      { type: "subscribe", chatId, ...(subscription.last === undefined ? {} : { sinceSeq: subscription.last }) },
+      { kind: "subscribe", chatId }
+    )
+
+  const failAll = (subscription: Subscription, error: HarmonyError) => {
+    for (const waiter of subscription.waiters.splice(0)) Deferred.doneUnsafe(waiter, Effect.fail(error))
+  }
+
+  const drop = (chatId: string, error: HarmonyError) => {
+    const subscription = subscriptions.get(chatId)
+    if (subscription === undefined) return
+    subscriptions.delete(chatId)
+    failAll(subscription, error)
+  }
+
+  const subscribe = (chatId: string, sinceSeq: number | undefined) =>
+    Effect.suspend(() => {
+      let subscription = subscriptions.get(chatId)
+      if (subscription === undefined) {
+        subscription = { last: sinceSeq, waiters: [], resyncing: false }
+        subscriptions.set(chatId, subscription)
+      } else if (sinceSeq !== undefined) {
+        // The app asks for a replay from here: it gets one.
+        subscription.last = sinceSeq
+      }
+      const answered = Deferred.makeUnsafe<SubscribeResult, HarmonyError>()
+      subscription.waiters.push(answered)
+      const connection = options.current()
+      if (connection !== undefined) sendSubscribe(connection, chatId, subscription)
+      return Deferred.await(answered)
+    })
+
+  const unsubscribe = (chatId: string, error: HarmonyError) => {
+    if (!subscriptions.has(chatId)) return
+    drop(chatId, error)
+    options.current()?.send({ type: "unsubscribe", chatId })
+  }
+
+  const onSubscribed = (chatId: string, lastSeq: number, recovered: boolean) => {
+    const subscription = subscriptions.get(chatId)
+    if (subscription === undefined) return
+    subscription.resyncing = false
+    if (subscription.last === undefined) {
+      // Subscribed "from now": the server delivers what comes after lastSeq.
+      subscription.last = lastSeq
+    } else if (!recovered) {
+      // The server could not replay what was missed; it delivers what comes after lastSeq
+      // (anything replayed up to it is dropped here: the app refetches that range).
+      const fromSeq = subscription.last + 1
+      if (lastSeq >= fromSeq) events.emit("gap", { chatId, fromSeq, toSeq: lastSeq })
+      subscription.last = Math.max(subscription.last, lastSeq)
+    }
+    for (const waiter of subscription.waiters.splice(0)) {
+      Deferred.doneUnsafe(waiter, Effect.succeed({ lastSeq, recovered }))
+    }
+  }
+
+  const onMessage = (connection: Connection, message: Message) => {
+    const subscription = subscriptions.get(message.chatId)
+    if (subscription === undefined || subscription.last === undefined) return
+    if (message.seq <= subscription.last) return // seen already: a replay after a reconnect or a gap
+    if (message.seq === subscription.last + 1) {
+      subscription.last = message.seq
+      events.emit("message", message)
+      return
+    }
+    // A gap: ask for everything after the last seq seen; this and what follows come again in order.
+    if (!subscription.resyncing) {
+      subscription.resyncing = true
+      sendSubscribe(connection, message.chatId, subscription)
+    }
+  }
+
+  const onError = (connection: Connection, chatId: string, error: HarmonyError) => {
+    const subscription = subscriptions.get(chatId)
+    if (subscription === undefined) return
+    if (error.transient) {
+      options.fork(
+        Effect.sleep(options.retryDelay).pipe(
+          Effect.andThen(
+            Effect.sync(() => {
+              if (options.current() === connection && subscriptions.get(chatId) === subscription) {
+                sendSubscribe(connection, chatId, subscription)
+              }
+            })
+          )
+        )
+      )
+      return
+    }
+    // No waiter (a resubscribe after a reconnect, say after removal while offline): the app hears it as an event.
+    if (subscription.waiters.length === 0) events.emit("error", error)
+    drop(chatId, error)
+  }
+
+  return {
+    subscribe,
+    unsubscribe,
+    resubscribeAll: (connection) => {
+      for (const [chatId, subscription] of subscriptions) sendSubscribe(connection, chatId, subscription)
+    },
+    onSubscribed,
+    onMessage,
+    onError,
+    drop,
+    onConnectionEnd: () => {
+      for (const subscription of subscriptions.values()) subscription.resyncing = false
+    },
+    dropAll: (error) => {
+      for (const subscription of subscriptions.values()) failAll(subscription, error)
+      subscriptions.clear()
+    }
+  }
+}

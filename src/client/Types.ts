@@ -1,0 +1,158 @@
+/**
+ * The SDK's public shape: the options, the events, and the client as
+ * Promises (`HarmonyClient`) and as Effects (`HarmonyClientEffect`).
+ */
+import type { Effect } from "effect"
+import type { Chat, ChatSummary, Message, ReadPosition, Session, User } from "../schema/Domain.ts"
+import type { HarmonyError } from "./HarmonyError.ts"
+
+/**
+ * The WebSocket's state: `idle` (not wanted yet, or logged out), `connecting`
+ * (until the first connection opens), `open` (authenticated), `reconnecting`
+ * (an open connection was lost; trying again), `closed` (after `close()`).
+ */
+export type Status = "idle" | "connecting" | "open" | "reconnecting" | "closed"
+
+export interface ClientOptions {
+  /** `"http://host:port"`; the WebSocket URL is derived from it (http → ws, + "/v1/ws"). */
+  readonly baseUrl: string
+  /** Defaults to `globalThis.fetch`. */
+  readonly fetch?: typeof fetch
+  /** Defaults to `globalThis.WebSocket`. */
+  readonly WebSocket?: typeof WebSocket
+  /** Reconnect backoff: exponential from `initialDelayMs` (250) to `maxDelayMs` (10 000), each delay jittered ±20 %. */
+  readonly reconnect?: { readonly initialDelayMs?: number; readonly maxDelayMs?: number }
+  /** Called whenever the tokens change (login, refresh, logout → null), so apps can persist them. */
+  readonly onSession?: (session: Session | null) => void
+}
+
+export interface SubscribeResult {
+  readonly lastSeq: number
+  readonly recovered: boolean
+}
+
+export interface Accepted {
+  readonly id: string
+  readonly clientMsgId: string
+}
+
+export interface HistoryPage {
+  readonly messages: ReadonlyArray<Message>
+  /** The cursor for the next page the same way (`before` or `after`), or null at the end. */
+  readonly next: number | null
+}
+
+export interface ClientEvents {
+  /** Decoded; each (chatId, seq) exactly once, in seq order per chat. */
+  readonly message: Message
+  readonly typing: { readonly chatId: string; readonly userId: string }
+  readonly read: { readonly chatId: string; readonly userId: string; readonly seq: number }
+  readonly presence: { readonly chatId: string; readonly online: ReadonlyArray<string> }
+  readonly join: { readonly chatId: string; readonly userId: string }
+  readonly leave: { readonly chatId: string; readonly userId: string }
+  readonly member_added: { readonly chatId: string; readonly userId: string }
+  readonly member_removed: { readonly chatId: string; readonly userId: string }
+  readonly chat_deleted: { readonly chatId: string }
+  readonly status: Status
+  /** Server error frames not tied to a pending call, and connection problems. */
+  readonly error: HarmonyError
+  /**
+   * The server could not replay what this client missed (`recovered:false`):
+   * messages `fromSeq..toSeq` will not arrive live — fetch them with
+   * `history(chatId, { after: fromSeq - 1 })`. Live delivery goes on after `toSeq`.
+   */
+  readonly gap: { readonly chatId: string; readonly fromSeq: number; readonly toSeq: number }
+}
+
+export interface RegisterInput {
+  readonly username: string
+  readonly password: string
+  readonly displayName?: string
+}
+export interface LoginInput {
+  readonly username: string
+  readonly password: string
+}
+export interface CreateChatInput {
+  readonly name?: string
+  readonly kind: "group" | "direct"
+  readonly memberIds: ReadonlyArray<string>
+}
+export interface HistoryQuery {
+  readonly before?: number
+  readonly after?: number
+  readonly limit?: number
+}
+
+/** A stored session: a `Session` or its JSON (e.g. from localStorage). */
+export type StoredSession = Session | typeof Session.Encoded
+
+/** The client as Effects: every call fails with `HarmonyError` only. */
+export interface HarmonyClientEffect {
+  register(input: RegisterInput): Effect.Effect<Session, HarmonyError>
+  login(input: LoginInput): Effect.Effect<Session, HarmonyError>
+  resume(session: StoredSession): Effect.Effect<User, HarmonyError>
+  logout(): Effect.Effect<void>
+  me(): Effect.Effect<User, HarmonyError>
+  chats(): Effect.Effect<ReadonlyArray<ChatSummary>, HarmonyError>
+  searchUsers(prefix: string): Effect.Effect<ReadonlyArray<User>, HarmonyError>
+  /** One user by id (a message's author, a chat member); a closed account answers as "Deleted user". */
+  getUser(userId: string): Effect.Effect<User, HarmonyError>
+  createChat(input: CreateChatInput): Effect.Effect<Chat, HarmonyError>
+  chat(chatId: string): Effect.Effect<Chat, HarmonyError>
+  renameChat(chatId: string, name: string): Effect.Effect<Chat, HarmonyError>
+  deleteChat(chatId: string): Effect.Effect<void, HarmonyError>
+  addMembers(chatId: string, userIds: ReadonlyArray<string>): Effect.Effect<Chat, HarmonyError>
+  removeMember(chatId: string, userId: string): Effect.Effect<void, HarmonyError>
+  history(chatId: string, page: HistoryQuery): Effect.Effect<HistoryPage, HarmonyError>
+  markRead(chatId: string, seq: number): Effect.Effect<void, HarmonyError>
+  /** Every member's read position (read receipts that survive a reload; live ones arrive as `read` events). */
+  readPositions(chatId: string): Effect.Effect<ReadonlyArray<ReadPosition>, HarmonyError>
+  connect(): Effect.Effect<void, HarmonyError>
+  subscribe(chatId: string, options?: { readonly sinceSeq?: number }): Effect.Effect<SubscribeResult, HarmonyError>
+  unsubscribe(chatId: string): Effect.Effect<void>
+  send(chatId: string, body: string, options?: { readonly clientMsgId?: string }): Effect.Effect<Accepted, HarmonyError>
+  close(): Effect.Effect<void>
+}
+
+export interface HarmonyClient {
+  /** The logged-in user, if any. */
+  readonly user: User | undefined
+  readonly status: Status
+  /** The same client as Effects, for Effect programs. */
+  readonly effect: HarmonyClientEffect
+  register(input: RegisterInput): Promise<Session>
+  login(input: LoginInput): Promise<Session>
+  /** Starts from stored tokens: refreshes if the access token expired; rejects with `unauthorized` if the refresh token is dead. */
+  resume(session: StoredSession): Promise<User>
+  /** Revokes the tokens (best effort: local state is cleared even if the server cannot be reached). */
+  logout(): Promise<void>
+  me(): Promise<User>
+  chats(): Promise<ReadonlyArray<ChatSummary>>
+  searchUsers(prefix: string): Promise<ReadonlyArray<User>>
+  /** One user by id (a message's author, a chat member); a closed account answers as "Deleted user". */
+  getUser(userId: string): Promise<User>
+  createChat(input: CreateChatInput): Promise<Chat>
+  chat(chatId: string): Promise<Chat>
+  renameChat(chatId: string, name: string): Promise<Chat>
+  deleteChat(chatId: string): Promise<void>
+  addMembers(chatId: string, userIds: ReadonlyArray<string>): Promise<Chat>
+  removeMember(chatId: string, userId: string): Promise<void>
+  history(chatId: string, page: HistoryQuery): Promise<HistoryPage>
+  /** HTTP `POST /read`: stores the position; the server sends the other members a `read` frame. */
+  markRead(chatId: string, seq: number): Promise<void>
+  /** Every member's read position (read receipts that survive a reload; live ones arrive as `read` events). */
+  readPositions(chatId: string): Promise<ReadonlyArray<ReadPosition>>
+  /** Opens the WebSocket now instead of on the first subscribe/send; resolves once it is authenticated. */
+  connect(): Promise<void>
+  subscribe(chatId: string, options?: { readonly sinceSeq?: number }): Promise<SubscribeResult>
+  unsubscribe(chatId: string): Promise<void>
+  /** Resolves on the ack; retries across reconnects with the same clientMsgId; rejects only on a non-transient error. */
+  send(chatId: string, body: string, options?: { readonly clientMsgId?: string }): Promise<Accepted>
+  /** Ephemeral: sent only if the socket is open right now. */
+  typing(chatId: string): void
+  /** Returns a function that removes the handler. */
+  on<K extends keyof ClientEvents>(event: K, handler: (payload: ClientEvents[K]) => void): () => void
+  /** Ends the client for good: the socket closes, pending calls reject with `closed`. The tokens stay valid. */
+  close(): Promise<void>
+}
