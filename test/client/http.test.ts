@@ -58,9 +58,7 @@ afterEach(async () => {
 describe("the SDK's HTTP calls", () => {
   it("send the contract's routes, the bearer only where the contract asks for it, and no trace headers", async () => {
     const { sent, fetch } = fakeFetch((request) =>
-      request.url.endsWith("/v1/auth/login")
-        ? json(200, session("a1"))
-        : json(200, { messages: [], nextBefore: null })
+      request.url.endsWith("/v1/auth/login") ? json(200, session("a1")) : json(200, { messages: [], nextBefore: null })
     )
     const client = make(fetch)
     await client.login({ username: "ada", password: "correct horse battery" })
