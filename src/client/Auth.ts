@@ -8,6 +8,7 @@
  * whole login.
  */
 import { Deferred, Duration, Effect, Exit, FiberHandle, Option, Schedule, Schema, Scope } from "effect"
+import * as Retry from "../Retry.ts"
 import type { Session } from "../schema/Domain.ts"
 import { HarmonyError } from "./HarmonyError.ts"
 import type { ApiClient, Http } from "./Http.ts"
@@ -131,7 +132,7 @@ export const makeAuth = (options: {
       .pipe(
         // A lost answer is retried quickly, well inside the server's 5 s grace for the old token.
         Effect.retry({
-          schedule: Schedule.exponential(Duration.millis(200)).pipe(Schedule.jittered, Schedule.upTo({ times: 3 })),
+          schedule: Retry.backoff(Duration.millis(200)).pipe(Schedule.upTo({ times: 3 })),
           while: (error) => error.code === "network"
         }),
         Effect.tapError((error) =>

@@ -21,6 +21,7 @@
  * The background work runs in fibers of one scope that `close()` ends.
  */
 import { Duration, Effect, Exit, Schedule, Schema, Scope } from "effect"
+import * as Retry from "../Retry.ts"
 import { type ChatId, Session, type UserId } from "../schema/Domain.ts"
 import { ClientFrame, SendFrame, SubscribeFrame } from "../schema/Protocol.ts"
 import type { ServerFrame } from "../schema/ServerFrames.ts"
@@ -48,11 +49,8 @@ const asUserId = (id: string) => id as UserId
 export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffect; facade: HarmonyClient } => {
   const baseUrl = options.baseUrl.replace(/\/+$/, "")
   const initialDelay = Duration.millis(options.reconnect?.initialDelayMs ?? 250)
-  /** Capped exponential backoff, then jitter, so a fleet of clients does not reconnect in lockstep. */
-  const backoff = Schedule.min([
-    Schedule.exponential(initialDelay),
-    Schedule.spaced(Duration.millis(options.reconnect?.maxDelayMs ?? 10_000))
-  ]).pipe(Schedule.jittered)
+  /** The one retry policy (capped exponential, jittered: a fleet of clients does not reconnect in lockstep). */
+  const backoff = Retry.backoff(initialDelay, Duration.millis(options.reconnect?.maxDelayMs ?? 10_000))
 
   // Background work (the connection, the refresh timer, retries) runs in fibers of this scope.
   const scope = Scope.makeUnsafe()
