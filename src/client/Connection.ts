@@ -172,7 +172,11 @@ export const makeSocket = (options: {
       socket.addEventListener("error", () => {})
 
       yield* Effect.sleep(Duration.millis(ConnectTimeoutMs)).pipe(
-        Effect.andThen(Effect.sync(() => ready || end(1006, "connecting timed out"))),
+        Effect.andThen(
+          Effect.sync(() => {
+            if (!ready) end(1006, "connecting timed out")
+          })
+        ),
         Effect.forkScoped
       )
       // A half-open TCP connection (a sleeping laptop, a dead NAT entry) never closes by itself.
@@ -233,11 +237,16 @@ export const makeSocket = (options: {
     if (!outcome.wasReady) return yield* Effect.fail("retry" as const)
   })
 
-  const loop: Effect.Effect<void> = attempt.pipe(
-    Effect.retry({ schedule: options.backoff, while: (verdict) => verdict === "retry" }),
-    Effect.repeat(options.firstDelay),
-    Effect.catch(() => Effect.void)
-  )
+  /** Attempts with backoff until one connection worked, and again after it ends; until "stop". */
+  const loop: Effect.Effect<void> = Effect.suspend(() => {
+    everOpen = false
+    return attempt.pipe(
+      Effect.retry({ schedule: options.backoff, while: (verdict) => verdict === "retry" }),
+      Effect.repeat(options.firstDelay),
+      // "stop": the session is over, and whoever ended it told the app.
+      Effect.catch(() => Effect.void)
+    )
+  })
 
   return {
     current: () => current,
