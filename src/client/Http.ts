@@ -73,8 +73,10 @@ const contractAnswer = (
 const asHarmonyError = (error: unknown): HarmonyError => {
   if (error instanceof HarmonyError) return error
   if (HttpClientError.isHttpClientError(error)) {
-    // No answer (fetch failed), or the answer's body broke off.
-    const network = error.reason._tag === "TransportError" || error.reason._tag === "DecodeError"
+    // No answer (fetch failed), or the answer's body broke off (a DecodeError with a cause; without
+    // one it is an answer off the contract, such as a status the endpoint does not declare).
+    const { reason } = error
+    const network = reason._tag === "TransportError" || (reason._tag === "DecodeError" && reason.cause !== undefined)
     return new HarmonyError({ code: network ? "network" : "internal", message: error.message })
   }
   if (Schema.isSchemaError(error)) {

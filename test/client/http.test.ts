@@ -123,6 +123,24 @@ describe("the SDK's HTTP calls", () => {
     // A 2xx off the contract.
     next = () => json(200, { chats: "none" })
     expect(await rejection(client.chats())).toMatchObject({ code: "internal" })
+    // A captive portal's page: an answer, just not the contract's.
+    next = () => new Response("<html>sign in</html>", { status: 200, headers: { "content-type": "text/html" } })
+    expect(await rejection(client.chats())).toMatchObject({ code: "internal" })
+    // A status the contract does not declare for this call (chats answers 200).
+    next = () => json(201, { chats: [] })
+    expect(await rejection(client.chats())).toMatchObject({ code: "internal" })
+    // An answer that breaks off.
+    next = () =>
+      new Response(
+        new ReadableStream({
+          start: (controller) => {
+            controller.enqueue(new TextEncoder().encode('{"cha'))
+            controller.error(new Error("connection reset"))
+          }
+        }),
+        { status: 200, headers: { "content-type": "application/json" } }
+      )
+    expect(await rejection(client.chats())).toMatchObject({ code: "network" })
     // No answer at all.
     next = () => Promise.reject(new TypeError("fetch failed"))
     const network = await rejection(client.chats())
