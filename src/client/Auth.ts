@@ -13,8 +13,10 @@ import type { Session } from "../schema/Domain.ts"
 import { HarmonyError } from "./HarmonyError.ts"
 import type { ApiClient, Http } from "./Http.ts"
 
-/** Refresh at this fraction of the access token's life. */
+/** Refresh at this fraction of the access token's life… */
 const RefreshAt = 0.8
+/** …but at least this long before it expires (at most half its life): a busy client or server needs time to re-authenticate. */
+const RefreshMarginMs = 5_000
 /** An access token this close to its expiry is refreshed before use. */
 const ExpirySlackMs = 5_000
 /** The refresh timer wakes at least this often: new tokens (a login, a refresh by a 401) move the time. */
@@ -78,7 +80,8 @@ export const makeAuth = (options: {
 
   const set = (session: Session, expiresAt: number) => {
     const lifeMs = session.expiresIn * 1000
-    tokens = { session, expiresAt, refreshAt: expiresAt - (1 - RefreshAt) * lifeMs }
+    const margin = Math.max((1 - RefreshAt) * lifeMs, Math.min(RefreshMarginMs, lifeMs / 2))
+    tokens = { session, expiresAt, refreshAt: expiresAt - margin }
     options.onTokens(session)
     Effect.runSync(FiberHandle.run(timer, refreshLoop, { onlyIfMissing: true }))
   }
