@@ -208,7 +208,8 @@ export const passivationScenario: ArbitraryT<Scenario> = Arbitrary.map(
 )
 
 /**
- * Whole scenarios with actors dying by a defect (up to four times, chat 0,
+ * Whole scenarios with actors dying by a defect (once or twice: three deaths
+ * on one batch make it poison, skipped by design — see ChatActors.ts; chat 0,
  * the hot one, most often) among the sends, crashes, rebalances and store
  * faults.
  */
@@ -217,7 +218,7 @@ export const supervisionScenario: ArbitraryT<Scenario> = Arbitrary.map(
     base: scenario,
     defects: Arbitrary.array(Arbitrary.all({ at: int(0, 70), chat: int(0, chatsPerRun + 1) }), {
       minLength: 1,
-      maxLength: 4
+      maxLength: 2
     })
   }),
   ({ base, defects }) => {
