@@ -15,6 +15,7 @@ import { join } from "node:path"
 import * as Sequencing from "./sequencing/Sequencing.ts"
 import { ActiveChats } from "./sequencing/ActiveChats.ts"
 import { PresenceTracker } from "./gateway/PresenceTracker.ts"
+import * as Session from "./gateway/Session.ts"
 import type { HarmonyConfig } from "./Config.ts"
 import { Api } from "./http/Api.ts"
 import { normalizeErrors } from "./http/Errors.ts"
@@ -141,13 +142,27 @@ const readinessLayer = Layer.unwrap(
   })
 )
 
-const routes = Layer.mergeAll(
-  HttpApiBuilder.layer(Api, { openapiPath: "/openapi.json" }).pipe(Layer.provide(HandlersLive)),
-  HttpApiScalar.layer(Api, { path: "/docs" }),
-  PrometheusMetrics.layerHttp({ path: "/metrics" }),
-  WebClient.layer(),
-  normalizeErrors
-)
+const metricsRoute = PrometheusMetrics.layerHttp({ path: "/metrics" })
+
+/** `/metrics` is on the main port unless METRICS_PORT gives it one of its own. */
+const metricsApart = (config: HarmonyConfig) => config.metricsPort !== config.port
+
+const routes = (config: HarmonyConfig) =>
+  Layer.mergeAll(
+    HttpApiBuilder.layer(Api, { openapiPath: "/openapi.json" }).pipe(Layer.provide(HandlersLive)),
+    HttpApiScalar.layer(Api, { path: "/docs" }),
+    metricsApart(config) ? Layer.empty : metricsRoute,
+    WebClient.layer(),
+    normalizeErrors
+  )
+
+/** The metrics server on METRICS_PORT, when it is not the main port. */
+const metricsServer = (config: HarmonyConfig) =>
+  metricsApart(config)
+    ? HttpRouter.serve(metricsRoute, { disableLogger: true, disableListenLog: true }).pipe(
+        Layer.provide(NodeHttpServer.layer(createServer, { port: config.metricsPort, host: config.host }))
+      )
+    : Layer.empty
 
 const httpServerLayer = (config: HarmonyConfig) =>
   Layer.unwrap(
@@ -163,9 +178,20 @@ const httpServerLayer = (config: HarmonyConfig) =>
 
 /** Everything `harmony serve` runs, listening on the configured port. */
 export const serve = (config: HarmonyConfig) =>
-  HttpRouter.serve(routes, { disableLogger: true }).pipe(
-    Layer.provide(httpServerLayer(config)),
-    Layer.provideMerge(Gateway.layer()),
+  Layer.mergeAll(
+    HttpRouter.serve(routes(config), { disableLogger: true }).pipe(Layer.provide(httpServerLayer(config))),
+    metricsServer(config)
+  ).pipe(
+    Layer.provideMerge(
+      Gateway.layer(
+        {
+          ...Session.defaultSessionOptions,
+          frameLimits: config.frameLimits,
+          maxSubscriptions: config.gatewayLimits.maxSubscriptionsPerSocket
+        },
+        config.gatewayLimits
+      )
+    ),
     Layer.provideMerge(readinessLayer),
     Layer.provideMerge(pathsLayer(config)),
     Layer.provideMerge(stateLayer(config)),

@@ -6,7 +6,14 @@
  */
 import { Config, Duration, Effect, Option, Redacted, Schema, SchemaTransformation } from "effect"
 import type { TokenBucket } from "./ports/Cache.ts"
-import { defaultRateLimits, type RateLimitSettings } from "./state/RateLimits.ts"
+import { type FrameLimits, defaultFrameLimits, defaultGatewayLimits, type GatewayLimits } from "./gateway/Limits.ts"
+import {
+  bucketProblem,
+  defaultRateLimits,
+  type Limit,
+  type RateLimitSettings,
+  rateLimitVariables
+} from "./state/RateLimits.ts"
 
 export class ConfigurationError extends Schema.TaggedError<ConfigurationError>()("ConfigurationError", {
   message: Schema.String
@@ -37,6 +44,11 @@ export interface HarmonyConfig {
   readonly kafkaPartitions: number
   readonly shutdownTimeout: Duration.Duration
   readonly rateLimits: RateLimitSettings
+  /** Per-connection frame limits and the gateway's caps on sockets and subscriptions. */
+  readonly frameLimits: FrameLimits
+  readonly gatewayLimits: GatewayLimits
+  /** Where `/metrics` is served: the main port (the default) or a port of its own. */
+  readonly metricsPort: number
   /** How long a silent node keeps its Kafka partitions (and so its chats) before the group moves them. */
   readonly kafkaSessionTimeout: Duration.Duration
   readonly presenceTtl: Duration.Duration
@@ -82,13 +94,38 @@ const raw = Config.all({
   shutdownTimeout: Config.Duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(Duration.seconds(20))),
   kafkaSessionTimeout: Config.Duration("KAFKA_SESSION_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10))),
   presenceTtl: Config.Duration("PRESENCE_TTL").pipe(Config.withDefault(Duration.seconds(30))),
-  rateLimits: Config.all({
-    send: bucket("RATE_LIMIT_SEND", defaultRateLimits.send),
-    loginUser: bucket("RATE_LIMIT_LOGIN_USER", defaultRateLimits.loginUser),
-    loginAddress: bucket("RATE_LIMIT_LOGIN_ADDRESS", defaultRateLimits.loginAddress),
-    register: bucket("RATE_LIMIT_REGISTER", defaultRateLimits.register)
-  })
+  metricsPort: Config.option(Config.Port("METRICS_PORT")),
+  rateLimits: Config.all(
+    Object.fromEntries(
+      (Object.keys(defaultRateLimits) as Array<Limit>).map((limit) => [
+        limit,
+        bucket(rateLimitVariables[limit], defaultRateLimits[limit])
+      ])
+    ) as Record<Limit, Config.Config<TokenBucket>>
+  ),
+  frameLimits: Config.all({
+    typing: bucket("RATE_LIMIT_TYPING", defaultFrameLimits.typing),
+    subscribe: bucket("RATE_LIMIT_SUBSCRIBE", defaultFrameLimits.subscribe),
+    read: bucket("RATE_LIMIT_READ", defaultFrameLimits.read),
+    ping: bucket("RATE_LIMIT_PING", defaultFrameLimits.ping)
+  }),
+  maxSocketsPerUser: Config.Int("MAX_SOCKETS_PER_USER").pipe(
+    Config.withDefault(defaultGatewayLimits.maxSocketsPerUser)
+  ),
+  maxSocketsPerAddress: Config.Int("MAX_SOCKETS_PER_ADDRESS").pipe(
+    Config.withDefault(defaultGatewayLimits.maxSocketsPerAddress)
+  ),
+  maxSubscriptionsPerSocket: Config.Int("MAX_SUBSCRIPTIONS_PER_SOCKET").pipe(
+    Config.withDefault(defaultGatewayLimits.maxSubscriptionsPerSocket)
+  )
 })
+
+const frameLimitVariables: Record<keyof FrameLimits, string> = {
+  typing: "RATE_LIMIT_TYPING",
+  subscribe: "RATE_LIMIT_SUBSCRIBE",
+  read: "RATE_LIMIT_READ",
+  ping: "RATE_LIMIT_PING"
+}
 
 /** Reads and checks the configuration; every problem is one line naming its variable. */
 export const load: Effect.Effect<HarmonyConfig, ConfigurationError> = Effect.gen(function* () {
@@ -114,6 +151,28 @@ export const load: Effect.Effect<HarmonyConfig, ConfigurationError> = Effect.gen
   }
   if (c.kafkaPartitions < 1) {
     return yield* new ConfigurationError({ message: "KAFKA_PARTITIONS must be at least 1" })
+  }
+  // A bucket that cannot refill would turn its limit into an error on every request.
+  const buckets: Array<[string, TokenBucket]> = [
+    ...(Object.keys(c.rateLimits) as Array<Limit>).map((limit): [string, TokenBucket] => [
+      rateLimitVariables[limit],
+      c.rateLimits[limit]
+    ]),
+    ...(Object.keys(c.frameLimits) as Array<keyof FrameLimits>).map((frame): [string, TokenBucket] => [
+      frameLimitVariables[frame],
+      c.frameLimits[frame]
+    ])
+  ]
+  for (const [variable, spec] of buckets) {
+    const problem = bucketProblem(spec)
+    if (problem !== undefined) return yield* new ConfigurationError({ message: `${variable} ${problem}` })
+  }
+  for (const [variable, value] of [
+    ["MAX_SOCKETS_PER_USER", c.maxSocketsPerUser],
+    ["MAX_SOCKETS_PER_ADDRESS", c.maxSocketsPerAddress],
+    ["MAX_SUBSCRIPTIONS_PER_SOCKET", c.maxSubscriptionsPerSocket]
+  ] as const) {
+    if (value < 1) return yield* new ConfigurationError({ message: `${variable} must be at least 1, got ${value}` })
   }
   if (Option.isSome(c.jwtSecret) && secretLength(c.jwtSecret.value) < 32) {
     return yield* new ConfigurationError({ message: "HARMONY_JWT_SECRET must be at least 32 characters" })
@@ -169,6 +228,13 @@ export const load: Effect.Effect<HarmonyConfig, ConfigurationError> = Effect.gen
     kafkaPartitions: c.kafkaPartitions,
     shutdownTimeout: c.shutdownTimeout,
     rateLimits: c.rateLimits,
+    frameLimits: c.frameLimits,
+    gatewayLimits: {
+      maxSocketsPerUser: c.maxSocketsPerUser,
+      maxSocketsPerAddress: c.maxSocketsPerAddress,
+      maxSubscriptionsPerSocket: c.maxSubscriptionsPerSocket
+    },
+    metricsPort: Option.getOrElse(c.metricsPort, () => c.port),
     kafkaSessionTimeout: c.kafkaSessionTimeout,
     presenceTtl: c.presenceTtl
   }

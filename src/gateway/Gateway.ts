@@ -17,6 +17,8 @@ import * as Metrics from "../Metrics.ts"
 import { ControlChannel, decodeControlSignal } from "../schema/Control.ts"
 import { PresenceTracker } from "./PresenceTracker.ts"
 import * as Session from "./Session.ts"
+import { closeSocket } from "./closeSocket.ts"
+import { defaultGatewayLimits, type GatewayLimits } from "./Limits.ts"
 import { CloseCode, MaxFrameBytes } from "../schema/Protocol.ts"
 import { Accounts } from "../state/Accounts.ts"
 import { Chats } from "../state/Chats.ts"
@@ -36,13 +38,19 @@ export class Gateway extends Context.Service<
     readonly sessions: () => number
   }
 >()("harmony/http/Gateway") {
-  static readonly layer = (options: Session.SessionOptions = Session.defaultSessionOptions) =>
+  static readonly layer = (
+    options: Session.SessionOptions = Session.defaultSessionOptions,
+    limits: GatewayLimits = defaultGatewayLimits
+  ) =>
     Layer.effect(
       Gateway,
       Effect.gen(function* () {
         yield* Metrics.initialize
-        /** Open sockets by user, to end a closed account's sessions on every node. */
+        /** Open sockets by user and by login, to end a closed account's or an ended login's sessions on every node. */
         const byUser = new Map<string, Set<WebSocket>>()
+        const byFamily = new Map<string, Set<WebSocket>>()
+        /** Open sockets by client address, authenticated or not. */
+        const byAddress = new Map<string, number>()
         const services: Session.SessionServices = {
           accounts: yield* Accounts,
           chats: yield* Chats,
@@ -52,13 +60,13 @@ export class Gateway extends Context.Service<
           fanout: yield* Fanout,
           feeds: yield* ChatFeeds,
           presence: yield* PresenceTracker,
-          register: (userId, socket) => {
-            const sockets = byUser.get(userId) ?? new Set<WebSocket>()
-            byUser.set(userId, sockets)
-            sockets.add(socket)
+          register: (userId, familyId, socket) => {
+            if ((byUser.get(userId)?.size ?? 0) >= limits.maxSocketsPerUser) return undefined
+            const forgetUser = addTo(byUser, userId, socket)
+            const forgetFamily = familyId === undefined ? undefined : addTo(byFamily, familyId, socket)
             return () => {
-              sockets.delete(socket)
-              if (sockets.size === 0) byUser.delete(userId)
+              forgetUser()
+              forgetFamily?.()
             }
           }
         }
@@ -71,7 +79,7 @@ export class Gateway extends Context.Service<
         // This runs when the HTTP server starts closing (see attach), since
         // the server waits for its connections, upgraded ones included.
         const goAway = () => {
-          for (const client of wss.clients) client.close(CloseCode.goingAway, "server shutting down")
+          for (const client of wss.clients) closeSocket(client, CloseCode.goingAway, "server shutting down")
         }
         yield* Effect.addFinalizer(() =>
           Effect.gen(function* () {
@@ -81,16 +89,18 @@ export class Gateway extends Context.Service<
           })
         )
 
-        // A closed account's sessions end on every node.
+        // A closed account's sessions, and an ended login's, end on every node.
         const control = yield* (yield* PubSub).subscribe(ControlChannel)
         yield* control.pipe(
           Stream.map((payload) => decodeControlSignal(payload)),
           Stream.runForEach((signal) =>
             Effect.sync(() => {
-              if (signal._tag === "None" || signal.value.type !== "user_deleted") return
-              for (const socket of byUser.get(signal.value.userId) ?? []) {
-                socket.close(CloseCode.unauthorized, "the account is closed")
-              }
+              if (signal._tag === "None" || signal.value.type === "chat_deleted") return
+              const [sockets, reason] =
+                signal.value.type === "user_deleted"
+                  ? [byUser.get(signal.value.userId), "the account is closed"]
+                  : [byFamily.get(signal.value.familyId), "this login has ended"]
+              for (const socket of sockets ?? []) closeSocket(socket, CloseCode.unauthorized, reason)
             })
           ),
           Effect.forkScoped
@@ -98,8 +108,22 @@ export class Gateway extends Context.Service<
 
         const connect = (request: IncomingMessage, socket: Duplex, head: Buffer) =>
           wss.handleUpgrade(request, socket, head, (ws) => {
+            const address = request.socket.remoteAddress ?? "unknown"
+            const fromAddress = (byAddress.get(address) ?? 0) + 1
+            byAddress.set(address, fromAddress)
+            ws.on("close", () => {
+              const left = (byAddress.get(address) ?? 1) - 1
+              if (left === 0) byAddress.delete(address)
+              else byAddress.set(address, left)
+            })
+            if (fromAddress > limits.maxSocketsPerAddress) {
+              closeSocket(ws, CloseCode.rateLimited, "too many connections from this address")
+              return
+            }
             const inbound = Effect.runSync(Queue.unbounded<Session.Inbound, Cause.Done>())
             ws.on("message", (data, isBinary) => {
+              // Whatever follows a close frame is not read.
+              if (ws.readyState !== ws.OPEN) return
               Queue.offerUnsafe(inbound, isBinary ? { _tag: "Binary" } : { _tag: "Text", text: data.toString() })
               // A client sending faster than its session keeps up is read no further until it catches up.
               if (Queue.sizeUnsafe(inbound) >= Session.InboundHighWater) ws.pause()
@@ -123,7 +147,7 @@ export class Gateway extends Context.Service<
                 Effect.ensuring(
                   Effect.sync(() => {
                     open--
-                    if (ws.readyState === ws.OPEN) ws.close(CloseCode.normal, "session ended")
+                    if (ws.readyState === ws.OPEN) closeSocket(ws, CloseCode.normal, "session ended")
                   })
                 )
               )
@@ -155,3 +179,14 @@ export class Gateway extends Context.Service<
 }
 
 const pathOf = (request: IncomingMessage) => (request.url ?? "").split("?")[0]
+
+/** Adds `socket` to the set at `key`; answers how to take it out again. */
+const addTo = (index: Map<string, Set<WebSocket>>, key: string, socket: WebSocket) => {
+  const sockets = index.get(key) ?? new Set<WebSocket>()
+  index.set(key, sockets)
+  sockets.add(socket)
+  return () => {
+    sockets.delete(socket)
+    if (sockets.size === 0 && index.get(key) === sockets) index.delete(key)
+  }
+}

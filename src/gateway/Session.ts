@@ -42,6 +42,8 @@ import type { History } from "../messages/History.ts"
 import type { PresenceTracker } from "./PresenceTracker.ts"
 import type { Ingest } from "../messages/Ingest.ts"
 import { syncSpans } from "../Tracing.ts"
+import { closeSocket } from "./closeSocket.ts"
+import { defaultFrameLimits, defaultGatewayLimits, type FrameLimits, localBucket } from "./Limits.ts"
 
 export interface SessionOptions {
   /** The first frame must authenticate within this time (docs/protocol.md: 5 s). */
@@ -58,6 +60,9 @@ export interface SessionOptions {
   readonly typingInterval: Duration.Duration
   /** Sends of one session waiting for the log at once. */
   readonly maxInFlightSends: number
+  /** This connection's budget for each kind of frame other than `send`. */
+  readonly frameLimits: FrameLimits
+  readonly maxSubscriptions: number
 }
 
 /** Inbound frames queued before the gateway pauses reading the socket, and when reading resumes. */
@@ -71,7 +76,9 @@ export const defaultSessionOptions: SessionOptions = {
   recoveryDeadline: Duration.seconds(3),
   maxRateLimited: 10,
   typingInterval: Duration.seconds(2),
-  maxInFlightSends: 64
+  maxInFlightSends: 64,
+  frameLimits: defaultFrameLimits,
+  maxSubscriptions: defaultGatewayLimits.maxSubscriptionsPerSocket
 }
 
 export interface SessionServices {
@@ -83,8 +90,12 @@ export interface SessionServices {
   readonly fanout: Fanout["Service"]
   readonly feeds: ChatFeeds["Service"]
   readonly presence: PresenceTracker["Service"]
-  /** Tells the gateway whose session this is, so it can end a closed account's sessions; answers how to forget it. */
-  readonly register: (userId: UserId, socket: WebSocket) => () => void
+  /**
+   * Tells the gateway whose session this is and of which login, so it can
+   * end a closed account's or an ended login's sessions; answers how to
+   * forget it, or undefined when the user has too many sockets already.
+   */
+  readonly register: (userId: UserId, familyId: string | undefined, socket: WebSocket) => (() => void) | undefined
 }
 
 /** What the gateway feeds a session: text frames, or a protocol violation it already saw. */
@@ -121,9 +132,9 @@ export const run = Effect.fnUntraced(function* (
   const sessionScope = yield* Effect.scope
 
   const close = (code: number, reason: string) =>
-    Effect.sync(() => {
-      if (socket.readyState === socket.OPEN || socket.readyState === socket.CONNECTING) socket.close(code, reason)
-    }).pipe(Effect.andThen(Deferred.succeed(closed, new Closed(code, reason))))
+    Effect.sync(() => closeSocket(socket, code, reason)).pipe(
+      Effect.andThen(Deferred.succeed(closed, new Closed(code, reason)))
+    )
 
   /** Sends a text frame; a client that lets its buffer fill is closed with 4008. */
   const sendText = (text: string) =>
@@ -178,6 +189,15 @@ export const run = Effect.fnUntraced(function* (
       return send(withRef({ type: "error", code, message } as ServerFrame, ref))
     })
   const sendError = (error: ApiError, ref: string | undefined) => sendErrorFrame(errorCode(error), error.message, ref)
+  /** Frames refused over a limit since the last one that was not (sends: since the last accepted). */
+  let rateLimitedInARow = 0
+  /** A frame over a limit: `rate_limited`, and after `maxRateLimited` of them in a row, close 4029. */
+  const limited = (message: string, ref: string | undefined) =>
+    Effect.suspend(() =>
+      ++rateLimitedInARow >= options.maxRateLimited
+        ? close(CloseCode.rateLimited, "rate limited too long")
+        : sendErrorFrame("rate_limited", message, ref)
+    )
 
   // --- authentication -------------------------------------------------------
   const first = yield* Queue.take(inbound).pipe(
@@ -194,8 +214,13 @@ export const run = Effect.fnUntraced(function* (
   if (authenticated._tag === "None") return yield* close(CloseCode.unauthorized, "unauthorized")
   const user: User = authenticated.value.user
   let expiresAt = authenticated.value.expiresAt
-  const unregister = services.register(user.id, socket)
-  yield* Effect.addFinalizer(() => Effect.sync(unregister))
+  let familyId = authenticated.value.familyId
+  let unregister = services.register(user.id, familyId, socket)
+  if (unregister === undefined) {
+    yield* sendErrorFrame("rate_limited", "too many connections for this user", authFrame.value.ref)
+    return yield* close(CloseCode.rateLimited, "too many connections")
+  }
+  yield* Effect.addFinalizer(() => Effect.sync(() => unregister?.()))
   yield* send(withRef({ type: "ready", userId: user.id, sessionId }, authFrame.value.ref))
 
   // The access token's expiry ends the session unless the client re-authenticates.
@@ -227,6 +252,9 @@ export const run = Effect.fnUntraced(function* (
     const role = yield* services.membership.roleOf(chatId, user.id)
     if (role._tag === "None") {
       return yield* sendErrorFrame("not_found", `chat ${chatId} not found`, ref)
+    }
+    if (!subscriptions.has(chatId) && subscriptions.size >= options.maxSubscriptions) {
+      return yield* limited(`at most ${options.maxSubscriptions} subscriptions per connection`, ref)
     }
     yield* unsubscribe(chatId)
     const scope = yield* Scope.fork(sessionScope, "sequential")
@@ -368,6 +396,12 @@ export const run = Effect.fnUntraced(function* (
             again.user.id === user.id
               ? Effect.sync(() => {
                   expiresAt = again.expiresAt
+                  if (again.familyId !== familyId) {
+                    // A token of another login: the session now ends with that one.
+                    unregister?.()
+                    familyId = again.familyId
+                    unregister = services.register(user.id, familyId, socket)
+                  }
                 }).pipe(Effect.andThen(send(withRef({ type: "ready", userId: user.id, sessionId }, frame.ref))))
               : close(CloseCode.unauthorized, "a session cannot change user")
           ),
@@ -408,9 +442,7 @@ export const run = Effect.fnUntraced(function* (
                 send(withRef({ type: "ack", clientMsgId: accepted.clientMsgId, id: accepted.id }, frame.ref))
               ),
               Effect.catch((error) =>
-                error._tag === "RateLimited" && ++rateLimitedInARow >= options.maxRateLimited
-                  ? close(CloseCode.rateLimited, "rate limited too long")
-                  : sendError(error, frame.ref)
+                error._tag === "RateLimited" ? limited(error.message, frame.ref) : sendError(error, frame.ref)
               ),
               Effect.ensuring(sendPermits.release(1)),
               (effect) =>
@@ -431,7 +463,11 @@ export const run = Effect.fnUntraced(function* (
       case "typing": {
         // Typing is ephemeral: at most one signal per chat per interval.
         const now = Date.now()
-        if ((lastTyping.get(frame.chatId) ?? 0) + Duration.toMillis(options.typingInterval) > now) return Effect.void
+        const interval = Duration.toMillis(options.typingInterval)
+        if ((lastTyping.get(frame.chatId) ?? 0) + interval > now) return Effect.void
+        // Chats typed in more than an interval ago are forgotten: the map stays small.
+        if (lastTyping.size >= 256)
+          for (const [chat, at] of lastTyping) if (at + interval <= now) lastTyping.delete(chat)
         lastTyping.set(frame.chatId, now)
         return services.membership.roleOf(frame.chatId, user.id).pipe(
           Effect.flatMap((role) =>
@@ -450,14 +486,21 @@ export const run = Effect.fnUntraced(function* (
         )
       }
       case "read":
-        return services.chats.markRead(user.id, frame.chatId, frame.seq).pipe(
-          Effect.flatMap(() =>
-            services.fanout.publishFrame(frame.chatId, user.id, {
-              type: "read",
-              chatId: frame.chatId,
-              userId: user.id,
-              seq: frame.seq
-            })
+        // Membership first (cached), so a stranger's read costs no store lookup.
+        return services.membership.roleOf(frame.chatId, user.id).pipe(
+          Effect.flatMap((role) =>
+            role._tag === "None"
+              ? sendErrorFrame("not_found", `chat ${frame.chatId} not found`, frame.ref)
+              : Effect.gen(function* () {
+                  const seq = yield* services.history.clampToLastSeq(frame.chatId, frame.seq)
+                  yield* services.chats.markRead(user.id, frame.chatId, seq)
+                  yield* services.fanout.publishFrame(frame.chatId, user.id, {
+                    type: "read",
+                    chatId: frame.chatId,
+                    userId: user.id,
+                    seq
+                  })
+                })
           ),
           Effect.catchTags({
             CacheError: (error) => Effect.logWarning("read not published", error),
@@ -470,7 +513,7 @@ export const run = Effect.fnUntraced(function* (
 
   const sendPermits = yield* Semaphore.make(options.maxInFlightSends)
   let malformed = 0
-  let rateLimitedInARow = 0
+  const frameBuckets = frameBucketsOf(options.frameLimits)
   const lastTyping = new Map<ChatId, number>()
   /** Whether this frame is traced: OTLP is configured and its collector up. */
   const tracing = () => spans?.active() === true
@@ -497,7 +540,14 @@ export const run = Effect.fnUntraced(function* (
       }
       malformed = 0
       if (traced) yield* Effect.annotateCurrentSpan("harmony.frame.type", frame.success.type)
+      const bucket = frameBuckets[frame.success.type]
+      if (bucket !== undefined && !bucket.take()) {
+        return yield* limited(`too many ${frame.success.type} frames`, frame.success.ref)
+      }
+      const refusedBefore = rateLimitedInARow
       yield* handle(frame.success, traced)
+      // A send answers later, on its own fiber; any other frame has been answered.
+      if (frame.success.type !== "send" && rateLimitedInARow === refusedBefore) rateLimitedInARow = 0
     })
   const loop = Queue.take(inbound).pipe(
     Effect.flatMap((input) => {
@@ -540,3 +590,17 @@ const oneLine = (text: string) => text.replace(/\s*\n\s*/g, " ").trim()
 
 /** Spans of the hot path skip capturing a call site. */
 const noStackTrace = { captureStackTrace: false } as const
+
+/** Each frame type's bucket for one connection (`send` is limited per user, in the ingest). */
+const frameBucketsOf = (limits: FrameLimits): Partial<Record<ClientFrame["type"], { take: () => boolean }>> => {
+  const subscribe = localBucket(limits.subscribe)
+  const ping = localBucket(limits.ping)
+  return {
+    typing: localBucket(limits.typing),
+    read: localBucket(limits.read),
+    subscribe,
+    unsubscribe: subscribe,
+    ping,
+    auth: ping
+  }
+}

@@ -84,12 +84,12 @@ export class AuthApi extends HttpApiGroup.make("auth")
     HttpApiEndpoint.post("refresh", "/refresh", {
       payload: RefreshRequest,
       success: Session,
-      error: [BadRequestWire, UnauthorizedWire, UnavailableWire]
+      error: [BadRequestWire, UnauthorizedWire, RateLimitedWire, UnavailableWire]
     }),
     HttpApiEndpoint.post("logout", "/logout", {
       payload: RefreshRequest,
       success: HttpApiSchema.NoContent,
-      error: [BadRequestWire, UnauthorizedWire, UnavailableWire]
+      error: [BadRequestWire, UnauthorizedWire, RateLimitedWire, UnavailableWire]
     })
   )
   .prefix("/v1/auth")
@@ -98,7 +98,7 @@ export class AuthApi extends HttpApiGroup.make("auth")
 export class MeApi extends HttpApiGroup.make("me")
   .add(
     HttpApiEndpoint.get("get", "/v1/me", { success: User }),
-    HttpApiEndpoint.delete("close", "/v1/me", { success: HttpApiSchema.NoContent }),
+    HttpApiEndpoint.delete("close", "/v1/me", { success: HttpApiSchema.NoContent, error: [RateLimitedWire] }),
     HttpApiEndpoint.get("chats", "/v1/me/chats", {
       success: Schema.Struct({ chats: Schema.Array(ChatSummary) })
     }),
@@ -118,14 +118,14 @@ export class MeApi extends HttpApiGroup.make("me")
   .annotateMerge(OpenApi.annotations({ title: "Me", description: "The caller's account and chats" })) {}
 
 const chatParams = { chatId: ChatId }
-const chatErrors = [BadRequestWire, ForbiddenWire, NotFoundWire, ConflictWire, UnavailableWire]
+const chatErrors = [BadRequestWire, ForbiddenWire, NotFoundWire, ConflictWire, RateLimitedWire, UnavailableWire]
 
 export class ChatsApi extends HttpApiGroup.make("chats")
   .add(
     HttpApiEndpoint.post("create", "/", {
       payload: CreateChatRequest,
       success: Chat.pipe(HttpApiSchema.status(201)),
-      error: [BadRequestWire, UnavailableWire]
+      error: [BadRequestWire, RateLimitedWire, UnavailableWire]
     }),
     HttpApiEndpoint.get("get", "/:chatId", { params: chatParams, success: Chat, error: [NotFoundWire] }),
     HttpApiEndpoint.patch("rename", "/:chatId", {
@@ -189,7 +189,7 @@ export class MessagesApi extends HttpApiGroup.make("messages")
       params: chatParams,
       payload: ReadRequest,
       success: HttpApiSchema.NoContent,
-      error: [BadRequestWire, NotFoundWire, UnavailableWire]
+      error: [BadRequestWire, NotFoundWire, RateLimitedWire, UnavailableWire]
     }),
     // Beyond docs/protocol.md: read receipts that survive a reload (docs/protocol.md).
     HttpApiEndpoint.get("readPositions", "/:chatId/read", {

@@ -5,7 +5,7 @@
 import { Effect, Layer, Option, Redacted } from "effect"
 import type { HttpServerRequest } from "effect/http"
 import { HttpApiBuilder } from "effect/http-api"
-import { Unavailable } from "../schema/Errors.ts"
+import { NotFound, Unavailable } from "../schema/Errors.ts"
 import { Accounts } from "../state/Accounts.ts"
 import { Chats } from "../state/Chats.ts"
 import { Membership } from "../state/Membership.ts"
@@ -62,15 +62,22 @@ const AuthHandlers = HttpApiBuilder.group(
     return handlers.handleAll({
       register: ({ payload, request }) =>
         limits.take("register", addressOf(request)).pipe(Effect.andThen(accounts.register(payload))),
-      login: ({ payload, request }) =>
-        limits
-          .take("loginAddress", addressOf(request))
-          .pipe(
-            Effect.andThen(limits.take("loginUser", payload.username)),
-            Effect.andThen(accounts.login(payload.username, payload.password))
-          ),
-      refresh: ({ payload }) => accounts.refresh(payload.refreshToken),
-      logout: ({ payload }) => accounts.logout(payload.refreshToken)
+      // Every attempt counts against the address; only failures count
+      // against the username from that address (a success gives its token
+      // back), so a guesser elsewhere cannot lock the owner out.
+      login: ({ payload, request }) => {
+        const address = addressOf(request)
+        const failures = `${address}|${payload.username}`
+        return limits.take("loginAddress", address).pipe(
+          Effect.andThen(limits.take("loginUser", failures)),
+          Effect.andThen(accounts.login(payload.username, payload.password)),
+          Effect.tap(() => limits.giveBack("loginUser", failures))
+        )
+      },
+      refresh: ({ payload, request }) =>
+        limits.take("refresh", addressOf(request)).pipe(Effect.andThen(accounts.refresh(payload.refreshToken))),
+      logout: ({ payload, request }) =>
+        limits.take("refresh", addressOf(request)).pipe(Effect.andThen(accounts.logout(payload.refreshToken)))
     })
   })
 )
@@ -81,12 +88,14 @@ const MeHandlers = HttpApiBuilder.group(
   Effect.fn(function* (handlers) {
     const accounts = yield* Accounts
     const chats = yield* Chats
+    const limits = yield* RateLimits
     const refresh = refresher(yield* Membership)
     return handlers.handleAll({
       get: () => CurrentUser,
       close: () =>
         Effect.gen(function* () {
           const user = yield* CurrentUser
+          yield* limits.take("write", user.id)
           const left = yield* accounts.close(user.id)
           yield* Effect.forEach(left, (chatId) => refresh(chatId, [user.id]), { discard: true })
         }),
@@ -103,22 +112,26 @@ const ChatsHandlers = HttpApiBuilder.group(
   "chats",
   Effect.fn(function* (handlers) {
     const chats = yield* Chats
+    const limits = yield* RateLimits
     const refresh = refresher(yield* Membership)
+    /** The caller, once `limit` lets another of their calls through. */
+    const limitedUser = (limit: "createChat" | "write") =>
+      Effect.tap(CurrentUser, (user) => limits.take(limit, user.id))
     return handlers.handleAll({
-      create: ({ payload }) => Effect.flatMap(CurrentUser, (user) => chats.create(user.id, payload)),
+      create: ({ payload }) => Effect.flatMap(limitedUser("createChat"), (user) => chats.create(user.id, payload)),
       get: ({ params }) => Effect.flatMap(CurrentUser, (user) => chats.get(user.id, params.chatId)),
       rename: ({ params, payload }) =>
-        Effect.flatMap(CurrentUser, (user) => chats.rename(user.id, params.chatId, payload.name)),
+        Effect.flatMap(limitedUser("write"), (user) => chats.rename(user.id, params.chatId, payload.name)),
       delete: ({ params }) =>
-        Effect.flatMap(CurrentUser, (user) => chats.delete(user.id, params.chatId)).pipe(
+        Effect.flatMap(limitedUser("write"), (user) => chats.delete(user.id, params.chatId)).pipe(
           Effect.flatMap((memberIds) => refresh(params.chatId, memberIds))
         ),
       addMembers: ({ params, payload }) =>
-        Effect.flatMap(CurrentUser, (user) => chats.addMembers(user.id, params.chatId, payload.userIds)).pipe(
+        Effect.flatMap(limitedUser("write"), (user) => chats.addMembers(user.id, params.chatId, payload.userIds)).pipe(
           Effect.tap(() => refresh(params.chatId, payload.userIds))
         ),
       removeMember: ({ params }) =>
-        Effect.flatMap(CurrentUser, (user) => chats.removeMember(user.id, params.chatId, params.userId)).pipe(
+        Effect.flatMap(limitedUser("write"), (user) => chats.removeMember(user.id, params.chatId, params.userId)).pipe(
           Effect.andThen(refresh(params.chatId, [params.userId]))
         )
     })
@@ -136,6 +149,8 @@ const MessagesHandlers = HttpApiBuilder.group(
     const ingest = yield* Ingest
     const chats = yield* Chats
     const fanout = yield* Fanout
+    const membership = yield* Membership
+    const limits = yield* RateLimits
     return handlers.handleAll({
       history: ({ params, query }) =>
         Effect.flatMap(CurrentUser, (user) =>
@@ -148,21 +163,18 @@ const MessagesHandlers = HttpApiBuilder.group(
       send: ({ params, payload }) =>
         Effect.flatMap(CurrentUser, (user) => ingest.send(user.id, params.chatId, payload.clientMsgId, payload.body)),
       read: ({ params, payload }) =>
-        Effect.flatMap(CurrentUser, (user) =>
-          chats.markRead(user.id, params.chatId, payload.seq).pipe(
-            Effect.tap(() =>
-              fanout
-                .publishFrame(params.chatId, user.id, {
-                  type: "read",
-                  chatId: params.chatId,
-                  userId: user.id,
-                  seq: payload.seq
-                })
-                .pipe(Effect.catchTag("CacheError", (error) => Effect.logWarning("read not published", error)))
-            ),
-            Effect.asVoid
-          )
-        ),
+        Effect.gen(function* () {
+          const user = yield* CurrentUser
+          yield* limits.take("write", user.id)
+          // A non-member is answered before any work on the chat.
+          const role = yield* membership.roleOf(params.chatId, user.id)
+          if (role._tag === "None") return yield* new NotFound({ message: `chat ${params.chatId} not found` })
+          const seq = yield* history.clampToLastSeq(params.chatId, payload.seq)
+          yield* chats.markRead(user.id, params.chatId, seq)
+          yield* fanout
+            .publishFrame(params.chatId, user.id, { type: "read", chatId: params.chatId, userId: user.id, seq })
+            .pipe(Effect.catchTag("CacheError", (error) => Effect.logWarning("read not published", error)))
+        }),
       readPositions: ({ params }) =>
         Effect.flatMap(CurrentUser, (user) =>
           Effect.map(chats.readPositions(user.id, params.chatId), (reads) => ({ reads }))

@@ -4,7 +4,7 @@
  * the actor is on this node, else from the MessageStore, which may trail the
  * live stream by the sink's latency (the gateway waits for it to catch up).
  */
-import { Context, Effect, Layer } from "effect"
+import { Clock, Context, Duration, Effect, Layer } from "effect"
 import { RecentMessages } from "./RecentMessages.ts"
 import { MessageStore, type MessageStoreError } from "../ports/MessageStore.ts"
 import type { ChatId, Message, UserId } from "../schema/Domain.ts"
@@ -28,6 +28,9 @@ const storeUnavailable = (error: MessageStoreError) =>
     Effect.andThen(Effect.fail(new Unavailable({ message: "message history is unavailable, try again" })))
   )
 
+/** How long a read past the chat's known last seq waits for the store before it is clamped. */
+const ClampWaitMillis = 2_000
+
 export class History extends Context.Service<
   History,
   {
@@ -47,6 +50,13 @@ export class History extends Context.Service<
     ) => Effect.Effect<ReadonlyArray<Message>, MessageStoreError>
     /** The chat's newest seq as far as this node can tell. */
     readonly lastSeq: (chatId: ChatId) => Effect.Effect<number, MessageStoreError>
+    /**
+     * `seq`, or the chat's newest seq when `seq` is past it, so a read
+     * position never runs ahead of the chat. A seq just delivered live may
+     * not be in the store yet: this waits (up to 2 s) for the store to catch
+     * up before clamping.
+     */
+    readonly clampToLastSeq: (chatId: ChatId, seq: number) => Effect.Effect<number>
   }
 >()("harmony/messages/History") {
   static readonly layer = Layer.effect(
@@ -100,7 +110,17 @@ export class History extends Context.Service<
         return latest[0]?.seq ?? 0
       })
 
-      return History.of({ page, since, lastSeq })
+      const clampToLastSeq = Effect.fn("History.clampToLastSeq")(function* (chatId: ChatId, seq: number) {
+        const deadline = (yield* Clock.currentTimeMillis) + ClampWaitMillis
+        let known = 0
+        while (true) {
+          known = Math.max(known, yield* lastSeq(chatId).pipe(Effect.orElseSucceed(() => 0)))
+          if (seq <= known || (yield* Clock.currentTimeMillis) >= deadline) return Math.min(seq, known)
+          yield* Effect.sleep(Duration.millis(100))
+        }
+      })
+
+      return History.of({ page, since, lastSeq, clampToLastSeq })
     })
   )
 }

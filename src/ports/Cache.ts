@@ -36,8 +36,11 @@ export class Cache extends Context.Service<
      */
     readonly setIfAbsent: (key: string, value: string, ttl: Duration.Input) => Effect.Effect<boolean, CacheError>
     readonly delete: (keys: ReadonlyArray<string>) => Effect.Effect<void, CacheError>
-    /** Atomically takes one token from the bucket at `key` (created full). */
-    readonly take: (key: string, bucket: TokenBucket) => Effect.Effect<TakeResult, CacheError>
+    /**
+     * Atomically takes one token from the bucket at `key` (created full). With
+     * `tokens` -1 it gives one back instead (never past capacity; always allowed).
+     */
+    readonly take: (key: string, bucket: TokenBucket, tokens?: 1 | -1) => Effect.Effect<TakeResult, CacheError>
     /** Answers when the cache is reachable (readiness). */
     readonly ping: Effect.Effect<void, CacheError>
   }

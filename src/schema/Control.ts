@@ -1,7 +1,8 @@
 /**
  * Node-wide control signals, published on one pub/sub channel that every
  * node subscribes to: a deleted chat's actor drops what is left of it; a
- * closed account's sessions end. One Schema encodes them (the event
+ * closed account's sessions end; an ended login's (logout, refresh-token
+ * reuse) sessions end. One Schema encodes them (the event
  * consumers) and decodes them (the actors, the gateway).
  */
 import { Schema } from "effect"
@@ -12,7 +13,10 @@ export const ControlChannel = "harmony:control"
 export const ChatDeleted = Schema.Struct({ type: Schema.Literal("chat_deleted"), chatId: ChatId })
 export const UserDeleted = Schema.Struct({ type: Schema.Literal("user_deleted"), userId: UserId })
 
-export const ControlSignal = Schema.Union([ChatDeleted, UserDeleted])
+/** A login (refresh-token family) ended: its access tokens are refused from now on, its sockets close. */
+export const FamilyRevoked = Schema.Struct({ type: Schema.Literal("family_revoked"), familyId: Schema.String })
+
+export const ControlSignal = Schema.Union([ChatDeleted, UserDeleted, FamilyRevoked])
 export type ControlSignal = typeof ControlSignal.Type
 
 const ControlSignalJson = Schema.fromJsonString(ControlSignal)

@@ -6,12 +6,14 @@
  * the whole family — the sign that it was stolen.
  */
 import { hash, verify } from "@node-rs/argon2"
-import { Clock, Context, Duration, Effect, Layer } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Schedule } from "effect"
 import { SqlClient } from "effect/sql"
 import { isSqlError, type SqlError } from "effect/sql/SqlError"
 import { randomUUID } from "node:crypto"
 import { type ChatId, Session, User, type UserId } from "../schema/Domain.ts"
 import { Conflict, NotFound, Unauthorized, type Unavailable } from "../schema/Errors.ts"
+import { PubSub } from "../ports/PubSub.ts"
+import { ControlChannel, encodeControlSignal } from "../schema/Control.ts"
 import { Chats } from "./Chats.ts"
 import { orUnavailable } from "./Db.ts"
 import { Outbox } from "./Outbox.ts"
@@ -21,6 +23,8 @@ import { Tokens } from "./Tokens.ts"
 export const RefreshGracePeriod = Duration.seconds(5)
 
 export const DeletedUserName = "Deleted user"
+
+const announceRetry = Schedule.exponential("50 millis").pipe(Schedule.jittered)
 
 export interface Registration {
   readonly username: string
@@ -62,10 +66,13 @@ export class Accounts extends Context.Service<
     readonly logout: (refreshToken: string) => Effect.Effect<void, Unauthorized | Unavailable>
     /** The user behind an access token; a closed account's tokens stop working at once. */
     readonly authenticate: (accessToken: string) => Effect.Effect<User, Unauthorized | Unavailable>
-    /** Like `authenticate`, with when the token expires (milliseconds since the epoch). */
+    /** Like `authenticate`, with when the token expires (milliseconds since the epoch) and its login. */
     readonly authenticateSession: (
       accessToken: string
-    ) => Effect.Effect<{ readonly user: User; readonly expiresAt: number }, Unauthorized | Unavailable>
+    ) => Effect.Effect<
+      { readonly user: User; readonly expiresAt: number; readonly familyId: string | undefined },
+      Unauthorized | Unavailable
+    >
     readonly get: (userId: UserId) => Effect.Effect<User, NotFound | Unavailable>
     readonly search: (prefix: string, limit: number) => Effect.Effect<ReadonlyArray<User>, Unavailable>
     /** Closes the account; answers the chats it left. */
@@ -79,6 +86,20 @@ export class Accounts extends Context.Service<
       const outbox = yield* Outbox
       const tokens = yield* Tokens
       const chats = yield* Chats
+      const pubsub = yield* PubSub
+
+      /**
+       * Every node closes the sockets of an ended login (4001). Its access
+       * tokens already stop working (authenticate checks the family); this
+       * only hurries the open sockets, so a cache that stays down is logged.
+       */
+      const announceRevoked = (familyId: string) =>
+        pubsub.publish(ControlChannel, encodeControlSignal({ type: "family_revoked", familyId })).pipe(
+          Effect.retry({ schedule: announceRetry, times: 4 }),
+          Effect.catchTag("CacheError", (error) =>
+            Effect.logWarning("ended login not announced: its sockets stay open until they re-authenticate", error)
+          )
+        )
 
       const now = Effect.map(Clock.currentTimeMillis, (millis) => new Date(millis))
 
@@ -95,7 +116,7 @@ export class Accounts extends Context.Service<
             created_at: createdAt,
             expires_at: new Date(createdAt.getTime() + Duration.toMillis(tokens.refreshTokenTtl))
           })}`
-          const accessToken = yield* tokens.issueAccess(user.id)
+          const accessToken = yield* tokens.issueAccess(user.id, familyId)
           return new Session({
             user,
             accessToken,
@@ -171,7 +192,7 @@ export class Accounts extends Context.Service<
               // the client that rotated it. End every session of the login.
               yield* sql`UPDATE refresh_tokens SET revoked_at = ${at}
                          WHERE family_id = ${token.family_id} AND revoked_at IS NULL`
-              return { _tag: "reused" as const }
+              return { _tag: "reused" as const, familyId: token.family_id }
             }
             const users = yield* sql<UserRow>`
               SELECT id, username, display_name, password_hash, deleted_at FROM users WHERE id = ${token.user_id}`
@@ -184,6 +205,7 @@ export class Accounts extends Context.Service<
         if (outcome._tag === "ok") return outcome.session
         if (outcome._tag === "reused") {
           yield* Effect.logWarning("refresh token reused after rotation: token family revoked")
+          yield* announceRevoked(outcome.familyId)
           return yield* new Unauthorized({ message: "refresh token reused: every session of this login has ended" })
         }
         return yield* invalidRefresh
@@ -197,6 +219,7 @@ export class Accounts extends Context.Service<
         if (token === undefined || !tokens.secretMatches(secret, token.secret_hash)) return yield* invalidRefresh
         yield* sql`UPDATE refresh_tokens SET revoked_at = ${yield* now}
                    WHERE family_id = ${token.family_id} AND revoked_at IS NULL`
+        yield* announceRevoked(token.family_id)
       }, orUnavailable)
 
       const findUser = (userId: UserId) =>
@@ -205,13 +228,26 @@ export class Accounts extends Context.Service<
           (rows) => rows[0]
         )
 
+      // One query answers both: the account is open, and the token's login
+      // has not ended (logout, refresh-token reuse, account closed) — that
+      // is, some refresh token of its family is still unrevoked.
       const authenticateSession = Effect.fn("Accounts.authenticate")(function* (accessToken: string) {
-        const { userId, expiresAt } = yield* tokens.verifyAccess(accessToken)
-        const row = yield* findUser(userId)
+        const { userId, expiresAt, familyId } = yield* tokens.verifyAccess(accessToken)
+        const rows = yield* sql<UserRow & { readonly login_open: boolean }>`
+          SELECT id, username, display_name, password_hash, deleted_at,
+            ${
+              familyId === undefined
+                ? sql`TRUE`
+                : sql`EXISTS (SELECT 1 FROM refresh_tokens
+                              WHERE family_id = ${familyId} AND user_id = ${userId} AND revoked_at IS NULL)`
+            } AS login_open
+          FROM users WHERE id = ${userId}`
+        const row = rows[0]
         if (row === undefined || row.deleted_at !== null) {
           return yield* new Unauthorized({ message: "the account is closed" })
         }
-        return { user: toUser(row), expiresAt }
+        if (!row.login_open) return yield* new Unauthorized({ message: "this login has ended: log in again" })
+        return { user: toUser(row), expiresAt, familyId }
       }, orUnavailable)
       const authenticate = (accessToken: string) => Effect.map(authenticateSession(accessToken), (s) => s.user)
 

@@ -16,7 +16,8 @@ export interface TokenSettings {
   readonly refreshTokenTtl: Duration.Duration
 }
 
-const Claims = Schema.Struct({ sub: UserId, exp: Schema.Number })
+/** `fid`: the login (refresh-token family) the token belongs to, so ending the login ends its access tokens. */
+const Claims = Schema.Struct({ sub: UserId, exp: Schema.Number, fid: Schema.optional(Schema.String) })
 const decodeClaims = Schema.decodeUnknownEffect(Claims)
 
 export interface RefreshToken {
@@ -30,11 +31,17 @@ export class Tokens extends Context.Service<
   {
     readonly accessTokenTtl: Duration.Duration
     readonly refreshTokenTtl: Duration.Duration
-    readonly issueAccess: (userId: UserId) => Effect.Effect<string>
+    readonly issueAccess: (userId: UserId, familyId: string) => Effect.Effect<string>
     /** Fails with Unauthorized for a missing, forged, malformed or expired token. */
-    readonly verifyAccess: (
-      token: string
-    ) => Effect.Effect<{ readonly userId: UserId; readonly expiresAt: number }, Unauthorized>
+    readonly verifyAccess: (token: string) => Effect.Effect<
+      {
+        readonly userId: UserId
+        readonly expiresAt: number
+        /** Absent only in tokens issued before logins were carried in the token. */
+        readonly familyId: string | undefined
+      },
+      Unauthorized
+    >
     readonly newRefresh: () => RefreshToken
     /** Splits `<id>.<secret>`; fails with Unauthorized when malformed. */
     readonly parseRefresh: (
@@ -52,9 +59,9 @@ export class Tokens extends Context.Service<
       return Tokens.of({
         accessTokenTtl: settings.accessTokenTtl,
         refreshTokenTtl: settings.refreshTokenTtl,
-        issueAccess: (userId) =>
+        issueAccess: (userId, familyId) =>
           Effect.promise(() =>
-            new SignJWT({})
+            new SignJWT({ fid: familyId })
               .setProtectedHeader({ alg: "HS256", typ: "JWT" })
               .setSubject(userId)
               .setIssuedAt()
@@ -70,7 +77,7 @@ export class Tokens extends Context.Service<
               })
           }).pipe(
             Effect.flatMap(({ payload }) => decodeClaims(payload)),
-            Effect.map((claims) => ({ userId: claims.sub, expiresAt: claims.exp * 1000 })),
+            Effect.map((claims) => ({ userId: claims.sub, expiresAt: claims.exp * 1000, familyId: claims.fid })),
             Effect.catchTag("SchemaError", () => Effect.fail(new Unauthorized({ message: "invalid access token" })))
           ),
         newRefresh: () => {

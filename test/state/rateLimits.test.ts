@@ -14,12 +14,13 @@ import type { Cache } from "../../src/ports/Cache.ts"
 import * as Memory from "../../src/adapters/memory/Memory.ts"
 import * as Redis from "../../src/adapters/redis/Redis.ts"
 import type { RateLimited } from "../../src/schema/Errors.ts"
-import { type RateLimitSettings, RateLimits } from "../../src/state/RateLimits.ts"
+import { defaultRateLimits, type RateLimitSettings, RateLimits } from "../../src/state/RateLimits.ts"
 import { type Api, api, type Harmony, startHarmony } from "../support/harmony.ts"
 import { serviceUrl } from "../support/services.ts"
 import { type Frame, WsClient } from "../support/wsClient.ts"
 
 const settings: RateLimitSettings = {
+  ...defaultRateLimits,
   send: { capacity: 10, refillPerSecond: 0.001 },
   loginUser: { capacity: 3, refillPerSecond: 0.001 },
   loginAddress: { capacity: 50, refillPerSecond: 0.001 },
@@ -216,14 +217,14 @@ describe("rate limits end to end (harmony serve, embedded)", () => {
     expect(clients.every((client) => client.isOpen)).toBe(true)
   }, 90_000)
 
-  it("logins past RATE_LIMIT_LOGIN_USER answer 429 with Retry-After; another username is not affected", async () => {
+  it("failed logins past RATE_LIMIT_LOGIN_USER answer 429 with Retry-After; another username is not affected", async () => {
     const carol = await register("carol")
     const dave = await register("dave")
     const attempts = await Promise.all(
-      Array.from({ length: 6 }, () => http.post("/v1/auth/login", { username: carol.username, password }))
+      Array.from({ length: 6 }, () => http.post("/v1/auth/login", { username: carol.username, password: "wrong" }))
     )
     const statuses = attempts.map((reply) => reply.status).sort()
-    expect(statuses).toEqual([200, 200, 200, 429, 429, 429])
+    expect(statuses).toEqual([401, 401, 401, 429, 429, 429])
     for (const reply of attempts.filter((r) => r.status === 429)) {
       expect(reply.body).toEqual({ error: { code: "rate_limited", message: expect.any(String) } })
       expect(Number(reply.headers.get("retry-after"))).toBeGreaterThanOrEqual(1)

@@ -65,7 +65,7 @@ describe("Session live delivery", () => {
       const chatId = crypto.randomUUID() as ChatId
       const services: Session.SessionServices = {
         accounts: standIn<Accounts["Service"]>("accounts", {
-          authenticateSession: () => Effect.succeed({ user, expiresAt: Date.now() + 3_600_000 })
+          authenticateSession: () => Effect.succeed({ user, expiresAt: Date.now() + 3_600_000, familyId: undefined })
         }),
         membership: standIn<Membership["Service"]>("membership", {
           roleOf: () => Effect.succeed(Option.some("member" as const))

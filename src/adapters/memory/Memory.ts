@@ -220,7 +220,7 @@ const makeCache = Effect.gen(function* () {
     })
 
   // The same arithmetic as the Lua script in Redis.ts.
-  const take = Effect.fnUntraced(function* (key: string, bucket: TokenBucket) {
+  const take = Effect.fnUntraced(function* (key: string, bucket: TokenBucket, cost: 1 | -1 = 1) {
     yield* checkBucket(bucket)
     const now = yield* Clock.currentTimeMillis
     const { capacity, refillPerSecond } = bucket
@@ -229,8 +229,8 @@ const makeCache = Effect.gen(function* () {
       stored === undefined || stored.expiresAt <= now
         ? capacity
         : Math.min(capacity, stored.tokens + (Math.max(0, now - stored.updatedAt) * refillPerSecond) / 1000)
-    const allowed = before >= 1
-    const tokens = allowed ? before - 1 : before
+    const allowed = cost < 0 || before >= 1
+    const tokens = allowed ? Math.min(capacity, before - cost) : before
     buckets.set(key, {
       tokens,
       updatedAt: now,

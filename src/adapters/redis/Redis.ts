@@ -42,7 +42,8 @@ const retryStrategy = (attempt: number): number =>
  * node shares one clock); ARGV is capacity and refill per second. A missing
  * bucket is full. Refill is continuous: tokens + elapsed * rate, capped at
  * capacity. An allowed take spends one token; a denied one spends nothing and
- * answers the milliseconds until one token is there. Either way the refilled
+ * answers the milliseconds until one token is there; ARGV[3] = -1 gives one
+ * back (up to capacity). Either way the refilled
  * state is stored, and the key expires when the bucket would be full again,
  * which is indistinguishable from it being absent, so idle buckets vanish.
  * Answers {allowed (1 or 0), retryAfterMs}, integers because Redis truncates
@@ -62,9 +63,13 @@ if tokens == nil or ts == nil then
 else
   tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate / 1000)
 end
+local cost = tonumber(ARGV[3]) or 1
 local allowed = 0
 local retry = 0
-if tokens >= 1 then
+if cost < 0 then
+  tokens = math.min(capacity, tokens - cost)
+  allowed = 1
+elseif tokens >= 1 then
   tokens = tokens - 1
   allowed = 1
 else
@@ -335,8 +340,8 @@ const replyOf = <A>(
   )
 
 const makeCache = (client: IORedis, subscriber: IORedis) => {
-  const runTake = (key: string, bucket: TokenBucket) =>
-    runScript(client, take, [key], [bucket.capacity, bucket.refillPerSecond])
+  const runTake = (key: string, bucket: TokenBucket, cost: 1 | -1) =>
+    runScript(client, take, [key], [bucket.capacity, bucket.refillPerSecond, cost])
 
   return Cache.of({
     get: (key) => command("GET", () => client.get(key)).pipe(Effect.map((value) => value ?? undefined)),
@@ -347,9 +352,9 @@ const makeCache = (client: IORedis, subscriber: IORedis) => {
         command("SET NX", () => client.set(key, value, "PX", millis, "NX")).pipe(Effect.map((reply) => reply === "OK"))
       ),
     delete: (keys) => (keys.length === 0 ? Effect.void : command("DEL", () => client.del(...keys))),
-    take: Effect.fnUntraced(function* (key: string, bucket: TokenBucket) {
+    take: Effect.fnUntraced(function* (key: string, bucket: TokenBucket, cost: 1 | -1 = 1) {
       yield* checkBucket(bucket)
-      const reply = yield* runTake(key, bucket)
+      const reply = yield* runTake(key, bucket, cost)
       const [allowed, retryAfterMs] = yield* replyOf(take, reply, decodeTakeReply)
       const result: TakeResult = { allowed: allowed === 1, retryAfterMs }
       return result
