@@ -292,6 +292,26 @@ export const cacheContract = (name: string, adapter: Layer.Layer<Cache | PubSub,
         })
       )
 
+      it.effect("a token given back (take with -1) can be taken again, never past capacity", () =>
+        Effect.gen(function* () {
+          const cache = yield* Cache
+          const key = uniqueName("give-back")
+          const bucket = { capacity: 2, refillPerSecond: 0.001 }
+          assert.isTrue((yield* cache.take(key, bucket)).allowed)
+          assert.isTrue((yield* cache.take(key, bucket)).allowed)
+          assert.isFalse((yield* cache.take(key, bucket)).allowed)
+          assert.isTrue((yield* cache.take(key, bucket, -1)).allowed, "giving back is always allowed")
+          assert.isTrue((yield* cache.take(key, bucket)).allowed, "the token given back")
+          assert.isFalse((yield* cache.take(key, bucket)).allowed)
+          // Giving back to a full bucket leaves it full.
+          const full = uniqueName("give-back-full")
+          for (let i = 0; i < 3; i++) yield* cache.take(full, bucket, -1)
+          assert.isTrue((yield* cache.take(full, bucket)).allowed)
+          assert.isTrue((yield* cache.take(full, bucket)).allowed)
+          assert.isFalse((yield* cache.take(full, bucket)).allowed, "given back past capacity")
+        })
+      )
+
       it.effect("take rejects a bucket that cannot refill", () =>
         Effect.gen(function* () {
           const cache = yield* Cache
