@@ -29,6 +29,7 @@ import {
   logLines,
   type Node,
   occurrences,
+  password,
   RelayLine,
   range,
   registerMany,
@@ -280,6 +281,29 @@ describe("cluster mode: several nodes on the same services", () => {
       const history = await node.http.get(`/v1/chats/${chatId}/messages`, { token: member!.accessToken })
       expectStatus(history, 404)
     }
+  })
+
+  it("logout through node A closes that login's sockets on A and B with 4001; its token is refused on every node", async () => {
+    const [user] = await registerMany(A.http, 1, "logout")
+    const login = await A.http.post("/v1/auth/login", { username: user!.username, password })
+    expectStatus(login, 200)
+    const ended = { ...user!, accessToken: login.body.accessToken as string }
+    const [onA, onB] = await Promise.all([session(A.url, ended, opened), session(B.url, ended, opened)])
+    // The registration's login is another one: it goes on.
+    const other = await session(B.url, user!, opened)
+    const loggedOutAt = Date.now()
+    expectStatus(await A.http.post("/v1/auth/logout", { refreshToken: login.body.refreshToken }), 204)
+    const closes = await Promise.all(
+      [onA, onB].map((client) => client.waitForClose(30_000).then((info) => ({ ...info, at: Date.now() })))
+    )
+    expect(closes.map((close) => close.code)).toEqual([4001, 4001])
+    timings.logoutClosesSocketsMs = Math.max(...closes.map((close) => close.at)) - loggedOutAt
+    // "Within a second" is the design (one pub/sub hop); the bound leaves room for a busy machine,
+    // and is still far below anything but the signal (tokens are otherwise checked only on use).
+    expect(timings.logoutClosesSocketsMs).toBeLessThan(10_000)
+    for (const node of [A, B, C]) expectStatus(await node.http.get("/v1/me", { token: ended.accessToken }), 401)
+    await other.ping()
+    expect(other.isOpen).toBe(true)
   })
 
   it("SIGTERM of one node: its sessions get 1001, it exits 0, the others take its partitions with nothing lost", async () => {
