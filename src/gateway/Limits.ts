@@ -7,6 +7,7 @@
  * the socket caps bound how many such buckets one user or address can have.
  */
 import type { TokenBucket } from "../ports/Cache.ts"
+import type { ClientFrame } from "../schema/Protocol.ts"
 
 export interface FrameLimits {
   readonly typing: TokenBucket
@@ -51,5 +52,21 @@ export const localBucket = (bucket: TokenBucket, now: () => number = Date.now) =
       tokens -= 1
       return true
     }
+  }
+}
+
+/** One connection's bucket for each frame type (`send` is limited per user, in the ingest). */
+export const frameBucketsOf = (
+  limits: FrameLimits
+): Partial<Record<ClientFrame["type"], { readonly take: () => boolean }>> => {
+  const subscribe = localBucket(limits.subscribe)
+  const ping = localBucket(limits.ping)
+  return {
+    typing: localBucket(limits.typing),
+    read: localBucket(limits.read),
+    subscribe,
+    unsubscribe: subscribe,
+    ping,
+    auth: ping
   }
 }

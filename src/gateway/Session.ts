@@ -43,7 +43,7 @@ import type { PresenceTracker } from "./PresenceTracker.ts"
 import type { Ingest } from "../messages/Ingest.ts"
 import { syncSpans } from "../Tracing.ts"
 import { closeSocket } from "./closeSocket.ts"
-import { defaultFrameLimits, defaultGatewayLimits, type FrameLimits, localBucket } from "./Limits.ts"
+import { defaultFrameLimits, defaultGatewayLimits, type FrameLimits, frameBucketsOf } from "./Limits.ts"
 
 export interface SessionOptions {
   /** The first frame must authenticate within this time (docs/protocol.md: 5 s). */
@@ -590,17 +590,3 @@ const oneLine = (text: string) => text.replace(/\s*\n\s*/g, " ").trim()
 
 /** Spans of the hot path skip capturing a call site. */
 const noStackTrace = { captureStackTrace: false } as const
-
-/** Each frame type's bucket for one connection (`send` is limited per user, in the ingest). */
-const frameBucketsOf = (limits: FrameLimits): Partial<Record<ClientFrame["type"], { take: () => boolean }>> => {
-  const subscribe = localBucket(limits.subscribe)
-  const ping = localBucket(limits.ping)
-  return {
-    typing: localBucket(limits.typing),
-    read: localBucket(limits.read),
-    subscribe,
-    unsubscribe: subscribe,
-    ping,
-    auth: ping
-  }
-}
