@@ -7,10 +7,15 @@
  * ratios to the baselines. Results also go to bench/results/latest.{json,md}.
  *
  *   npm run bench -- [--mode cluster|embedded|both] [--baselines ws,socketio|none]
- *                    [--scenario latency|throughput|all] [--rate 1000] [--chats 100] [--members 10]
+ *                    [--scenario latency|throughput|all|connections] [--rate 1000] [--chats 100] [--members 10]
  *                    [--duration 60] [--latency-duration 30] [--warmup 5] [--window 1]
  *                    [--body 100] [--quick] [--profile] [--kafka own|shared] [--server-dir DIR]
  *                    [--otel off|down|up|compare|LIST] [--otel-endpoint URL]
+ *
+ * --scenario connections [--connections 10000] [--starts 3] [--settle 10]
+ * [--connect-concurrency 100] measures start-up, idle RSS and RSS per idle
+ * connection, Harmony embedded beside raw `ws` (bench/connections.ts; its own
+ * run, not combined with the other scenarios; cluster mode is not measured).
  *
  * --kafka own (default) starts a private Kafka broker for the cluster run (the
  * shared one's `actors` consumer group is joined by every Harmony node that
@@ -33,17 +38,8 @@ import { PgClient } from "@effect/sql-pg"
 import { Effect, Redacted } from "effect"
 import { SqlClient } from "effect/sql"
 import { Kafka, logLevel } from "kafkajs"
-import { type ChildProcess, execFileSync, spawn } from "node:child_process"
-import {
-  createWriteStream,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  writeFileSync
-} from "node:fs"
+import { execFileSync, spawn } from "node:child_process"
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { createServer as createHttpServer } from "node:http"
 import { createServer as createNetServer } from "node:net"
 import { cpus, tmpdir, totalmem } from "node:os"
@@ -61,13 +57,23 @@ import {
   type TargetKind,
   type TargetResult
 } from "./common.ts"
+import {
+  type Child,
+  children,
+  firstError,
+  killChildren,
+  nodeBin,
+  pendingCleanups,
+  repoRoot,
+  resultsDir,
+  spawnNode,
+  stopChild,
+  tail,
+  waitReady
+} from "./children.ts"
+import { checkOpenFileLimit, renderConnections, runConnections } from "./connections.ts"
 import { summarize } from "./profile.ts"
 import { type RunInfo, render } from "./report.ts"
-
-const repoRoot = fileURLToPath(new URL("../", import.meta.url))
-const resultsDir = join(repoRoot, "bench", "results")
-const localNode = join(repoRoot, "node_modules", ".bin", "node")
-const nodeBin = existsSync(localNode) ? localNode : process.execPath
 
 // --- options ---------------------------------------------------------------------------------------
 const { values: flags } = parseArgs({
@@ -83,6 +89,10 @@ const { values: flags } = parseArgs({
     warmup: { type: "string" },
     window: { type: "string" },
     body: { type: "string" },
+    connections: { type: "string" },
+    starts: { type: "string" },
+    settle: { type: "string" },
+    "connect-concurrency": { type: "string" },
     quick: { type: "boolean", default: process.env.BENCH_QUICK === "1" },
     profile: { type: "boolean", default: process.env.BENCH_PROFILE === "1" },
     "server-dir": { type: "string", default: process.env.BENCH_SERVER_DIR ?? "" },
@@ -131,13 +141,14 @@ const baselines = flags.baselines === "none" ? [] : flags.baselines.split(",").m
 for (const name of baselines) {
   if (name !== "ws" && name !== "socketio") throw new Error(`bench: unknown baseline ${name} (ws, socketio or none)`)
 }
+const connectionsScenario = flags.scenario === "connections"
 const scenarios: Array<ScenarioName> =
-  flags.scenario === "all"
+  flags.scenario === "all" || connectionsScenario
     ? ["latency", "throughput"]
     : flags.scenario === "latency" || flags.scenario === "throughput"
       ? [flags.scenario]
       : []
-if (scenarios.length === 0) throw new Error("bench: --scenario must be latency, throughput or all")
+if (scenarios.length === 0) throw new Error("bench: --scenario must be latency, throughput, all or connections")
 if (flags.kafka !== "own" && flags.kafka !== "shared") throw new Error("bench: --kafka must be own or shared")
 const otelVariants: Array<OtelVariant> = (flags.otel === "compare" ? "off,down" : flags.otel)
   .split(",")
@@ -159,28 +170,6 @@ const out = (line: string) => process.stdout.write(`${line}\n`)
 const warnings: Array<string> = []
 
 // --- child processes ---------------------------------------------------------------------------------
-interface Child {
-  readonly pid: number
-  readonly process: ChildProcess
-  exited: boolean
-  readonly exit: Promise<void>
-  readonly logFile: string
-}
-
-const children = new Set<ChildProcess>()
-/** Undone on the way out, even when interrupted: databases, tables, the private broker. */
-const pendingCleanups = new Set<() => Promise<void>>()
-const killChildren = () => {
-  for (const child of children) {
-    for (const pid of [-(child.pid ?? 0), child.pid ?? 0]) {
-      try {
-        if (pid !== 0) process.kill(pid, "SIGKILL")
-      } catch {
-        // gone already, or not a group leader
-      }
-    }
-  }
-}
 process.on("exit", killChildren)
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   process.on(signal, () => {
@@ -199,80 +188,8 @@ const startNode = (
   env: Record<string, string>,
   nodeArgs: ReadonlyArray<string> = [],
   cwd: string = repoRoot
-): Child => {
-  const logFile = join(resultsDir, `${runStamp}-${name}.log`)
-  const log = createWriteStream(logFile)
-  const child = spawn(nodeBin, [...nodeArgs, "--import", "tsx", ...script], {
-    cwd,
-    env,
-    detached: true,
-    stdio: ["ignore", "pipe", "pipe"]
-  })
-  children.add(child)
-  child.stdout!.pipe(log)
-  child.stderr!.pipe(log)
-  const handle: Child = {
-    pid: child.pid!,
-    process: child,
-    exited: false,
-    logFile,
-    exit: new Promise((resolve) =>
-      child.on("exit", () => {
-        handle.exited = true
-        children.delete(child)
-        resolve()
-      })
-    )
-  }
-  return handle
-}
-
-const stopChild = async (child: Child) => {
-  if (!child.exited) {
-    child.process.kill("SIGTERM")
-    const timer = setTimeout(() => {
-      try {
-        process.kill(-child.pid, "SIGKILL")
-      } catch {
-        // gone
-      }
-    }, 30_000)
-    await child.exit
-    clearTimeout(timer)
-  }
-}
-
-const tail = (file: string, lines = 30) => {
-  try {
-    return readFileSync(file, "utf8").split("\n").slice(-lines).join("\n")
-  } catch {
-    return "(no log)"
-  }
-}
-
-/** The first ERROR line of a server log, for a one-line warning. */
-const firstError = (file: string) =>
-  tail(file, 400)
-    .split("\n")
-    .find((line) => line.includes("ERROR"))
-    ?.slice(0, 300) ?? "(no ERROR line in its log)"
-
-const waitReady = async (child: Child, url: string, timeoutSeconds: number) => {
-  const deadline = Date.now() + timeoutSeconds * 1000
-  let problem = "no answer"
-  while (Date.now() < deadline) {
-    if (child.exited) throw new Error(`server exited before it was ready; log tail:\n${tail(child.logFile)}`)
-    try {
-      const response = await fetch(url, { signal: AbortSignal.timeout(5_000) })
-      if (response.status === 200) return
-      problem = `${response.status} ${(await response.text()).slice(0, 200)}`
-    } catch (error) {
-      problem = String(error)
-    }
-    await sleep(300)
-  }
-  throw new Error(`server not ready after ${timeoutSeconds} s (${problem}); log tail:\n${tail(child.logFile)}`)
-}
+): Child =>
+  spawnNode([...nodeArgs, "--import", "tsx", ...script], env, cwd, join(resultsDir, `${runStamp}-${name}.log`))
 
 const baseEnv = (): Record<string, string> => {
   const env: Record<string, string> = {}
@@ -671,8 +588,47 @@ const serverDescription = () => {
 }
 
 // --- main --------------------------------------------------------------------------------------------------
+const connectionsMain = async () => {
+  const connections = int(flags.connections, "BENCH_CONNECTIONS", quick ? 2000 : 10_000)
+  const startedAt = new Date().toISOString()
+  const command = `npm run bench -- ${process.argv.slice(2).join(" ")}`
+  const machine = `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${execFileSync(nodeBin, ["--version"], { encoding: "utf8" }).trim()}, load average at start ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")}`
+  out(`bench: ${command}`)
+  out(`bench: ${machine}`)
+  const limit = checkOpenFileLimit(connections)
+  if (limit !== undefined) throw new Error(`bench: ${limit}`)
+  const results = await runConnections({
+    connections,
+    members: options.members,
+    starts: int(flags.starts, "BENCH_STARTS", 3),
+    settleSeconds: int(flags.settle, "BENCH_SETTLE", quick ? 3 : 10),
+    concurrency: int(flags["connect-concurrency"], "BENCH_CONNECT_CONCURRENCY", 100),
+    harmony: modes.includes("embedded"),
+    ws: baselines.includes("ws"),
+    serverDir,
+    runStamp,
+    env: baseEnv(),
+    out
+  })
+  const report = renderConnections(results, [
+    `## connections scenario, ${startedAt}`,
+    "",
+    `- command: \`${command}\``,
+    `- Harmony: ${serverDescription()}`,
+    `- machine: ${machine}`,
+    `- ${connections} WebSockets, ${options.members} per chat`
+  ])
+  out(`\n${report}\n`)
+  writeFileSync(
+    join(resultsDir, `${runStamp}-connections.json`),
+    `${JSON.stringify({ startedAt, command, machine, results }, null, 2)}\n`
+  )
+  writeFileSync(join(resultsDir, "latest-connections.md"), `${report}\n`)
+}
+
 const main = async () => {
   mkdirSync(resultsDir, { recursive: true })
+  if (connectionsScenario) return connectionsMain()
   const targets: Array<Target> = [
     ...modes.flatMap((mode) => otelVariants.map((variant) => harmonyTarget(mode, variant))),
     ...baselines.map((name) => baselineTarget(name as "ws" | "socketio"))
