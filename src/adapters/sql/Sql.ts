@@ -22,6 +22,14 @@ export const postgres = (options: { readonly url: Redacted.Redacted<string>; rea
   })
 
 /**
+ * Postgres settings of the embedded PGlite. Its defaults are a server's
+ * (shared_buffers 128MB, which PGlite allocates in its WASM memory at once):
+ * embedded state is a few thousand rows, and 16MB of buffers starts faster
+ * and holds ~110 MiB less resident (docs/benchmarks.md, connections scenario).
+ */
+const embeddedSettings = ["-c", "shared_buffers=16MB"]
+
+/**
  * PGlite in-process (embedded mode), its data under `dataDir` (or in memory
  * when absent). PGlite is one Postgres backend: concurrent connections
  * through pglite-socket would share one session and interleave the
@@ -36,7 +44,11 @@ export const embedded = (options: {
         Effect.tryPromise({
           try: async () => {
             if (options.dataDir !== undefined) mkdirSync(options.dataDir, { recursive: true })
-            const db = new PGlite(options.dataDir)
+            // One options object: `new PGlite(undefined, options)` ignores the options.
+            const db = new PGlite({
+              ...(options.dataDir === undefined ? {} : { dataDir: options.dataDir }),
+              startParams: [...PGlite.defaultStartParams, ...embeddedSettings]
+            })
             await db.waitReady
             return db
           },
