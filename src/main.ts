@@ -3,7 +3,10 @@
  * when no service URLs are configured); `harmony migrate` applies the state
  * schema and exits. Configuration comes from the environment (docs: README).
  */
-import { NodeRuntime, NodeServices } from "@effect/platform-node"
+// Subpaths, not the package index: the index loads every module of
+// platform-node, its Redis client's 650 modules among them.
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import * as NodeServices from "@effect/platform-node/NodeServices"
 import { Console, Effect, Layer, Runtime } from "effect"
 import { Command } from "effect/cli"
 import * as App from "./App.ts"
