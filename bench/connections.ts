@@ -2,7 +2,9 @@
  * `npm run bench -- --scenario connections`: start-up, idle footprint and the
  * memory cost of idle connections, Harmony embedded beside a raw `ws` server.
  *
- * Harmony (embedded, `node src/main.ts serve` as `npm start` runs it):
+ * Harmony (embedded, `node bin/harmony.mjs serve` as `npm start` runs it,
+ * after timing `npm start`'s prestart, scripts/build-web.mjs, on an
+ * unchanged checkout):
  *   1. first start on a fresh data directory (migrations, tables) → /readyz;
  *   2. stopped; the bench seeds the data directory with PGlite directly:
  *      N users and N / members chats of `members` each (registering N users
@@ -22,12 +24,13 @@
  */
 import { PGlite } from "@electric-sql/pglite"
 import { SignJWT } from "jose"
+import { execFileSync } from "node:child_process"
 import { randomUUID } from "node:crypto"
 import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import WebSocket from "ws"
-import { type Child, resultsDir, spawnNode, stopChild, tail } from "./children.ts"
+import { type Child, nodeBin, resultsDir, spawnNode, stopChild, tail } from "./children.ts"
 import { freePort, sleep } from "./common.ts"
 import { mapConcurrent } from "./harmony-http.ts"
 
@@ -48,6 +51,8 @@ export interface ConnectionsOptions {
 
 export interface FootprintResult {
   readonly label: string
+  /** Harmony: seconds `npm start`'s prestart (scripts/build-web.mjs) takes when nothing changed. */
+  readonly webBuildSeconds: number | null
   /** Seconds from spawn to /readyz (Harmony: fresh data directory first, then each start on the existing one). */
   readonly firstStartSeconds: number | null
   readonly startSeconds: ReadonlyArray<number>
@@ -248,7 +253,7 @@ const harmony = async (options: ConnectionsOptions): Promise<FootprintResult> =>
   const start = (name: string) => {
     const startedAt = performance.now()
     const child = spawnNode(
-      ["src/main.ts", "serve"],
+      ["bin/harmony.mjs", "serve"],
       env,
       options.serverDir,
       join(resultsDir, `${options.runStamp}-${name}.log`)
@@ -256,6 +261,11 @@ const harmony = async (options: ConnectionsOptions): Promise<FootprintResult> =>
     return { child, ready: readyAfter(child, `${url}/readyz`, startedAt) }
   }
   try {
+    execFileSync(nodeBin, ["scripts/build-web.mjs"], { cwd: options.serverDir, env, stdio: "ignore" })
+    const buildStarted = performance.now()
+    execFileSync(nodeBin, ["scripts/build-web.mjs"], { cwd: options.serverDir, env, stdio: "ignore" })
+    const webBuildSeconds = (performance.now() - buildStarted) / 1000
+    options.out(`[harmony-embedded] prestart (build-web.mjs, nothing changed): ${webBuildSeconds.toFixed(2)} s`)
     const first = start("harmony-embedded-first-start")
     const firstStartSeconds = await first.ready
     options.out(`[harmony-embedded] first start (fresh data directory): ready in ${firstStartSeconds.toFixed(2)} s`)
@@ -289,7 +299,7 @@ const harmony = async (options: ConnectionsOptions): Promise<FootprintResult> =>
     )
     const measured = await measureConnections(options, child!, url, members)
     await stopChild(child!)
-    return { label: "harmony-embedded", firstStartSeconds, startSeconds, ...measured }
+    return { label: "harmony-embedded", webBuildSeconds, firstStartSeconds, startSeconds, ...measured }
   } finally {
     rmSync(dataDir, { recursive: true, force: true })
   }
@@ -312,7 +322,7 @@ const rawWs = async (options: ConnectionsOptions): Promise<FootprintResult> => {
       chatId: `room-${Math.floor(index / options.members)}`
     }))
     const measured = await measureConnections(options, child, url, members)
-    return { label: "raw-ws", firstStartSeconds: null, startSeconds: [ready], ...measured }
+    return { label: "raw-ws", webBuildSeconds: null, firstStartSeconds: null, startSeconds: [ready], ...measured }
   } finally {
     await stopChild(child)
   }
@@ -346,6 +356,7 @@ export const renderConnections = (results: ReadonlyArray<FootprintResult>, heade
   lines.push(`| --- | ${results.map(() => "---").join(" | ")} |`)
   const row = (name: string, cell: (r: FootprintResult) => string) =>
     lines.push(`| ${name} | ${results.map(cell).join(" | ")} |`)
+  row("prestart: build-web.mjs, nothing changed (s)", (r) => num(r.webBuildSeconds, 2))
   row("first start, fresh data directory → ready (s)", (r) => num(r.firstStartSeconds, 2))
   row("start on the existing data directory → ready (s)", (r) => r.startSeconds.map((s) => s.toFixed(2)).join(", "))
   row("idle RSS (MiB)", (r) => num(r.idleRssMiB))
