@@ -26,7 +26,7 @@ import { PGlite } from "@electric-sql/pglite"
 import { SignJWT } from "jose"
 import { execFileSync } from "node:child_process"
 import { randomUUID } from "node:crypto"
-import { mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import WebSocket from "ws"
@@ -47,6 +47,32 @@ export interface ConnectionsOptions {
   readonly runStamp: string
   readonly env: Record<string, string>
   readonly out: (line: string) => void
+  /** Write a V8 heap snapshot of each server at idle, authenticated and subscribed (bench/results/heap/). */
+  readonly heapSnapshots: boolean
+}
+
+const heapDir = join(resultsDir, "heap")
+/** Node flags that let the bench ask a server for heap snapshots (SIGUSR2) into bench/results/heap. */
+const heapArgs = (options: ConnectionsOptions) =>
+  options.heapSnapshots ? ["--heapsnapshot-signal=SIGUSR2", `--diagnostic-dir=${heapDir}`] : []
+
+/** Asks the server for a heap snapshot and waits until its file stops growing. */
+const heapSnapshot = async (options: ConnectionsOptions, child: Child, phase: string) => {
+  if (!options.heapSnapshots) return
+  const before = new Set(readdirSync(heapDir))
+  process.kill(child.pid, "SIGUSR2")
+  for (let i = 0; i < 600; i++) {
+    await sleep(1000)
+    const file = readdirSync(heapDir).find((name) => !before.has(name) && name.includes(`.${child.pid}.`))
+    if (file === undefined) continue
+    const size = statSync(join(heapDir, file)).size
+    await sleep(2000)
+    if (size > 0 && statSync(join(heapDir, file)).size === size) {
+      options.out(`[connections] heap snapshot (${phase}): ${join(heapDir, file)}`)
+      return
+    }
+  }
+  options.out(`[connections] no heap snapshot (${phase}) after 10 minutes`)
 }
 
 export interface FootprintResult {
@@ -151,6 +177,7 @@ const measureConnections = async (
   members: ReadonlyArray<{ readonly token: string; readonly chatId: string }>
 ) => {
   const idle = await settledRss(child, options.settleSeconds)
+  await heapSnapshot(options, child, "idle")
   options.out(`[connections] idle RSS ${idle.rss.toFixed(1)} MiB (${idle.note}); opening ${members.length} sockets`)
   let failed = 0
   let opened = 0
@@ -166,6 +193,7 @@ const measureConnections = async (
     }
   })
   const authenticated = await settledRss(child, options.settleSeconds)
+  await heapSnapshot(options, child, "authenticated")
   options.out(`[connections] authenticated RSS ${authenticated.rss.toFixed(1)} MiB (${authenticated.note})`)
   let subscribed = 0
   await mapConcurrent(members, options.concurrency, async (member, index) => {
@@ -179,6 +207,7 @@ const measureConnections = async (
     }
   })
   const afterSubscribe = await settledRss(child, options.settleSeconds)
+  await heapSnapshot(options, child, "subscribed")
   options.out(`[connections] subscribed RSS ${afterSubscribe.rss.toFixed(1)} MiB (${afterSubscribe.note})`)
   for (const socket of sockets) socket?.socket.terminate()
   const n = sockets.filter((socket) => socket !== undefined).length
@@ -253,7 +282,7 @@ const harmony = async (options: ConnectionsOptions): Promise<FootprintResult> =>
   const start = (name: string) => {
     const startedAt = performance.now()
     const child = spawnNode(
-      ["bin/harmony.mjs", "serve"],
+      [...heapArgs(options), "bin/harmony.mjs", "serve"],
       env,
       options.serverDir,
       join(resultsDir, `${options.runStamp}-${name}.log`)
@@ -310,7 +339,7 @@ const rawWs = async (options: ConnectionsOptions): Promise<FootprintResult> => {
   const url = `http://127.0.0.1:${port}`
   const startedAt = performance.now()
   const child = spawnNode(
-    ["--import", "tsx", "bench/baselines/ws-broadcast.ts"],
+    [...heapArgs(options), "--import", "tsx", "bench/baselines/ws-broadcast.ts"],
     { ...options.env, PORT: String(port) },
     options.serverDir,
     join(resultsDir, `${options.runStamp}-raw-ws-connections.log`)
@@ -340,6 +369,7 @@ export const checkOpenFileLimit = (connections: number): string | undefined => {
 }
 
 export const runConnections = async (options: ConnectionsOptions): Promise<Array<FootprintResult>> => {
+  if (options.heapSnapshots) mkdirSync(heapDir, { recursive: true })
   const results: Array<FootprintResult> = []
   if (options.harmony) results.push(await harmony(options))
   if (options.ws) results.push(await rawWs(options))

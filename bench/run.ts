@@ -13,7 +13,7 @@
  *                    [--otel off|down|up|compare|LIST] [--otel-endpoint URL]
  *
  * --scenario connections [--connections 10000] [--starts 3] [--settle 10]
- * [--connect-concurrency 100] measures start-up, idle RSS and RSS per idle
+ * [--connect-concurrency 100] [--heap-snapshots] measures start-up, idle RSS and RSS per idle
  * connection, Harmony embedded beside raw `ws` (bench/connections.ts; its own
  * run, not combined with the other scenarios; cluster mode is not measured).
  *
@@ -93,6 +93,7 @@ const { values: flags } = parseArgs({
     starts: { type: "string" },
     settle: { type: "string" },
     "connect-concurrency": { type: "string" },
+    "heap-snapshots": { type: "boolean", default: false },
     quick: { type: "boolean", default: process.env.BENCH_QUICK === "1" },
     profile: { type: "boolean", default: process.env.BENCH_PROFILE === "1" },
     "server-dir": { type: "string", default: process.env.BENCH_SERVER_DIR ?? "" },
@@ -608,7 +609,8 @@ const connectionsMain = async () => {
     serverDir,
     runStamp,
     env: baseEnv(),
-    out
+    out,
+    heapSnapshots: flags["heap-snapshots"]
   })
   const report = renderConnections(results, [
     `## connections scenario, ${startedAt}`,
