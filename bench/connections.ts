@@ -276,7 +276,9 @@ const harmony = async (options: ConnectionsOptions): Promise<FootprintResult> =>
     HARMONY_JWT_SECRET: secret,
     PORT: String(port),
     HOST: "127.0.0.1",
-    ACCESS_TOKEN_TTL: "6 hours"
+    ACCESS_TOKEN_TTL: "6 hours",
+    // Every bench socket comes from 127.0.0.1.
+    MAX_SOCKETS_PER_ADDRESS: String(options.connections + 1000)
   }
   // As `npm start` runs it: Node's own type stripping, no tsx.
   const start = (name: string) => {

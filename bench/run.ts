@@ -405,6 +405,8 @@ const harmonyTarget = (mode: "cluster" | "embedded", otel: OtelVariant = "off"):
       env.ACCESS_TOKEN_TTL = "6 hours"
       // Setting up registers chats × members users from one address: not what is measured.
       env.RATE_LIMIT_REGISTER ??= "100000/10000"
+      // Every connection of the load generator comes from 127.0.0.1.
+      env.MAX_SOCKETS_PER_ADDRESS ??= String(options.chats * options.members + 1000)
       const cleanups: Array<() => Promise<void>> = []
       if (mode === "embedded") {
         const dataDir = mkdtempSync(join(tmpdir(), "harmony-bench-"))
