@@ -4,7 +4,7 @@
  * path (ingest, actors, fanout, history), the WebSocket gateway and the HTTP
  * server. Built here so main.ts stays a thin CLI.
  */
-import { NodeHttpServer } from "@effect/platform-node"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Duration, Effect, Layer, Redacted } from "effect"
 import { HttpRouter } from "effect/http"
 import { HttpApiBuilder, HttpApiScalar } from "effect/http-api"

@@ -22,7 +22,7 @@
  * ms), OTEL_BSP_MAX_EXPORT_BATCH_SIZE.
  */
 import { Config, Context, Duration, Effect, Layer, Logger, Option, Redacted, References, Tracer } from "effect"
-import { NodeHttpClient } from "@effect/platform-node"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { HttpClient, HttpClientError, HttpMiddleware } from "effect/http"
 import { OtlpExporter, OtlpLogger, OtlpMetrics, OtlpSerialization, OtlpTracer } from "effect/observability"
 import { ExportGate } from "./Tracing.ts"
