@@ -5,7 +5,7 @@
 import { Effect, Layer, Option, Redacted } from "effect"
 import type { HttpServerRequest } from "effect/http"
 import { HttpApiBuilder } from "effect/http-api"
-import { NotFound, Unavailable } from "../schema/Errors.ts"
+import { Unavailable } from "../schema/Errors.ts"
 import { Accounts } from "../state/Accounts.ts"
 import { Chats } from "../state/Chats.ts"
 import { Membership } from "../state/Membership.ts"
@@ -16,6 +16,7 @@ import { Readiness } from "./Readiness.ts"
 import { Fanout } from "../messages/Fanout.ts"
 import { History } from "../messages/History.ts"
 import { Ingest } from "../messages/Ingest.ts"
+import { markRead } from "../messages/ChatRules.ts"
 
 /** The client's address for per-address limits (the socket peer; no proxy headers are trusted). */
 const addressOf = (request: HttpServerRequest.HttpServerRequest) =>
@@ -166,14 +167,7 @@ const MessagesHandlers = HttpApiBuilder.group(
         Effect.gen(function* () {
           const user = yield* CurrentUser
           yield* limits.take("write", user.id)
-          // A non-member is answered before any work on the chat.
-          const role = yield* membership.roleOf(params.chatId, user.id)
-          if (role._tag === "None") return yield* new NotFound({ message: `chat ${params.chatId} not found` })
-          const seq = yield* history.clampToLastSeq(params.chatId, payload.seq)
-          yield* chats.markRead(user.id, params.chatId, seq)
-          yield* fanout
-            .publishFrame(params.chatId, user.id, { type: "read", chatId: params.chatId, userId: user.id, seq })
-            .pipe(Effect.catchTag("CacheError", (error) => Effect.logWarning("read not published", error)))
+          yield* markRead({ membership, history, chats, fanout }, user.id, params.chatId, payload.seq)
         }),
       readPositions: ({ params }) =>
         Effect.flatMap(CurrentUser, (user) =>

@@ -8,8 +8,9 @@ import { Clock, Context, Duration, Effect, Layer } from "effect"
 import { RecentMessages } from "./RecentMessages.ts"
 import { MessageStore, type MessageStoreError } from "../ports/MessageStore.ts"
 import type { ChatId, Message, UserId } from "../schema/Domain.ts"
-import { NotFound, Unavailable } from "../schema/Errors.ts"
+import { type NotFound, Unavailable } from "../schema/Errors.ts"
 import { Membership } from "../state/Membership.ts"
+import { memberRole } from "./ChatRules.ts"
 
 export interface PageRequest {
   readonly before?: number | undefined
@@ -67,8 +68,7 @@ export class History extends Context.Service<
       const recent = yield* RecentMessages
 
       const page = Effect.fn("History.page")(function* (callerId: UserId, chatId: ChatId, request: PageRequest) {
-        const role = yield* membership.roleOf(chatId, callerId)
-        if (role._tag === "None") return yield* new NotFound({ message: `chat ${chatId} not found` })
+        yield* memberRole(membership, chatId, callerId)
         // `after` pages forward, oldest first; otherwise pages back from
         // `before` (or from the newest message), newest first.
         if (request.after !== undefined && request.before === undefined) {

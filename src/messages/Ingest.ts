@@ -14,12 +14,13 @@ import { Clock, Context, Deferred, Effect, Exit, Layer, Metric, Option, Queue, t
 import { messagesAccepted } from "../Metrics.ts"
 import { EventLog, type EventLogError, type ProduceRecord } from "../ports/EventLog.ts"
 import type { ChatId, MessageId, UserId } from "../schema/Domain.ts"
-import { NotFound, type RateLimited, Unavailable } from "../schema/Errors.ts"
+import { type NotFound, type RateLimited, Unavailable } from "../schema/Errors.ts"
 import { encodeSendRecord, messageIdOf } from "../schema/Records.ts"
 import { Membership } from "../state/Membership.ts"
 import { RateLimits } from "../state/RateLimits.ts"
 import { ExportGate, sampled, TraceparentHeader, traceparentOf } from "../Tracing.ts"
 import { MessagesTopic } from "../schema/Topics.ts"
+import { memberRole } from "./ChatRules.ts"
 
 export interface Accepted {
   readonly id: MessageId
@@ -125,8 +126,7 @@ export class Ingest extends Context.Service<
         body: string
       ) {
         yield* limits.take("send", authorId)
-        const role = yield* membership.roleOf(chatId, authorId)
-        if (role._tag === "None") return yield* new NotFound({ message: `chat ${chatId} not found` })
+        yield* memberRole(membership, chatId, authorId)
         const id = messageIdOf(chatId, authorId, clientMsgId)
         const sentAt = new Date(yield* Clock.currentTimeMillis).toISOString()
         const done = yield* Deferred.make<void, EventLogError>()
