@@ -4,22 +4,24 @@
  * with local subscribers to the chat holds one subscription to that channel
  * (the PubSub port ref-counts it) and hands the frame to each session as is.
  *
- * The payload is `<seq> <from> <sentAt> <traceparent> <frame>`: sessions drop
- * a seq they already delivered (a message re-published after a replay)
- * without parsing the frame. Frames that are not messages (typing, read,
- * membership signals) carry seq 0 and, in `from`, the user they come from
- * ("-" for none), so a user's own signals are not echoed to them. `sentAt`
+ * The payload is `<seq> <from> <ends> <sentAt> <traceparent> <frame>`:
+ * sessions drop a seq they already delivered (a message re-published after a
+ * replay) without parsing the frame. Frames that are not messages (typing,
+ * read, membership signals) carry seq 0 and, in `from`, the user they come
+ * from ("-" for none), so a user's own signals are not echoed to them; `ends`
+ * names the user whose subscription the frame ends (`member_removed`), "*"
+ * for everyone's (`chat_deleted`), "-" for none. `sentAt`
  * (milliseconds since the epoch, when the gateway accepted the send) feeds
  * the send→deliver latency where the message is delivered; `traceparent`
  * (W3C) continues the message's trace on every delivering node. Either is
  * "-" when absent.
  */
-import { Context, Effect, Layer, Schema, Stream } from "effect"
+import { Context, Effect, Layer, Stream } from "effect"
 import type { Scope, Tracer } from "effect"
 import type { CacheError } from "../ports/Cache.ts"
 import { PubSub } from "../ports/PubSub.ts"
-import { type ChatId, Message } from "../schema/Domain.ts"
-import type { ServerFrame } from "../schema/Protocol.ts"
+import type { ChatId, Message } from "../schema/Domain.ts"
+import { encodeMessageFrame, encodeServerFrame, type ServerFrame } from "../schema/ServerFrames.ts"
 import { traceparentOf } from "../Tracing.ts"
 
 export interface FanoutItem {
@@ -27,6 +29,8 @@ export interface FanoutItem {
   readonly seq: number
   /** The user whose action this frame reports, when it is not a message. */
   readonly from?: string | undefined
+  /** Whose subscription to the chat this frame ends: a removed member, or `Everyone` when the chat is gone. */
+  readonly ends?: string | undefined
   /** The text frame to send, already serialized. */
   readonly frame: string
   /** A message's: when its send was accepted (milliseconds since the epoch). */
@@ -39,31 +43,47 @@ export interface FanoutItem {
 
 export const channelOf = (chatId: string) => `chat:${chatId}`
 
-const encodeMessage = Schema.encodeSync(Message)
+/** `FanoutItem.ends` of a frame that ends every subscription to its chat. */
+export const Everyone = "*"
 
-export const messageFrame = (message: Message): string =>
-  JSON.stringify({ type: "message", message: encodeMessage(message) } satisfies ServerFrame)
+export const messageFrame = (message: Message): string => encodeMessageFrame({ type: "message", message })
+
+/**
+ * A frame that is not a message, from a user or from nobody, as its fanout
+ * item: a removal says whom it ends here, so no session parses the frame.
+ */
+export const signalItem = (from: string | undefined, frame: ServerFrame): FanoutItem => ({
+  seq: 0,
+  from,
+  ends: frame.type === "chat_deleted" ? Everyone : frame.type === "member_removed" ? frame.userId : undefined,
+  frame: encodeServerFrame(frame)
+})
+
+const orDash = (value: string | number | undefined) => (value === undefined ? "-" : value)
+const dashless = (field: string) => (field === "-" ? undefined : field)
 
 export const encodeItem = (item: FanoutItem): string =>
-  `${item.seq} ${item.from ?? "-"} ${item.sentAt ?? "-"} ${item.traceparent ?? "-"} ${item.frame}`
+  `${item.seq} ${orDash(item.from)} ${orDash(item.ends)} ${orDash(item.sentAt)} ${orDash(item.traceparent)} ${item.frame}`
 
 export const decodeItem = (payload: string): FanoutItem | undefined => {
-  const first = payload.indexOf(" ")
-  const second = payload.indexOf(" ", first + 1)
-  const third = payload.indexOf(" ", second + 1)
-  const fourth = payload.indexOf(" ", third + 1)
-  if (first <= 0 || second < 0 || third < 0 || fourth < 0) return undefined
-  const seq = Number(payload.slice(0, first))
-  if (!Number.isSafeInteger(seq)) return undefined
-  const from = payload.slice(first + 1, second)
-  const sentAt = payload.slice(second + 1, third)
-  const traceparent = payload.slice(third + 1, fourth)
+  const fields: Array<string> = []
+  let start = 0
+  for (let i = 0; i < 5; i++) {
+    const space = payload.indexOf(" ", start)
+    if (space <= start) return undefined
+    fields.push(payload.slice(start, space))
+    start = space + 1
+  }
+  const [seq, from, ends, sentAt, traceparent] = fields.map(dashless)
+  const number = Number(seq)
+  if (!Number.isSafeInteger(number)) return undefined
   return {
-    seq,
-    from: from === "-" ? undefined : from,
-    sentAt: sentAt === "-" ? undefined : Number(sentAt),
-    traceparent: traceparent === "-" ? undefined : traceparent,
-    frame: payload.slice(fourth + 1)
+    seq: number,
+    from,
+    ends,
+    sentAt: sentAt === undefined ? undefined : Number(sentAt),
+    traceparent,
+    frame: payload.slice(start)
   }
 }
 
@@ -130,8 +150,7 @@ export class Fanout extends Context.Service<
             },
             { concurrency: "unbounded", discard: true }
           ),
-        publishFrame: (chatId, from, frame) =>
-          pubsub.publish(channelOf(chatId), encodeItem({ seq: 0, from, frame: JSON.stringify(frame) })),
+        publishFrame: (chatId, from, frame) => pubsub.publish(channelOf(chatId), encodeItem(signalItem(from, frame))),
         subscribe: (chatId) =>
           Effect.map(pubsub.subscribe(channelOf(chatId)), (payloads) =>
             payloads.pipe(

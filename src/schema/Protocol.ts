@@ -1,10 +1,10 @@
 /**
  * The WebSocket protocol (docs/protocol.md "WebSocket: GET /v1/ws"): one JSON
  * object per text frame. Client frames are decoded with `ClientFrame`;
- * server frames are built with the constructors below and encoded once.
+ * server frames are encoded with the `ServerFrame` schema of ServerFrames.ts.
  */
 import { Schema } from "effect"
-import { ChatId, ClientMsgId, type Message, MessageBody, Seq, type UserId } from "./Domain.ts"
+import { ChatId, ClientMsgId, MessageBody, Seq } from "./Domain.ts"
 
 const Ref = Schema.optionalKey(Schema.String.check(Schema.isMaxLength(128)))
 
@@ -41,27 +41,8 @@ export type ClientFrame = typeof ClientFrame.Type
 /** Decodes a text frame: JSON, then the frame schema. */
 export const decodeClientFrame = Schema.decodeUnknownEffect(Schema.fromJsonString(ClientFrame))
 
-/** Server frames, as plain JSON-ready objects (the `Message` inside is already encoded). */
-export type ServerFrame =
-  | { readonly type: "ready"; readonly userId: UserId; readonly sessionId: string; readonly ref?: string }
-  | {
-      readonly type: "subscribed"
-      readonly chatId: ChatId
-      readonly lastSeq: number
-      readonly recovered: boolean
-      readonly ref?: string
-    }
-  | { readonly type: "unsubscribed"; readonly chatId: ChatId; readonly ref?: string }
-  | { readonly type: "ack"; readonly clientMsgId: string; readonly id: string; readonly ref?: string }
-  | { readonly type: "error"; readonly code: string; readonly message: string; readonly ref?: string }
-  | { readonly type: "pong"; readonly ref?: string }
-  | { readonly type: "message"; readonly message: typeof Message.Encoded }
-  | { readonly type: "typing"; readonly chatId: ChatId; readonly userId: UserId }
-  | { readonly type: "read"; readonly chatId: ChatId; readonly userId: UserId; readonly seq: number }
-  | { readonly type: "presence"; readonly chatId: ChatId; readonly online: ReadonlyArray<UserId> }
-  | { readonly type: "join" | "leave"; readonly chatId: ChatId; readonly userId: UserId }
-  | { readonly type: "member_added" | "member_removed"; readonly chatId: ChatId; readonly userId: UserId }
-  | { readonly type: "chat_deleted"; readonly chatId: ChatId }
+/** Server frames are one Schema, in ServerFrames.ts: the server encodes with it, the SDK decodes with it. */
+export type { ServerFrame } from "./ServerFrames.ts"
 
 /** Close codes (docs/protocol.md). */
 export const CloseCode = {

@@ -1,9 +1,8 @@
 /**
- * The server's WebSocket frames as a decoding Schema, for clients (the SDK in
- * src/client) and tests. The server builds its frames as the `ServerFrame`
- * type of Protocol.ts and encodes them itself; this is the other side of the
- * wire. test/client/frames.test.ts checks at compile time that every
- * `ServerFrame` is an encoded `ServerFrame` here, so the two cannot drift.
+ * The server's WebSocket frames (docs/protocol.md "Server → client"): one
+ * Schema for both sides of the wire. The server encodes every frame it sends
+ * with it (`encodeServerFrame`, or a member's own encoder on the hot path);
+ * the SDK in src/client and the tests decode with it (`decodeServerFrame`).
  */
 import { Schema } from "effect"
 import { ChatId, Message, Seq, UserId } from "./Domain.ts"
@@ -77,3 +76,11 @@ export type ServerFrame = typeof ServerFrame.Type
 
 /** Decodes one text frame: JSON, then the frame schema. */
 export const decodeServerFrame = Schema.decodeUnknownExit(Schema.fromJsonString(ServerFrame))
+
+/** Encodes one frame as the text the socket sends. */
+export const encodeServerFrame: (frame: ServerFrame) => string = Schema.encodeSync(Schema.fromJsonString(ServerFrame))
+
+/** A message frame's text: published once per message, so it skips finding its member of the union. */
+export const encodeMessageFrame: (frame: typeof MessageFrame.Type) => string = Schema.encodeSync(
+  Schema.fromJsonString(MessageFrame)
+)

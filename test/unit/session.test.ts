@@ -24,7 +24,7 @@ import type { History } from "../../src/messages/History.ts"
 import type { Ingest } from "../../src/messages/Ingest.ts"
 import type { Chats } from "../../src/state/Chats.ts"
 import { ChatFeeds } from "../../src/gateway/ChatFeeds.ts"
-import { channelOf, encodeItem, Fanout, messageFrame } from "../../src/messages/Fanout.ts"
+import { channelOf, encodeItem, Fanout, messageFrame, signalItem } from "../../src/messages/Fanout.ts"
 
 /** What the session writes, as the `ws` socket it expects. */
 const recordingSocket = () => {
@@ -107,10 +107,7 @@ describe("Session live delivery", () => {
             })
           )
         })
-      const removed = encodeItem({
-        seq: 0,
-        frame: JSON.stringify({ type: "member_removed", chatId, userId: user.id })
-      })
+      const removed = encodeItem(signalItem(undefined, { type: "member_removed", chatId, userId: user.id }))
       // One synchronous run of publishes: the feed hands them over as one batch.
       const pubsub = yield* PubSub
       yield* Effect.forEach([message(2), removed, message(3), message(4)], (payload) =>

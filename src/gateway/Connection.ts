@@ -1,0 +1,105 @@
+/**
+ * A session's side of its socket: the one path every outbound frame takes,
+ * and how the session closes it.
+ *
+ * Outbound frames go straight to the socket; the socket's send buffer is the
+ * session's bounded queue. A client too slow to drain it is disconnected
+ * with 4008 (like Centrifugo's 3008) — it never holds up fanout to others.
+ * Writes are synchronous, so live delivery can run inside a chat feed's
+ * listener with no hand-off.
+ */
+import { Deferred, Effect, Exit } from "effect"
+import type { WebSocket } from "ws"
+import type { FanoutItem } from "../messages/Fanout.ts"
+import { errorsOf, messagesDelivered, sendToDeliver, slowConsumerDisconnects } from "../Metrics.ts"
+import { type ApiError, errorCode } from "../schema/Errors.ts"
+import { CloseCode } from "../schema/Protocol.ts"
+import { encodeServerFrame, type ServerFrame } from "../schema/ServerFrames.ts"
+import { syncSpans } from "../Tracing.ts"
+import { closeSocket } from "./closeSocket.ts"
+
+/** How a session ended, when it was the session that closed the socket. */
+export class Closed {
+  constructor(
+    readonly code: number,
+    readonly reason: string
+  ) {}
+}
+
+/** A frame that answers a client frame carries its `ref`, when it had one. */
+export const withRef = <F extends ServerFrame>(frame: F, ref: string | undefined): F =>
+  ref === undefined ? frame : { ...frame, ref }
+
+export interface Connection {
+  /** Completes once the session closed the socket. */
+  readonly closed: Deferred.Deferred<Closed>
+  readonly close: (code: number, reason: string) => Effect.Effect<void>
+  /** Writes a text frame; answers whether it was written (not when the socket is gone or the client too slow). */
+  readonly write: (text: string) => boolean
+  readonly send: (frame: ServerFrame) => Effect.Effect<void>
+  /** An error frame to the client, counted by its contract code. */
+  readonly sendError: (code: string, message: string, ref: string | undefined) => Effect.Effect<void>
+  readonly sendApiError: (error: ApiError, ref: string | undefined) => Effect.Effect<void>
+  /** A live message: counted, its send→deliver latency observed, traced under its delivery on this node. */
+  readonly writeLive: (item: FanoutItem) => void
+}
+
+export const make = Effect.fnUntraced(function* (socket: WebSocket, sessionId: string, maxBufferedBytes: number) {
+  const closed = yield* Deferred.make<Closed>()
+  const context = yield* Effect.context<never>()
+  const spans = yield* syncSpans
+
+  const closeNow = (code: number, reason: string) => {
+    closeSocket(socket, code, reason)
+    Deferred.doneUnsafe(closed, Exit.succeed(new Closed(code, reason)))
+  }
+
+  const write = (text: string): boolean => {
+    if (socket.readyState !== socket.OPEN) return false
+    if (socket.bufferedAmount > maxBufferedBytes) {
+      slowConsumerDisconnects.updateUnsafe(1, context)
+      closeNow(CloseCode.tooSlow, "too slow: outbound queue overflowed")
+      return false
+    }
+    socket.send(text)
+    return true
+  }
+
+  const send = (frame: ServerFrame) =>
+    Effect.sync(() => {
+      write(encodeServerFrame(frame))
+    })
+
+  const sendError = (code: string, message: string, ref: string | undefined) =>
+    Effect.suspend(() => {
+      errorsOf(code, "ws").updateUnsafe(1, context)
+      return send(withRef({ type: "error", code, message }, ref))
+    })
+
+  const writeLive = (item: FanoutItem) => {
+    const span =
+      spans === undefined || item.span === undefined
+        ? undefined
+        : spans.start("Session.write", {
+            parent: item.span,
+            attributes: { "harmony.session.id": sessionId, "harmony.seq": item.seq }
+          })
+    const written = write(item.frame)
+    if (span !== undefined) spans?.end(span)
+    if (!written) return
+    messagesDelivered.updateUnsafe(1, context)
+    if (item.sentAt !== undefined && Number.isFinite(item.sentAt)) {
+      sendToDeliver.updateUnsafe(Math.max(0, Date.now() - item.sentAt) / 1000, context)
+    }
+  }
+
+  return {
+    closed,
+    close: (code, reason) => Effect.sync(() => closeNow(code, reason)),
+    write,
+    send,
+    sendError,
+    sendApiError: (error, ref) => sendError(errorCode(error), error.message, ref),
+    writeLive
+  } satisfies Connection as Connection
+})

@@ -1,0 +1,236 @@
+/**
+ * A session's subscriptions: which chats it follows, and how each chat's
+ * messages reach the socket exactly once and in seq order — recovery from
+ * `sinceSeq` on subscribe, live delivery from the chat's feed, and gaps in
+ * the live stream filled from history.
+ */
+import { type Duration, Effect, Exit, Option, Schedule, Scope } from "effect"
+import type { CacheError } from "../ports/Cache.ts"
+import { memberRole } from "../messages/ChatRules.ts"
+import { Everyone, type FanoutItem, messageFrame } from "../messages/Fanout.ts"
+import type { History } from "../messages/History.ts"
+import type { ChatId, Message, User } from "../schema/Domain.ts"
+import { type NotFound, RateLimited, type Unavailable } from "../schema/Errors.ts"
+import type { Membership } from "../state/Membership.ts"
+import type { ChatFeeds } from "./ChatFeeds.ts"
+import { type Connection, withRef } from "./Connection.ts"
+import type { PresenceTracker } from "./PresenceTracker.ts"
+
+export interface SubscriptionServices {
+  readonly membership: Membership["Service"]
+  readonly history: History["Service"]
+  readonly feeds: ChatFeeds["Service"]
+  readonly presence: PresenceTracker["Service"]
+}
+
+export interface Subscriptions {
+  /** Subscribes (again) to a chat: `subscribed`, what was missed after `sinceSeq`, `presence`, then live. */
+  readonly subscribe: (
+    chatId: ChatId,
+    sinceSeq: number | undefined,
+    ref: string | undefined
+  ) => Effect.Effect<void, NotFound | RateLimited | Unavailable | CacheError>
+  readonly unsubscribe: (chatId: ChatId) => Effect.Effect<void>
+}
+
+interface Subscription {
+  readonly scope: Scope.Closeable
+  lastDelivered: number
+  /** Set the moment a removal or deletion is written: nothing of the chat follows it, even before the scope closes. */
+  ended: boolean
+}
+
+/** How often recovery asks the store again while it trails the live stream. */
+const PollInterval = "50 millis"
+
+/**
+ * Runs `step` until it answers true (caught up), every PollInterval, for at
+ * most `deadline`; answers whether it caught up. What the steps gathered so
+ * far stays theirs either way.
+ */
+const catchUp = (step: Effect.Effect<boolean>, deadline: Duration.Input) =>
+  step.pipe(
+    Effect.repeat({ schedule: Schedule.spaced(PollInterval), until: (done) => done }),
+    Effect.timeoutOption(deadline),
+    Effect.map(Option.isSome)
+  )
+
+/** The session's subscriptions, for the lifetime of its scope: when the session ends, so do they. */
+export const make = Effect.fnUntraced(function* (
+  user: User,
+  connection: Connection,
+  services: SubscriptionServices,
+  options: {
+    /** How long recovery waits for the store to catch up with the live stream. */
+    readonly recoveryDeadline: Duration.Duration
+    readonly maxSubscriptions: number
+  }
+) {
+  const { recoveryDeadline, maxSubscriptions } = options
+  const sessionScope = yield* Effect.scope
+  const runFork = Effect.runForkWith(yield* Effect.context<never>())
+  const subscriptions = new Map<ChatId, Subscription>()
+
+  const unsubscribe = (chatId: ChatId) =>
+    Effect.suspend(() => {
+      const subscription = subscriptions.get(chatId)
+      if (subscription === undefined) return Effect.void
+      subscriptions.delete(chatId)
+      return Scope.close(subscription.scope, Exit.void).pipe(Effect.andThen(services.presence.leave(user.id, chatId)))
+    })
+  // However the session ends, its presence in every chat ends with it.
+  yield* Effect.addFinalizer(() => Effect.forEach([...subscriptions.keys()], unsubscribe, { discard: true }))
+
+  /** Messages after `known` up to `target`, in order from `known + 1`, each handed to `take`; answers the last taken. */
+  const readContiguous = (chatId: ChatId, known: number, target: number, take: (message: Message) => boolean) =>
+    services.history.since(chatId, known, target).pipe(
+      Effect.option,
+      Effect.map((found) => {
+        if (found._tag === "None") return known
+        for (const message of found.value) {
+          if (message.seq !== known + 1) continue
+          if (!take(message)) break
+          known = message.seq
+        }
+        return known
+      })
+    )
+
+  /** What a subscriber missed after `sinceSeq`, made contiguous with the live buffer when it can be. */
+  const recover = (chatId: ChatId, sinceSeq: number | undefined, pendingLive: ReadonlyArray<FanoutItem>) =>
+    Effect.gen(function* () {
+      const lastSeq = yield* services.history.lastSeq(chatId).pipe(Effect.orElseSucceed(() => 0))
+      if (sinceSeq === undefined) return { lastSeq, recovered: true, messages: [] }
+      const messages: Array<Message> = []
+      let known = sinceSeq
+      const step = Effect.suspend(() => {
+        // The live buffer grows meanwhile: recover up to its first message.
+        const firstLive = pendingLive.find((item) => item.seq > 0)?.seq
+        const target = firstLive === undefined ? lastSeq : firstLive - 1
+        if (known >= target) return Effect.succeed(true)
+        const take = (message: Message) => {
+          messages.push(message)
+          return true
+        }
+        return readContiguous(chatId, known, target, take).pipe(
+          Effect.map((last) => {
+            known = last
+            return known >= target
+          })
+        )
+      })
+      const recovered = yield* catchUp(step, recoveryDeadline)
+      return { lastSeq: Math.max(lastSeq, known), recovered, messages }
+    })
+
+  const subscribe = Effect.fnUntraced(function* (
+    chatId: ChatId,
+    sinceSeq: number | undefined,
+    ref: string | undefined
+  ) {
+    yield* memberRole(services.membership, chatId, user.id)
+    if (!subscriptions.has(chatId) && subscriptions.size >= maxSubscriptions) {
+      const message = `at most ${maxSubscriptions} subscriptions per connection`
+      return yield* new RateLimited({ message, retryAfterSeconds: 0 })
+    }
+    yield* unsubscribe(chatId)
+    const scope = yield* Scope.fork(sessionScope, "sequential")
+    // A client that has up to sinceSeq must never get those again (a new
+    // owner replaying its partition re-publishes them).
+    const subscription: Subscription = { scope, lastDelivered: sinceSeq ?? 0, ended: false }
+    subscriptions.set(chatId, subscription)
+    yield* services.presence.join(user.id, chatId)
+
+    // Delivery runs inside the chat feed's listener, synchronously: a
+    // message is a dedupe check and a socket write, no hand-off.
+    // A live message past the next seq means some were never seen here (a
+    // partition changed hands mid-stream, or the subscription started while
+    // the store lagged): the gap is filled from history before going on,
+    // and live items wait meanwhile.
+    let filling = false
+    const waiting: Array<FanoutItem> = []
+    const fillGap = (upTo: number) => {
+      const done = () => subscription.ended || subscription.lastDelivered >= upTo
+      const take = (message: Message) => {
+        if (subscription.ended) return false
+        connection.write(messageFrame(message))
+        subscription.lastDelivered = message.seq
+        return true
+      }
+      const step = Effect.suspend(() =>
+        done()
+          ? Effect.succeed(true)
+          : readContiguous(chatId, subscription.lastDelivered, upTo, take).pipe(Effect.map(done))
+      )
+      return catchUp(step, recoveryDeadline).pipe(
+        Effect.ensuring(
+          Effect.sync(() => {
+            // Filled or not (the client can still resubscribe with sinceSeq), live delivery resumes.
+            filling = false
+            const held = waiting.splice(0)
+            if (subscriptions.get(chatId) === subscription) for (const item of held) deliver(item)
+          })
+        )
+      )
+    }
+    const deliver = (item: FanoutItem): void => {
+      if (subscription.ended) return
+      if (item.seq > 0) {
+        if (filling) {
+          waiting.push(item)
+          return
+        }
+        if (item.seq <= subscription.lastDelivered) return
+        if (item.seq > subscription.lastDelivered + 1 && subscription.lastDelivered > 0) {
+          filling = true
+          waiting.push(item)
+          // In the subscription's scope: unsubscribing stops the fill.
+          runFork(Effect.forkIn(fillGap(item.seq - 1), scope))
+          return
+        }
+        subscription.lastDelivered = item.seq
+        connection.writeLive(item)
+        return
+      }
+      // Typing and read signals are for the others.
+      if (item.from === user.id) return
+      connection.write(item.frame)
+      if (item.ends === Everyone || item.ends === user.id) {
+        // Removed from the chat, or the chat is gone: said, now stop — at
+        // once, for the rest of this batch and anything held by a fill.
+        subscription.ended = true
+        runFork(unsubscribe(chatId))
+      }
+    }
+    // Live first, buffered until recovery is done, so nothing published
+    // meanwhile is missed.
+    const pendingLive: Array<FanoutItem> = []
+    let recovering = true
+    const removeListener = yield* services.feeds.listen(chatId, (items) => {
+      if (recovering) {
+        pendingLive.push(...items)
+        return
+      }
+      for (const item of items) deliver(item)
+    })
+    yield* Scope.addFinalizer(scope, removeListener)
+
+    const recovery = yield* recover(chatId, sinceSeq, pendingLive)
+    yield* connection.send(
+      withRef({ type: "subscribed", chatId, lastSeq: recovery.lastSeq, recovered: recovery.recovered }, ref)
+    )
+    for (const message of recovery.messages) {
+      if (message.seq > subscription.lastDelivered) {
+        connection.write(messageFrame(message))
+        subscription.lastDelivered = message.seq
+      }
+    }
+    if (sinceSeq === undefined) subscription.lastDelivered = Math.max(subscription.lastDelivered, recovery.lastSeq)
+    yield* connection.send({ type: "presence", chatId, online: yield* services.presence.online(chatId) })
+    for (const item of pendingLive) deliver(item)
+    pendingLive.length = 0
+    recovering = false
+  })
+
+  return { subscribe, unsubscribe } satisfies Subscriptions as Subscriptions
+})
