@@ -189,7 +189,8 @@ export const serve = (config: HarmonyConfig) =>
           frameLimits: config.frameLimits,
           maxSubscriptions: config.gatewayLimits.maxSubscriptionsPerSocket
         },
-        config.gatewayLimits
+        config.gatewayLimits,
+        config.shutdownTimeout
       )
     ),
     Layer.provideMerge(readinessLayer),

@@ -8,7 +8,7 @@
  * `bufferedAmount` to tell a slow client (close 4008) from a busy one, which
  * effect's Socket abstraction does not expose.
  */
-import { Cause, Context, Effect, FiberSet, Layer, Queue, Stream } from "effect"
+import { Cause, Clock, Context, Duration, Effect, FiberSet, Layer, Queue, Stream } from "effect"
 import type { IncomingMessage, Server } from "node:http"
 import type { Duplex } from "node:stream"
 import { type WebSocket, WebSocketServer } from "ws"
@@ -38,9 +38,14 @@ export class Gateway extends Context.Service<
     readonly sessions: () => number
   }
 >()("harmony/http/Gateway") {
+  /**
+   * `drainTimeout` bounds how long a stopping node waits, from the moment it
+   * starts stopping, for its sessions' close handshakes (SHUTDOWN_TIMEOUT).
+   */
   static readonly layer = (
     options: Session.SessionOptions = Session.defaultSessionOptions,
-    limits: GatewayLimits = defaultGatewayLimits
+    limits: GatewayLimits = defaultGatewayLimits,
+    drainTimeout: Duration.Input = Duration.seconds(20)
   ) =>
     Layer.effect(
       Gateway,
@@ -76,14 +81,35 @@ export class Gateway extends Context.Service<
         let open = 0
 
         // Stopping: every session is told to reconnect elsewhere (1001).
-        // This runs when the HTTP server starts closing (see attach), since
-        // the server waits for its connections, upgraded ones included.
+        // This starts when the HTTP server starts closing (see attach), since
+        // the server waits for its connections, upgraded ones included. The
+        // node then waits for every close handshake before it goes on
+        // stopping: a close frame still in a socket's buffer when the process
+        // exits never reaches the client, which would see 1006 instead. A
+        // client that does not answer in time is cut off.
+        const clock = yield* Clock.Clock
+        let goingAwaySince: number | undefined
         const goAway = () => {
+          goingAwaySince ??= clock.currentTimeMillisUnsafe()
           for (const client of wss.clients) closeSocket(client, CloseCode.goingAway, "server shutting down")
         }
+        const drain = Effect.gen(function* () {
+          goAway()
+          const waited = clock.currentTimeMillisUnsafe() - (goingAwaySince ?? 0)
+          const left = Duration.subtract(Duration.fromInputUnsafe(drainTimeout), Duration.millis(waited))
+          const drained = yield* Effect.forEach(wss.clients, closeHandshake, {
+            concurrency: "unbounded",
+            discard: true
+          }).pipe(Effect.timeoutOption(Duration.max(left, Duration.zero)))
+          if (drained._tag === "Some") return
+          yield* Effect.logWarning("sessions did not finish their close handshake in time; cut off", {
+            sessions: wss.clients.size
+          })
+          for (const client of wss.clients) client.terminate()
+        })
         yield* Effect.addFinalizer(() =>
           Effect.gen(function* () {
-            goAway()
+            yield* drain
             yield* FiberSet.clear(fibers)
             yield* Effect.callback<void>((resume) => wss.close(() => resume(Effect.void)))
           })
@@ -177,6 +203,15 @@ export class Gateway extends Context.Service<
       })
     )
 }
+
+/** Completes once the socket is closed: its close handshake done, or the connection gone. */
+const closeHandshake = (socket: WebSocket) =>
+  Effect.callback<void>((resume) => {
+    if (socket.readyState === socket.CLOSED) return resume(Effect.void)
+    const onClose = () => resume(Effect.void)
+    socket.once("close", onClose)
+    return Effect.sync(() => socket.off("close", onClose))
+  })
 
 const pathOf = (request: IncomingMessage) => (request.url ?? "").split("?")[0]
 
