@@ -20,10 +20,12 @@ import { closeSocket } from "./closeSocket.ts"
 
 /** How a session ended, when it was the session that closed the socket. */
 export class Closed {
-  constructor(
-    readonly code: number,
-    readonly reason: string
-  ) {}
+  readonly code: number
+  readonly reason: string
+  constructor(code: number, reason: string) {
+    this.code = code
+    this.reason = reason
+  }
 }
 
 /** A frame that answers a client frame carries its `ref`, when it had one. */
