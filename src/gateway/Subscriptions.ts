@@ -4,7 +4,7 @@
  * `sinceSeq` on subscribe, live delivery from the chat's feed, and gaps in
  * the live stream filled from history.
  */
-import { type Duration, Effect, Exit, Option, Schedule, Scope } from "effect"
+import { type Duration, Effect, Exit, Schedule, Scope } from "effect"
 import type { CacheError } from "../ports/Cache.ts"
 import { memberRole } from "../messages/ChatRules.ts"
 import { Everyone, type FanoutItem, messageFrame } from "../messages/Fanout.ts"
@@ -44,16 +44,15 @@ interface Subscription {
 const PollInterval = "50 millis"
 
 /**
- * Runs `step` until it answers true (caught up), every PollInterval, for at
- * most `deadline`; answers whether it caught up. What the steps gathered so
- * far stays theirs either way.
+ * Runs `step` until it answers true (caught up), every PollInterval, and
+ * starts no new step once `deadline` has passed (a step under way finishes:
+ * what it found is delivered). Answers whether it caught up.
  */
 const catchUp = (step: Effect.Effect<boolean>, deadline: Duration.Input) =>
-  step.pipe(
-    Effect.repeat({ schedule: Schedule.spaced(PollInterval), until: (done) => done }),
-    Effect.timeoutOption(deadline),
-    Effect.map(Option.isSome)
-  )
+  Effect.repeat(step, {
+    schedule: Schedule.spaced(PollInterval).pipe(Schedule.upTo({ duration: deadline })),
+    until: (done) => done
+  })
 
 /** The session's subscriptions, for the lifetime of its scope: when the session ends, so do they. */
 export const make = Effect.fnUntraced(function* (
