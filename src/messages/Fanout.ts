@@ -4,13 +4,15 @@
  * with local subscribers to the chat holds one subscription to that channel
  * (the PubSub port ref-counts it) and hands the frame to each session as is.
  *
- * The payload is `<seq> <from> <ends> <sentAt> <traceparent> <frame>`:
+ * The payload is `<seq> <from> <sentAt> <traceparent> [<ends>] <frame>`:
  * sessions drop a seq they already delivered (a message re-published after a
  * replay) without parsing the frame. Frames that are not messages (typing,
  * read, membership signals) carry seq 0 and, in `from`, the user they come
- * from ("-" for none), so a user's own signals are not echoed to them; `ends`
- * names the user whose subscription the frame ends (`member_removed`), "*"
- * for everyone's (`chat_deleted`), "-" for none. `sentAt`
+ * from ("-" for none), so a user's own signals are not echoed to them. Only
+ * a frame that ends subscriptions has `ends`: the removed member's id
+ * (`member_removed`), or "*" for everyone (`chat_deleted`) — so a payload
+ * without it is the one nodes before it wrote, and either reads the other's
+ * messages. `sentAt`
  * (milliseconds since the epoch, when the gateway accepted the send) feeds
  * the send→deliver latency where the message is delivered; `traceparent`
  * (W3C) continues the message's trace on every delivering node. Either is
@@ -63,18 +65,20 @@ const orDash = (value: string | number | undefined) => (value === undefined ? "-
 const dashless = (field: string) => (field === "-" ? undefined : field)
 
 export const encodeItem = (item: FanoutItem): string =>
-  `${item.seq} ${orDash(item.from)} ${orDash(item.ends)} ${orDash(item.sentAt)} ${orDash(item.traceparent)} ${item.frame}`
+  `${item.seq} ${orDash(item.from)} ${orDash(item.sentAt)} ${orDash(item.traceparent)} ${item.ends === undefined ? "" : `${item.ends} `}${item.frame}`
 
+/** The fields before the frame, up to the frame's `{` (four, or five with `ends`). */
 export const decodeItem = (payload: string): FanoutItem | undefined => {
   const fields: Array<string> = []
   let start = 0
-  for (let i = 0; i < 5; i++) {
+  while (payload[start] !== "{") {
     const space = payload.indexOf(" ", start)
-    if (space <= start) return undefined
+    if (space <= start || fields.length === 5) return undefined
     fields.push(payload.slice(start, space))
     start = space + 1
   }
-  const [seq, from, ends, sentAt, traceparent] = fields.map(dashless)
+  if (fields.length < 4) return undefined
+  const [seq, from, sentAt, traceparent, ends] = fields.map(dashless)
   const number = Number(seq)
   if (!Number.isSafeInteger(number)) return undefined
   return {
