@@ -12,7 +12,7 @@
  * under the producer span named by its `traceparent` header — the trace
  * crosses Kafka here — and the actor sequences it under that span.
  */
-import { type Duration, Effect, Schedule, Stream, type Tracer } from "effect"
+import { Duration, Effect, Schedule, Stream, type Tracer } from "effect"
 import type { SqlClient } from "effect/sql"
 import type { ActiveChats } from "./ActiveChats.ts"
 import * as ChatActors from "./ChatActors.ts"
@@ -38,7 +38,17 @@ export interface RunnerOptions {
   readonly batchSize: number
   /** How often the committed offset catches up with the persisted prefix. */
   readonly commitInterval: Duration.Duration
+  /**
+   * How long a revoked partition waits for its backlog to be persisted
+   * before it gives up on it: it commits what is persisted and returns, and
+   * the next owner replays the rest from the log. Kept below the log's own
+   * drain timeout and the node's SHUTDOWN_TIMEOUT.
+   */
+  readonly drainTimeout: Duration.Duration
 }
+
+/** How long the final commit of a revoked partition may take. */
+const finalCommitTimeout = Duration.seconds(5)
 
 export const run = (
   claim: PartitionClaim,
@@ -118,10 +128,20 @@ export const run = (
       })
     )
     // Revoked or stopping: everything routed gets sequenced and persisted
-    // before the final commit, so the next owner starts exactly after it.
-    yield* actors.drain
-    yield* sink.drain
-    yield* commit
+    // before the final commit, so the next owner starts exactly after it —
+    // unless the store is too slow for that. Then the runner gives up on the
+    // backlog before anyone interrupts it: its final commit covers the
+    // persisted prefix only, and the next owner replays the rest from the
+    // log (a write still in flight may land later; replay sequences the
+    // same records identically, so it rewrites what that write holds).
+    const drained = yield* actors.drain.pipe(Effect.andThen(sink.drain), Effect.timeoutOption(options.drainTimeout))
+    if (drained._tag === "None") {
+      yield* Effect.logWarning(
+        `partition ${claim.partition}: the store did not take the backlog within ${Duration.format(options.drainTimeout)} of the revocation; ${tracker.inFlight} records are left to the next owner`
+      )
+    }
+    // Bounded too: with the log unreachable the commit is lost either way, and the next owner replays.
+    yield* commit.pipe(Effect.timeoutOption(finalCommitTimeout))
     yield* Effect.logDebug(`partition ${claim.partition}: released at offset ${committed}`)
   }).pipe(Effect.scoped, Effect.withSpan("PartitionRunner.run", { attributes: { partition: claim.partition } }))
 
