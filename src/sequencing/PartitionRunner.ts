@@ -57,6 +57,7 @@ export const run = (
 ): Effect.Effect<void, never, MessageStore | SqlClient.SqlClient | ActiveChats> =>
   Effect.gen(function* () {
     const tracker = new OffsetTracker()
+    yield* Effect.addFinalizer(() => Effect.logDebug(`DEBUG p${claim.partition} scope closed`))
     // A replay must never reach past what the actors remember as sequenced.
     const inFlightLimit = Math.min(options.backlog, options.actors.dedupeWindow)
     const sink = yield* PersistenceSink.make({
@@ -90,6 +91,7 @@ export const run = (
     })
     yield* Effect.forkScoped(commit.pipe(Effect.repeat(Schedule.spaced(options.commitInterval))))
     yield* registerLag(claim, tracker)
+    yield* Effect.addFinalizer(() => Effect.logDebug(`DEBUG p${claim.partition} scope closing`))
 
     const decoder = new TextDecoder()
     yield* claim.records.pipe(

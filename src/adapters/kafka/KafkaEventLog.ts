@@ -62,13 +62,11 @@ import {
   type Consumer,
   type EachBatchPayload,
   Kafka,
-  type KafkaMessage,
   type LogEntry,
   logLevel,
   type Message,
   type PartitionAssigner,
-  Partitioners,
-  type Producer
+  Partitioners
 } from "kafkajs"
 import {
   EventLog,
@@ -79,6 +77,8 @@ import {
   type ProduceRecord,
   type RecordPosition
 } from "../../ports/EventLog.ts"
+import { attempt, describeError, isRebalancing, isRetriable, kafkaRetry, toBuffer, toLogRecord } from "./errors.ts"
+import * as KafkaProducer from "./Producer.ts"
 
 export interface KafkaEventLogOptions {
   readonly brokers: ReadonlyArray<string>
@@ -99,6 +99,11 @@ export interface KafkaEventLogOptions {
   readonly partitions?: number | undefined
   /** Longest a fetch waits for records; also bounds how late a resumed partition is fetched (default 500ms). */
   readonly maxWaitTimeMs?: number | undefined
+  /**
+   * How long a produce may wait for the brokers' acknowledgement before it
+   * fails (default 5s); a produce that timed out may still be written.
+   */
+  readonly produceTimeout?: Duration.Input | undefined
   /** How long `tail` may take to join its throwaway group and read the last records (default 30s). */
   readonly tailTimeout?: Duration.Input | undefined
 }
@@ -116,78 +121,6 @@ const endOffsetRefresh = Duration.seconds(5)
 const highWater = 1024
 /** ...until the handler has pulled it down to this many. */
 const lowWater = 256
-
-/** kafkajs's own retries: exponential backoff with jitter, bounded (about 15s in all). */
-const kafkaRetry = { initialRetryTime: 100, maxRetryTime: 5_000, factor: 0.2, multiplier: 2, retries: 8 }
-
-const describeError = (error: unknown): string => {
-  const parts: Array<string> = []
-  let current: unknown = error
-  for (let depth = 0; current !== undefined && current !== null && depth < 4; depth++) {
-    if (current instanceof Error) {
-      const part = `${current.name}: ${current.message}`
-      if (!parts.includes(part)) parts.push(part)
-      current = (current as { cause?: unknown }).cause
-    } else {
-      parts.push(String(current))
-      break
-    }
-  }
-  return parts.join(", caused by ")
-}
-
-/** The Kafka protocol error types (REBALANCE_IN_PROGRESS, ...) in an error's cause chain. */
-const errorTypes = (error: unknown): Array<string> => {
-  const types: Array<string> = []
-  let current: unknown = error
-  for (let depth = 0; current !== undefined && current !== null && depth < 4; depth++) {
-    const type = (current as { type?: unknown }).type
-    if (typeof type === "string") types.push(type)
-    current = (current as { cause?: unknown }).cause
-  }
-  return types
-}
-
-const isRebalancing = (error: EventLogError): boolean =>
-  errorTypes(error.cause).some((type) => ["REBALANCE_IN_PROGRESS", "ILLEGAL_GENERATION"].includes(type))
-
-/** Whether kafkajs marked the error (or one in its cause chain) as worth retrying, such as NOT_LEADER_FOR_PARTITION. */
-const isRetriable = (error: EventLogError): boolean => {
-  let current: unknown = error.cause
-  for (let depth = 0; current !== undefined && current !== null && depth < 4; depth++) {
-    if ((current as { retriable?: unknown }).retriable === true) return true
-    current = (current as { cause?: unknown }).cause
-  }
-  return false
-}
-
-const attempt = <A>(what: string, run: () => Promise<A>): Effect.Effect<A, EventLogError> =>
-  Effect.tryPromise({
-    try: run,
-    catch: (cause) => new EventLogError({ message: `${what}: ${describeError(cause)}`, cause })
-  })
-
-const toBuffer = (value: Uint8Array | string): Buffer =>
-  typeof value === "string" ? Buffer.from(value, "utf8") : Buffer.from(value.buffer, value.byteOffset, value.byteLength)
-
-const toLogRecord = (topic: string, partition: number, message: KafkaMessage): LogRecord => {
-  const headers: Record<string, string> = {}
-  for (const [name, value] of Object.entries(message.headers ?? {})) {
-    // Kafka allows a header name more than once; the port keeps the last, like Java's lastHeader.
-    const last = Array.isArray(value) ? value[value.length - 1] : value
-    if (last !== undefined) headers[name] = last.toString()
-  }
-  const value = message.value
-  return {
-    topic,
-    partition,
-    offset: Number(message.offset),
-    key: message.key?.toString("utf8") ?? "",
-    value: value === null ? new Uint8Array(0) : new Uint8Array(value.buffer, value.byteOffset, value.byteLength),
-    headers,
-    timestamp: Number(message.timestamp)
-  }
-}
 
 /** What a member announces in its JoinGroup metadata. */
 interface Holdings {
@@ -294,6 +227,7 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
     const handoverTimeout = Duration.sum(drainTimeout, Duration.seconds(30))
     const implicitPartitions = options.partitions ?? 8
     const tailTimeout = Duration.fromInputUnsafe(options.tailTimeout ?? Duration.seconds(30))
+    const produceTimeout = Duration.fromInputUnsafe(options.produceTimeout ?? Duration.seconds(5))
     const clientId = options.clientId ?? "harmony"
     const maxWaitTime = options.maxWaitTimeMs ?? 500
     const brokers = [...options.brokers]
@@ -335,34 +269,30 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
       (client) => disconnect("admin client", client)
     )
 
-    // The partition kafkajs's partitioner chose for each message we sent, so
-    // positions can be read off the per-partition acknowledgements.
-    const chosenPartition = new WeakMap<object, number>()
-    const producer: Producer = yield* Effect.acquireRelease(
-      Effect.suspend(() => {
-        const client = kafka.producer({
+    const producer = yield* KafkaProducer.make({
+      where,
+      sendTimeout: produceTimeout,
+      create: (chosen) =>
+        kafka.producer({
           idempotent: true,
           // kafkajs serialises requests per broker for the idempotent producer;
           // one in flight keeps the broker's sequence checks trivially in order.
           maxInFlightRequests: 1,
           // Retries are safe for an idempotent producer (the broker drops
-          // duplicates by sequence number) but not endless: a produce that
-          // still fails after ~15s reports an EventLogError to its caller.
+          // duplicates by sequence number); the send as a whole is bounded by
+          // `produceTimeout` all the same.
           retry: kafkaRetry,
           createPartitioner: () => {
             // Kafka's murmur2 partitioner, as the Java client: keys map alike from any producer.
             const partitioner = Partitioners.DefaultPartitioner()
             return (args) => {
               const partition = partitioner(args)
-              chosenPartition.set(args.message, partition)
+              chosen.set(args.message, partition)
               return partition
             }
           }
         })
-        return attempt(`connecting the producer to ${where}`, () => client.connect()).pipe(Effect.as(client))
-      }),
-      (client) => disconnect("producer", client)
-    )
+    })
 
     const partitionCounts = new Map<string, number>()
 
@@ -416,25 +346,7 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
           if (record.headers !== undefined) message.headers = { ...record.headers }
           return message
         })
-        const acknowledged = yield* attempt(`producing ${records.length} records to ${topic} on ${where}`, () =>
-          producer.send({ topic, messages, acks: -1 })
-        )
-        const baseOffsets = new Map(acknowledged.map((ack) => [ack.partition, Number(ack.baseOffset)]))
-        const seen = new Map<number, number>()
-        const positions: Array<RecordPosition> = []
-        for (const message of messages) {
-          const partition = chosenPartition.get(message)
-          const base = partition === undefined ? undefined : baseOffsets.get(partition)
-          if (partition === undefined || base === undefined || Number.isNaN(base)) {
-            return yield* new EventLogError({
-              message: `producing to ${topic}: the broker's acknowledgement does not cover partition ${partition}`
-            })
-          }
-          const index = seen.get(partition) ?? 0
-          seen.set(partition, index + 1)
-          positions.push({ partition, offset: base + index })
-        }
-        return positions
+        return yield* producer.send(topic, messages)
       })
 
     const ping = attempt(`reaching ${where}`, () => admin.describeCluster()).pipe(
