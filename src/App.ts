@@ -86,7 +86,8 @@ export const eventLogLayer = (config: HarmonyConfig) =>
         brokers: config.mode.services.kafkaBrokers,
         partitions: config.kafkaPartitions,
         sessionTimeoutMs: Duration.toMillis(config.kafkaSessionTimeout),
-        drainTimeout: logDrainTimeout(config)
+        drainTimeout: logDrainTimeout(config),
+        produceTimeout: config.sendTimeout
       })
     : MemoryEventLog.layer({ partitions: config.kafkaPartitions, drainTimeout: logDrainTimeout(config) })
 
@@ -132,7 +133,7 @@ const pathsLayer = (config: HarmonyConfig) =>
     }),
     EventConsumers.layer
   ).pipe(
-    Layer.provideMerge(Layer.mergeAll(Ingest.layer, History.layer)),
+    Layer.provideMerge(Layer.mergeAll(Ingest.layerWith({ sendTimeout: config.sendTimeout }), History.layer)),
     Layer.provideMerge(Layer.mergeAll(PresenceTracker.layer({ ttl: config.presenceTtl }), ChatFeeds.layer)),
     Layer.provideMerge(Layer.mergeAll(Fanout.layer, ActiveChats.layer))
   )

@@ -49,8 +49,8 @@ export const make = (options: BreakerOptions): CacheBreaker => {
           orElse: () => Effect.fail(new CacheError({ message: `no answer within ${Duration.format(timeout)}` }))
         }),
         Effect.tapError(() =>
-          Clock.currentTimeMillis.pipe(
-            Effect.map((failedAt) => {
+          Effect.flatMap(Clock.currentTimeMillis, (failedAt) =>
+            Effect.sync(() => {
               openUntil = failedAt + cooldown
             })
           )

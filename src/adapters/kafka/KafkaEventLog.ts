@@ -638,6 +638,7 @@ export const make = (options: KafkaEventLogOptions): Effect.Effect<EventLog["Ser
           topic,
           partition: claim.partition,
           records: records(claim, buffer),
+          revoked: Deferred.await(claim.revoked),
           commit: (nextOffset) =>
             Effect.gen(function* () {
               if (!Number.isSafeInteger(nextOffset) || nextOffset < 0 || nextOffset > claim.delivered) {
