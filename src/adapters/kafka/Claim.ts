@@ -46,6 +46,8 @@ export interface Claim {
   endOffset: number
   lastCommitted: number | undefined
   backpressured: boolean
+  /** A gap met at `at` (the claim's position) and how many batches in a row started past it. */
+  gap: { readonly at: number; count: number } | undefined
   fiber: Fiber.Fiber<void> | undefined
 }
 
@@ -61,6 +63,7 @@ export const make = (partition: number): Claim => ({
   endOffset: 0,
   lastCommitted: undefined,
   backpressured: false,
+  gap: undefined,
   fiber: undefined
 })
 
@@ -76,21 +79,34 @@ export const reportEarlyEnd = (exit: Exit.Exit<void>): Effect.Effect<void> =>
 
 /**
  * The records of a fetched batch the claim's buffer takes: those from
- * `nextOffset` on (anything below it is a duplicate); advances `nextOffset`.
+ * `nextOffset` on, contiguous (anything below it is a duplicate); advances
+ * `nextOffset`. A record past `nextOffset` with the ones before it missing
+ * ends the take: a batch fetched from a stale position (before a seek) must
+ * not move the claim past records its handler never saw — the caller seeks
+ * back (`gapIn`). Only with `acceptGap` (the records are gone from the log,
+ * deleted by retention) does it jump the gap.
  */
 export const accept = <M extends { readonly offset: string }>(
   claim: Claim,
   messages: ReadonlyArray<M>,
-  toRecord: (message: M) => LogRecord
+  toRecord: (message: M) => LogRecord,
+  acceptGap = false
 ): Array<LogRecord> => {
   const fresh: Array<LogRecord> = []
   for (const message of messages) {
     const offset = Number(message.offset)
     if (offset < claim.nextOffset) continue
+    if (offset > claim.nextOffset && !acceptGap) break
     fresh.push(toRecord(message))
     claim.nextOffset = offset + 1
   }
   return fresh
+}
+
+/** The first offset of the batch past a gap after `nextOffset`, if the batch has one. */
+export const gapIn = (claim: Claim, messages: ReadonlyArray<{ readonly offset: string }>): number | undefined => {
+  const first = messages.find((message) => Number(message.offset) >= claim.nextOffset)
+  return first === undefined || Number(first.offset) === claim.nextOffset ? undefined : Number(first.offset)
 }
 
 /**

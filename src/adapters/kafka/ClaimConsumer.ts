@@ -15,6 +15,8 @@ import { attempt, describeError, isRebalancing, kafkaRetry, toLogRecord } from "
 const restartBackoff = Schedule.min([Schedule.exponential("100 millis"), Schedule.spaced("5 seconds")]).pipe(
   Schedule.jittered
 )
+/** Batches in a row that may start past a claim's position before the records in between count as deleted. */
+const maxGapRetries = 5
 /** How often claims' end offsets (consumer lag) are refreshed from the brokers. */
 const endOffsetRefresh = Duration.seconds(5)
 
@@ -351,7 +353,42 @@ export const make = (client: KafkaClient, settings: ConsumerSettings) => {
         if (isStale()) return
         const highWatermark = Number(batch.highWatermark)
         if (Number.isSafeInteger(highWatermark) && highWatermark > claim.endOffset) claim.endOffset = highWatermark
-        const fresh = Claim.accept(claim, batch.messages, (message) => toLogRecord(topic, batch.partition, message))
+        const gap = Claim.gapIn(claim, batch.messages)
+        // A batch that starts past the claim's position was fetched from a
+        // stale one: fetch again from the position (the records are gone
+        // only if that keeps happening: retention deleted them).
+        const repeated = gap !== undefined && claim.gap?.at === claim.nextOffset ? claim.gap.count + 1 : 1
+        claim.gap = gap === undefined ? undefined : { at: claim.nextOffset, count: repeated }
+        if (gap !== undefined && repeated <= maxGapRetries) {
+          runDetached(
+            log(
+              Effect.logWarning(
+                `partition ${batch.partition}: a fetched batch starts at ${gap}, past the claim's position ${claim.nextOffset}; fetching again from ${claim.nextOffset}`
+              ),
+              batch.partition
+            )
+          )
+          guard(`seeking partition ${batch.partition}`, () =>
+            consumer.seek({ topic, partition: batch.partition, offset: String(claim.nextOffset) })
+          )
+          return
+        }
+        if (gap !== undefined) {
+          runDetached(
+            log(
+              Effect.logError(
+                `partition ${batch.partition}: records ${claim.nextOffset} to ${gap - 1} are no longer in the log; skipping them`
+              ),
+              batch.partition
+            )
+          )
+        }
+        const fresh = Claim.accept(
+          claim,
+          batch.messages,
+          (message) => toLogRecord(topic, batch.partition, message),
+          gap !== undefined
+        )
         Queue.offerAllUnsafe(buffer, fresh)
         resolveOffset(batch.lastOffset())
         if (Queue.sizeUnsafe(buffer) >= Claim.highWater) {
