@@ -136,11 +136,19 @@ describe("chaos", { timeout: full ? 1_800_000 : 600_000 }, () => {
         await sleep(500)
       }
     }
+    // Each send has at most one request in flight: an unacknowledged one is
+    // sent again (same clientMsgId) once its answer came back without an ack.
     const drive = async (client: ChatClient) => {
+      const inFlight = new Set<string>()
+      const send = (clientMsgId: string) => {
+        if (inFlight.has(clientMsgId)) return
+        inFlight.add(clientMsgId)
+        void client.send(client.chats[0]!, clientMsgId).finally(() => inFlight.delete(clientMsgId))
+      }
       while (running) {
         if (!client.ws.isOpen) await reconnectToAny(client)
-        void client.send(client.chats[0]!, randomUUID())
-        if (client.pending().length > 1) void client.retryPending()
+        for (const attempt of client.pending()) send(attempt.clientMsgId)
+        send(randomUUID())
         await sleep(profile.sendEveryMs * (0.5 + Math.random()))
       }
     }
