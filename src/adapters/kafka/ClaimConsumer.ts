@@ -7,14 +7,11 @@ import type { Consumer, EachBatchPayload } from "kafkajs"
 import { type ConsumeOptions, EventLogError, type LogRecord, type PartitionClaim } from "../../ports/EventLog.ts"
 import * as Assignment from "./Assignment.ts"
 import * as Claim from "./Claim.ts"
+import * as ClaimLifecycle from "./ClaimLifecycle.ts"
 import type { KafkaClient } from "./Client.ts"
 import * as Handover from "./Handover.ts"
 import { attempt, describeError, isRebalancing, kafkaRetry, toLogRecord } from "./errors.ts"
 
-/** Between runs of a claim handler that ended before its claim: 100 ms doubling to 5 s, jittered. */
-const restartBackoff = Schedule.min([Schedule.exponential("100 millis"), Schedule.spaced("5 seconds")]).pipe(
-  Schedule.jittered
-)
 /** Batches in a row that may start past a claim's position before the records in between count as deleted. */
 const maxGapRetries = 5
 /** How often claims' end offsets (consumer lag) are refreshed from the brokers. */
@@ -188,117 +185,22 @@ export const make = (client: KafkaClient, settings: ConsumerSettings) => {
         endOffset: () => Math.max(claim.endOffset, claim.nextOffset, claim.startOffset)
       })
 
-      /**
-       * Runs the handler for as long as the claim lasts; one that ends early
-       * (returned, died, interrupted) runs again from the committed offset,
-       * so what it did not commit is redelivered.
-       */
-      const runHandler = (claim: Claim.Claim) => {
-        /** One run of the handler; answers whether it should run again (it ended before its claim). */
-        const runOnce = Effect.gen(function* () {
-          const buffer = claim.buffer
-          if (buffer === undefined) return false
-          const handler = yield* Effect.forkChild(options.onClaim(partitionClaim(claim, buffer)))
-          const exit = yield* Effect.raceFirst(
-            Fiber.await(handler),
-            Deferred.await(claim.revoked).pipe(
-              Effect.andThen(Effect.sleep(drainTimeout)),
-              Effect.andThen(
-                log(
-                  Effect.logWarning(
-                    `claim handler did not finish within ${Duration.format(drainTimeout)} of its revocation; interrupting it`
-                  ),
-                  claim.partition
-                )
-              ),
-              Effect.andThen(Fiber.interrupt(handler)),
-              Effect.andThen(Fiber.await(handler))
-            )
-          )
-          if (Deferred.isDoneUnsafe(claim.revoked)) return false
-          yield* log(Claim.reportEarlyEnd(exit), claim.partition)
-          close(claim)
-          return true
-        })
-        /** Points the claim at the committed offset again, after a run that ended early. */
-        const reopen = Effect.gen(function* () {
-          if (Deferred.isDoneUnsafe(claim.revoked)) return false
-          const offset = yield* startingOffset(claim.partition).pipe(
-            Effect.retry({ schedule: Schedule.exponential("200 millis"), times: 5 }),
-            Effect.catch((error) => log(Effect.logError(error.message), claim.partition).pipe(Effect.as(undefined)))
-          )
-          return offset !== undefined && open(claim, offset, yield* Queue.unbounded<LogRecord, Cause.Done>())
-        })
-        let first = true
-        const attempt = Effect.suspend(() => {
-          if (first) {
-            first = false
-            return runOnce
-          }
-          return reopen.pipe(Effect.flatMap((opened) => (opened ? runOnce : Effect.succeed(false))))
-        })
-        return attempt.pipe(Effect.repeat({ schedule: restartBackoff, while: (again) => again }), Effect.asVoid)
-      }
-
-      /** The claim's whole life: wait for the partition, run the handler, release it. */
-      const lifecycle = (claim: Claim.Claim): Effect.Effect<void> =>
-        Effect.gen(function* () {
-          for (const previous of draining) {
-            if (previous.partition === claim.partition && previous.fiber !== undefined && previous !== claim) {
-              yield* Fiber.await(previous.fiber)
-            }
-          }
-          const acquired = yield* Effect.raceFirst(
-            Effect.gen(function* () {
-              yield* handover.awaitRelease(claim.partition, claim.id).pipe(log)
-              const offset = yield* startingOffset(claim.partition).pipe(
-                Effect.retry({ schedule: Schedule.exponential("200 millis"), times: 5 })
-              )
-              const opened = open(claim, offset, yield* Queue.unbounded<LogRecord, Cause.Done>())
-              if (opened)
-                yield* log(
-                  Effect.logDebug(`claimed partition ${claim.partition} from offset ${offset}`),
-                  claim.partition
-                )
-              return opened
-            }),
-            Deferred.await(claim.revoked).pipe(Effect.as(false))
-          ).pipe(
-            Effect.catch((error) =>
-              log(Effect.logError(`claiming partition ${claim.partition}: ${error.message}`), claim.partition).pipe(
-                Effect.as(false)
-              )
-            )
-          )
-          if (!acquired) return
-          yield* runHandler(claim)
-          if (claim.phase._tag !== "Active") return
-          // The handler has drained and made its final commit: the marker
-          // tells the next owner the committed offset is now final.
-          const offset = claim.lastCommitted ?? claim.startOffset
-          yield* commitOffset(claim, offset, Handover.releaseMarker(claim.id)).pipe(
-            Effect.tap(() =>
-              log(Effect.logDebug(`released partition ${claim.partition} at offset ${offset}`), claim.partition)
-            ),
-            Effect.catch((error) =>
-              log(
-                Effect.logWarning(
-                  `releasing partition ${claim.partition}: ${error.message}; its next owner takes it over after the hand-over timeout`
-                ),
-                claim.partition
-              )
-            )
-          )
-        }).pipe(
-          Effect.ensuring(
-            Effect.sync(() => {
-              if (claim.phase._tag !== "Lost") claim.phase = Claim.Phase.Released()
-              close(claim)
-              draining.delete(claim)
-              if (claims.get(claim.partition) === claim) claims.delete(claim.partition)
-            })
-          )
-        )
+      const lifecycle = ClaimLifecycle.make({
+        onClaim: options.onClaim,
+        drainTimeout,
+        draining,
+        log,
+        awaitRelease: handover.awaitRelease,
+        startingOffset,
+        open,
+        close,
+        partitionClaim,
+        commitOffset,
+        forget: (claim) => {
+          draining.delete(claim)
+          if (claims.get(claim.partition) === claim) claims.delete(claim.partition)
+        }
+      })
 
       const startClaim = (partition: number): void => {
         const claim = Claim.make(partition)
