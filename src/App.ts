@@ -85,9 +85,20 @@ export const eventLogLayer = (config: HarmonyConfig) =>
     ? KafkaEventLog.layer({
         brokers: config.mode.services.kafkaBrokers,
         partitions: config.kafkaPartitions,
-        sessionTimeoutMs: Duration.toMillis(config.kafkaSessionTimeout)
+        sessionTimeoutMs: Duration.toMillis(config.kafkaSessionTimeout),
+        drainTimeout: logDrainTimeout(config),
+        produceTimeout: config.sendTimeout
       })
-    : MemoryEventLog.layer({ partitions: config.kafkaPartitions })
+    : MemoryEventLog.layer({ partitions: config.kafkaPartitions, drainTimeout: logDrainTimeout(config) })
+
+/**
+ * A SIGTERM must be done within SHUTDOWN_TIMEOUT, even with a stalled store:
+ * a revoked partition's runner gives up on its unpersisted backlog after
+ * half of it (the next owner replays that from the log), and the log
+ * interrupts a handler that is still running after three quarters of it.
+ */
+const runnerDrainTimeout = (config: HarmonyConfig) => Duration.divideUnsafe(config.shutdownTimeout, 2)
+const logDrainTimeout = (config: HarmonyConfig) => Duration.times(config.shutdownTimeout, 0.75)
 
 const stateLayer = (config: HarmonyConfig) =>
   Layer.unwrap(
@@ -114,7 +125,7 @@ const stateLayer = (config: HarmonyConfig) =>
 /** The message path (ingest, sequencing, fanout, history) and the state path's relay and consumers. */
 const pathsLayer = (config: HarmonyConfig) =>
   Layer.mergeAll(
-    Sequencing.layer({ partitions: config.kafkaPartitions }),
+    Sequencing.layer({ partitions: config.kafkaPartitions, drainTimeout: runnerDrainTimeout(config) }),
     OutboxRelay.layer({
       exclusive: config.mode._tag === "Cluster",
       pollInterval: config.mode._tag === "Cluster" ? Duration.seconds(1) : Duration.millis(100),
@@ -122,7 +133,7 @@ const pathsLayer = (config: HarmonyConfig) =>
     }),
     EventConsumers.layer
   ).pipe(
-    Layer.provideMerge(Layer.mergeAll(Ingest.layer, History.layer)),
+    Layer.provideMerge(Layer.mergeAll(Ingest.layerWith({ sendTimeout: config.sendTimeout }), History.layer)),
     Layer.provideMerge(Layer.mergeAll(PresenceTracker.layer({ ttl: config.presenceTtl }), ChatFeeds.layer)),
     Layer.provideMerge(Layer.mergeAll(Fanout.layer, ActiveChats.layer))
   )

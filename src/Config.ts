@@ -43,6 +43,8 @@ export interface HarmonyConfig {
   readonly awsRegion: string
   readonly kafkaPartitions: number
   readonly shutdownTimeout: Duration.Duration
+  /** How long a send waits for the message log before it is answered `unavailable`. */
+  readonly sendTimeout: Duration.Duration
   readonly rateLimits: RateLimitSettings
   /** Per-connection frame limits and the gateway's caps on sockets and subscriptions. */
   readonly frameLimits: FrameLimits
@@ -92,6 +94,7 @@ const raw = Config.all({
   awsRegion: Config.String("AWS_REGION").pipe(Config.withDefault("us-east-1")),
   kafkaPartitions: Config.Int("KAFKA_PARTITIONS").pipe(Config.withDefault(8)),
   shutdownTimeout: Config.Duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(Duration.seconds(20))),
+  sendTimeout: Config.Duration("SEND_TIMEOUT").pipe(Config.withDefault(Duration.seconds(5))),
   kafkaSessionTimeout: Config.Duration("KAFKA_SESSION_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10))),
   presenceTtl: Config.Duration("PRESENCE_TTL").pipe(Config.withDefault(Duration.seconds(30))),
   metricsPort: Config.option(Config.Port("METRICS_PORT")),
@@ -227,6 +230,7 @@ export const load: Effect.Effect<HarmonyConfig, ConfigurationError> = Effect.gen
     awsRegion: c.awsRegion,
     kafkaPartitions: c.kafkaPartitions,
     shutdownTimeout: c.shutdownTimeout,
+    sendTimeout: c.sendTimeout,
     rateLimits: c.rateLimits,
     frameLimits: c.frameLimits,
     gatewayLimits: {

@@ -10,9 +10,9 @@
  * header, and each produce request is a span (`Ingest.produceBatch`) linking
  * the sends it carries.
  */
-import { Clock, Context, Deferred, Effect, Exit, Layer, Metric, Option, Queue, type Tracer } from "effect"
+import { Clock, Context, Deferred, Duration, Effect, Exit, Layer, Metric, Option, Queue, type Tracer } from "effect"
 import { messagesAccepted } from "../Metrics.ts"
-import { EventLog, type EventLogError, type ProduceRecord } from "../ports/EventLog.ts"
+import { EventLog, EventLogError, type ProduceRecord } from "../ports/EventLog.ts"
 import type { ChatId, MessageId, UserId } from "../schema/Domain.ts"
 import { type NotFound, type RateLimited, Unavailable } from "../schema/Errors.ts"
 import { encodeSendRecord, messageIdOf } from "../schema/Records.ts"
@@ -73,101 +73,125 @@ export class Ingest extends Context.Service<
     ) => Effect.Effect<Accepted, NotFound | RateLimited | Unavailable>
   }
 >()("harmony/messages/Ingest") {
-  static readonly layer = Layer.effect(
-    Ingest,
-    Effect.gen(function* () {
-      const log = yield* EventLog
-      const membership = yield* Membership
-      const limits = yield* RateLimits
-      // Bounded: when the log cannot keep up, senders wait here (their acks
-      // come later) instead of the node buffering without limit.
-      const queue = yield* Queue.bounded<Pending>(MaxQueued)
-      const gate = yield* ExportGate
+  static readonly layerWith = (options: {
+    /** How long a send waits for the log to take it before it is answered `unavailable` (default 5 s). */
+    readonly sendTimeout?: Duration.Input | undefined
+  }) =>
+    Layer.effect(
+      Ingest,
+      Effect.gen(function* () {
+        const sendTimeout = Duration.fromInputUnsafe(options.sendTimeout ?? Duration.seconds(5))
+        const log = yield* EventLog
+        const membership = yield* Membership
+        const limits = yield* RateLimits
+        // Bounded: when the log cannot keep up, senders wait here (their acks
+        // come later) instead of the node buffering without limit.
+        const queue = yield* Queue.bounded<Pending>(MaxQueued)
+        const gate = yield* ExportGate
 
-      const produceRequest = (chunk: ReadonlyArray<Pending>) => {
-        const request = log.produce(
-          MessagesTopic,
-          chunk.map((pending) => pending.record)
+        const produceRequest = (chunk: ReadonlyArray<Pending>) => {
+          const request = log.produce(
+            MessagesTopic,
+            chunk.map((pending) => pending.record)
+          )
+          const links: Array<Tracer.SpanLink> = []
+          for (const pending of chunk)
+            if (pending.span !== undefined) links.push({ span: pending.span, attributes: {} })
+          if (links.length === 0) return request
+          return request.pipe(
+            Effect.withSpan("Ingest.produceBatch", {
+              kind: "producer",
+              root: true,
+              links,
+              attributes: {
+                "messaging.system": "kafka",
+                "messaging.destination.name": MessagesTopic,
+                "messaging.batch.message_count": chunk.length
+              }
+            })
+          )
+        }
+        const produce = (all: ReadonlyArray<Pending>) => {
+          // Sends already answered (timed out while queued) are not produced late.
+          const chunk = all.filter((pending) => !Deferred.isDoneUnsafe(pending.done))
+          if (chunk.length === 0) return Effect.void
+          return produceRequest(chunk).pipe(
+            Effect.exit,
+            Effect.flatMap((exit) => {
+              const outcome = Exit.asVoid(exit)
+              return Effect.forEach(chunk, (pending) => Deferred.done(pending.done, outcome))
+            })
+          )
+        }
+        yield* Queue.takeBetween(queue, 1, MaxBatch).pipe(
+          Effect.flatMap((batch) => Effect.forEach(byBytes(batch), produce, { discard: true })),
+          Effect.forever,
+          Effect.forkScoped
         )
-        const links: Array<Tracer.SpanLink> = []
-        for (const pending of chunk) if (pending.span !== undefined) links.push({ span: pending.span, attributes: {} })
-        if (links.length === 0) return request
-        return request.pipe(
-          Effect.withSpan("Ingest.produceBatch", {
-            kind: "producer",
-            root: true,
-            links,
-            attributes: {
-              "messaging.system": "kafka",
-              "messaging.destination.name": MessagesTopic,
-              "messaging.batch.message_count": chunk.length
-            }
-          })
-        )
-      }
-      const produce = (chunk: ReadonlyArray<Pending>) =>
-        produceRequest(chunk).pipe(
-          Effect.exit,
-          Effect.flatMap((exit) => {
-            const outcome = Exit.asVoid(exit)
-            return Effect.forEach(chunk, (pending) => Deferred.done(pending.done, outcome))
-          })
-        )
-      yield* Queue.takeBetween(queue, 1, MaxBatch).pipe(
-        Effect.flatMap((batch) => Effect.forEach(byBytes(batch), produce, { discard: true })),
-        Effect.forever,
-        Effect.forkScoped
-      )
 
-      const send = Effect.fn("Ingest.send")(function* (
-        authorId: UserId,
-        chatId: ChatId,
-        clientMsgId: string,
-        body: string
-      ) {
-        yield* limits.take("send", authorId)
-        yield* memberRole(membership, chatId, authorId)
-        const id = messageIdOf(chatId, authorId, clientMsgId)
-        const sentAt = new Date(yield* Clock.currentTimeMillis).toISOString()
-        const done = yield* Deferred.make<void, EventLogError>()
-        const value = encodeSendRecord({ id, chatId, authorId, clientMsgId, body, sentAt })
-        const size = Buffer.byteLength(value) + chatId.length + 64
-        const traced =
-          gate.open() && sampled(Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))) !== undefined
-        const enqueue = traced
-          ? Effect.useSpan(
-              "Ingest.produce",
-              {
-                kind: "producer",
-                attributes: {
-                  "messaging.system": "kafka",
-                  "messaging.destination.name": MessagesTopic,
-                  "harmony.message.id": id
-                }
-              },
-              (span) =>
-                Queue.offer(queue, {
-                  record: { key: chatId, value, headers: { [TraceparentHeader]: traceparentOf(span) } },
-                  size: size + 64,
-                  done,
-                  span
-                }).pipe(Effect.andThen(Deferred.await(done)))
-            )
-          : Queue.offer(queue, { record: { key: chatId, value }, size, done }).pipe(
-              Effect.andThen(Deferred.await(done))
-            )
-        yield* enqueue.pipe(
-          Effect.catchTag("EventLogError", (error) =>
-            Effect.logWarning("produce failed: the send is not acknowledged", error).pipe(
-              Effect.andThen(Effect.fail(new Unavailable({ message: "the message log is unavailable, try again" })))
+        const send = Effect.fn("Ingest.send")(function* (
+          authorId: UserId,
+          chatId: ChatId,
+          clientMsgId: string,
+          body: string
+        ) {
+          yield* limits.take("send", authorId)
+          yield* memberRole(membership, chatId, authorId)
+          const id = messageIdOf(chatId, authorId, clientMsgId)
+          const sentAt = new Date(yield* Clock.currentTimeMillis).toISOString()
+          const done = yield* Deferred.make<void, EventLogError>()
+          const value = encodeSendRecord({ id, chatId, authorId, clientMsgId, body, sentAt })
+          const size = Buffer.byteLength(value) + chatId.length + 64
+          const traced =
+            gate.open() && sampled(Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))) !== undefined
+          const enqueue = traced
+            ? Effect.useSpan(
+                "Ingest.produce",
+                {
+                  kind: "producer",
+                  attributes: {
+                    "messaging.system": "kafka",
+                    "messaging.destination.name": MessagesTopic,
+                    "harmony.message.id": id
+                  }
+                },
+                (span) =>
+                  Queue.offer(queue, {
+                    record: { key: chatId, value, headers: { [TraceparentHeader]: traceparentOf(span) } },
+                    size: size + 64,
+                    done,
+                    span
+                  }).pipe(Effect.andThen(Deferred.await(done)))
+              )
+            : Queue.offer(queue, { record: { key: chatId, value }, size, done }).pipe(
+                Effect.andThen(Deferred.await(done))
+              )
+          yield* enqueue.pipe(
+            // Bounded, however the log fares: a send not taken in time is answered
+            // `unavailable` (it may still be written; the client sends it again
+            // with the same clientMsgId, which is stored once).
+            Effect.timeoutOrElse({
+              duration: sendTimeout,
+              orElse: () => {
+                const error = new EventLogError({
+                  message: `the log did not take the send within ${Duration.format(sendTimeout)}`
+                })
+                return Deferred.fail(done, error).pipe(Effect.andThen(Effect.fail(error)))
+              }
+            }),
+            Effect.catchTag("EventLogError", (error) =>
+              Effect.logWarning("produce failed: the send is not acknowledged", error).pipe(
+                Effect.andThen(Effect.fail(new Unavailable({ message: "the message log is unavailable, try again" })))
+              )
             )
           )
-        )
-        yield* Metric.update(messagesAccepted, 1)
-        return { id, clientMsgId }
-      })
+          yield* Metric.update(messagesAccepted, 1)
+          return { id, clientMsgId }
+        })
 
-      return Ingest.of({ send })
-    })
-  )
+        return Ingest.of({ send })
+      })
+    )
+
+  static readonly layer = Ingest.layerWith({})
 }

@@ -58,6 +58,12 @@ export interface PartitionClaim {
    */
   readonly records: Stream.Stream<LogRecord>
   /**
+   * Completes when the partition is revoked or the consumer leaves — when
+   * `records` ends — even while the handler is busy elsewhere, so it can
+   * bound its drain.
+   */
+  readonly revoked: Effect.Effect<void>
+  /**
    * Commits the group's position: `nextOffset` is the offset of the next
    * record to process (the last processed offset + 1).
    */

@@ -12,7 +12,7 @@
  * under the producer span named by its `traceparent` header — the trace
  * crosses Kafka here — and the actor sequences it under that span.
  */
-import { type Duration, Effect, Schedule, Stream, type Tracer } from "effect"
+import { Duration, Effect, Exit, Option, Schedule, Scope, Stream, type Tracer } from "effect"
 import type { SqlClient } from "effect/sql"
 import type { ActiveChats } from "./ActiveChats.ts"
 import * as ChatActors from "./ChatActors.ts"
@@ -38,7 +38,17 @@ export interface RunnerOptions {
   readonly batchSize: number
   /** How often the committed offset catches up with the persisted prefix. */
   readonly commitInterval: Duration.Duration
+  /**
+   * How long a revoked partition waits for its backlog to be persisted
+   * before it gives up on it: it commits what is persisted and returns, and
+   * the next owner replays the rest from the log. Kept below the log's own
+   * drain timeout and the node's SHUTDOWN_TIMEOUT.
+   */
+  readonly drainTimeout: Duration.Duration
 }
+
+/** How long the final commit of a revoked partition may take. */
+const finalCommitTimeout = Duration.seconds(5)
 
 export const run = (
   claim: PartitionClaim,
@@ -47,6 +57,12 @@ export const run = (
 ): Effect.Effect<void, never, MessageStore | SqlClient.SqlClient | ActiveChats> =>
   Effect.gen(function* () {
     const tracker = new OffsetTracker()
+    // The actors and the sink live in a scope of their own, closed in the
+    // background once the runner is done: after a drain that timed out, an
+    // interrupted store call can take its own time to settle (the SDK's
+    // request timeout), and the hand-over must not wait for it.
+    const workers = yield* Scope.make()
+    yield* Effect.addFinalizer(() => Effect.forkDetach(Scope.close(workers, Exit.void)).pipe(Effect.asVoid))
     // A replay must never reach past what the actors remember as sequenced.
     const inFlightLimit = Math.min(options.backlog, options.actors.dedupeWindow)
     const sink = yield* PersistenceSink.make({
@@ -54,7 +70,7 @@ export const run = (
       tracker,
       backlog: options.backlog,
       batchSize: options.batchSize
-    })
+    }).pipe(Scope.provide(workers))
     const spans = yield* syncSpans
     const actors = yield* ChatActors.make({
       options: options.actors,
@@ -63,7 +79,7 @@ export const run = (
       tracker,
       partition: claim.partition,
       spans
-    })
+    }).pipe(Scope.provide(workers))
 
     let committed: number | undefined
     const commit = Effect.suspend(() => {
@@ -82,7 +98,7 @@ export const run = (
     yield* registerLag(claim, tracker)
 
     const decoder = new TextDecoder()
-    yield* claim.records.pipe(
+    const consume = claim.records.pipe(
       Stream.runForEach((record) => {
         const receive = (span: Tracer.Span | undefined) =>
           Effect.gen(function* () {
@@ -118,10 +134,24 @@ export const run = (
       })
     )
     // Revoked or stopping: everything routed gets sequenced and persisted
-    // before the final commit, so the next owner starts exactly after it.
-    yield* actors.drain
-    yield* sink.drain
-    yield* commit
+    // before the final commit, so the next owner starts exactly after it —
+    // unless the store is too slow for that (the runner may then be stuck
+    // waiting for capacity, or on a full mailbox). Then the runner gives up
+    // on the backlog before anyone interrupts it: its final commit covers
+    // the persisted prefix only, and the next owner replays the rest from
+    // the log (a write still in flight may land later; replay sequences the
+    // same records identically, so it rewrites what that write holds).
+    const drained = yield* Effect.raceFirst(
+      consume.pipe(Effect.andThen(actors.drain), Effect.andThen(sink.drain), Effect.asSome),
+      claim.revoked.pipe(Effect.andThen(Effect.sleep(options.drainTimeout)), Effect.as(Option.none()))
+    )
+    if (drained._tag === "None") {
+      yield* Effect.logWarning(
+        `partition ${claim.partition}: the store did not take the backlog within ${Duration.format(options.drainTimeout)} of the revocation; ${tracker.inFlight} records are left to the next owner`
+      )
+    }
+    // Bounded too: with the log unreachable the commit is lost either way, and the next owner replays.
+    yield* commit.pipe(Effect.timeoutOption(finalCommitTimeout))
     yield* Effect.logDebug(`partition ${claim.partition}: released at offset ${committed}`)
   }).pipe(Effect.scoped, Effect.withSpan("PartitionRunner.run", { attributes: { partition: claim.partition } }))
 

@@ -24,23 +24,28 @@ export const defaultRunnerOptions: PartitionRunner.RunnerOptions = {
   },
   backlog: 1000,
   batchSize: 500,
-  commitInterval: Duration.millis(200)
+  commitInterval: Duration.millis(200),
+  drainTimeout: Duration.seconds(10)
 }
 
-export const layer = (options: { readonly partitions: number; readonly runner?: PartitionRunner.RunnerOptions }) =>
+export const layer = (options: {
+  readonly partitions: number
+  readonly runner?: PartitionRunner.RunnerOptions
+  /** Overrides the runner's drain timeout (the node derives it from SHUTDOWN_TIMEOUT). */
+  readonly drainTimeout?: Duration.Duration
+}) =>
   Layer.effectDiscard(
     Effect.gen(function* () {
       const log = yield* EventLog
+      const base = options.runner ?? defaultRunnerOptions
+      const runner = options.drainTimeout === undefined ? base : { ...base, drainTimeout: options.drainTimeout }
       const fanout = yield* Fanout
       const context = yield* Effect.context<MessageStore | SqlClient.SqlClient | ActiveChats>()
       yield* log.createTopic(MessagesTopic, options.partitions).pipe(Effect.retry(topicRetry))
       yield* log.consume({
         group: ActorsGroup,
         topic: MessagesTopic,
-        onClaim: (claim) =>
-          PartitionRunner.run(claim, options.runner ?? defaultRunnerOptions, fanout).pipe(
-            Effect.provideContext(context)
-          )
+        onClaim: (claim) => PartitionRunner.run(claim, runner, fanout).pipe(Effect.provideContext(context))
       })
       yield* Effect.logInfo(`actors: joined group "${ActorsGroup}" on ${MessagesTopic}`)
     })

@@ -4,13 +4,15 @@
  * only as a backstop — the cache invalidator writes the fresh answer when a
  * membership changes. Readers fill with set-if-absent, so an answer read
  * before a change cannot overwrite the one written after it. When the cache
- * is down, lookups go to Postgres: degraded, never wrong.
+ * is down, lookups go to Postgres: degraded, never wrong — and without
+ * waiting for it: the cache calls go through a breaker (CacheBreaker.ts).
  */
 import { Context, Duration, Effect, Layer, Metric, Option } from "effect"
 import { Cache, type CacheError } from "../ports/Cache.ts"
 import { cacheLookups } from "../Metrics.ts"
 import type { ChatId, Role, UserId } from "../schema/Domain.ts"
 import type { Unavailable } from "../schema/Errors.ts"
+import * as CacheBreaker from "./CacheBreaker.ts"
 import { Chats } from "./Chats.ts"
 
 export const roleKey = (chatId: string, userId: string) => `harmony:role:${chatId}:${userId}`
@@ -38,16 +40,19 @@ export class Membership extends Context.Service<
     Effect.gen(function* () {
       const cache = yield* Cache
       const chats = yield* Chats
+      const breaker = CacheBreaker.make({ what: "membership lookups" })
 
       const roleOf = Effect.fn("Membership.roleOf")(function* (chatId: ChatId, userId: UserId) {
         const key = roleKey(chatId, userId)
-        const cached = yield* cache.get(key).pipe(
+        const cached = yield* breaker.run(cache.get(key)).pipe(
           Effect.map((value) => (value === undefined ? undefined : decode(value))),
           Effect.catchTag("CacheError", (error) =>
-            Effect.logWarning("membership cache unavailable; reading Postgres", error).pipe(
-              Effect.andThen(Metric.update(Metric.withAttributes(cacheLookups, { result: "error" }), 1)),
-              Effect.as(undefined)
-            )
+            breaker
+              .warn("reading Postgres", error)
+              .pipe(
+                Effect.andThen(Metric.update(Metric.withAttributes(cacheLookups, { result: "error" }), 1)),
+                Effect.as(undefined)
+              )
           )
         )
         if (cached !== undefined) {
@@ -56,8 +61,8 @@ export class Membership extends Context.Service<
         }
         yield* Metric.update(Metric.withAttributes(cacheLookups, { result: "miss" }), 1)
         const role = yield* chats.roleOf(chatId, userId)
-        yield* cache
-          .setIfAbsent(key, encode(role), MembershipTtl)
+        yield* breaker
+          .run(cache.setIfAbsent(key, encode(role), MembershipTtl))
           .pipe(Effect.catchTag("CacheError", (error) => Effect.logDebug("membership not cached", error)))
         return role
       })

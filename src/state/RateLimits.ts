@@ -9,6 +9,7 @@ import { Context, Effect, Layer, Metric } from "effect"
 import { Cache, type TokenBucket } from "../ports/Cache.ts"
 import { rateLimited } from "../Metrics.ts"
 import { RateLimited } from "../schema/Errors.ts"
+import * as CacheBreaker from "./CacheBreaker.ts"
 
 export type Limit = "send" | "loginUser" | "loginAddress" | "register" | "refresh" | "createChat" | "write"
 
@@ -72,14 +73,16 @@ export class RateLimits extends Context.Service<
           if (problem !== undefined) return yield* Effect.die(new Error(`${rateLimitVariables[limit]} ${problem}`))
         }
         const cache = yield* Cache
+        // Fail-open without waiting: a cache that is down or silent is skipped (issue 11).
+        const breaker = CacheBreaker.make({ what: "rate limits" })
         const take = Effect.fn("RateLimits.take")(function* (limit: Limit, key: string) {
-          const result = yield* cache
-            .take(`harmony:rate:${limit}:${key}`, settings[limit])
+          const result = yield* breaker
+            .run(cache.take(`harmony:rate:${limit}:${key}`, settings[limit]))
             .pipe(
               Effect.catchTag("CacheError", (error) =>
-                Effect.logWarning(`rate limit ${limit} not checked: the cache is unavailable`, error).pipe(
-                  Effect.as({ allowed: true, retryAfterMs: 0 })
-                )
+                breaker
+                  .warn("not checked, the request goes through", error)
+                  .pipe(Effect.as({ allowed: true, retryAfterMs: 0 }))
               )
             )
           if (result.allowed) return

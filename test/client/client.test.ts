@@ -286,6 +286,67 @@ describe("client SDK", { timeout: 120_000 }, () => {
       expect(stored.map((m) => m.clientMsgId)).toEqual(["retry-me", atBob[1]!.clientMsgId])
     })
 
+    it("sends again with the same clientMsgId after an `unavailable` that was in fact stored: stored and delivered once", async () => {
+      const alice = await account("una")
+      const bob = await account("unb")
+      const chat = await groupOf(alice, bob)
+      const atBob = collect(bob.client, "message")
+      await bob.client.subscribe(chat.id)
+
+      // The server stores the send, but its answer reaches the client as
+      // `unavailable` (as when a produce times out and was written after all).
+      const sent: Array<{ type: string; clientMsgId?: string; ref?: string }> = []
+      let rewritten = 0
+      const Lying = class extends WebSocket {
+        override send(data: string) {
+          sent.push(JSON.parse(data))
+          super.send(data)
+        }
+        override addEventListener(type: string, listener: any, options?: any): void {
+          if (type !== "message") {
+            super.addEventListener(type, listener, options)
+            return
+          }
+          super.addEventListener(
+            "message",
+            (event: MessageEvent) => {
+              const frame = typeof event.data === "string" ? JSON.parse(event.data) : undefined
+              if (rewritten === 0 && frame?.type === "ack") {
+                rewritten++
+                const ref = sent.find((f) => f.type === "send" && f.clientMsgId === frame.clientMsgId)?.ref
+                const error = { type: "error", code: "unavailable", message: "the message log is unavailable", ref }
+                listener(new MessageEvent("message", { data: JSON.stringify(error) }))
+                return
+              }
+              listener(event)
+            },
+            options
+          )
+        }
+      } as typeof WebSocket
+      const liar = pool.make({ ...options(), reconnect: { initialDelayMs: 50, maxDelayMs: 500 }, WebSocket: Lying })
+      await liar.login({ username: alice.user.username, password })
+      const accepted = await liar.send(chat.id, "stored once", { clientMsgId: "unavailable-but-stored" })
+      expect(rewritten).toBe(1)
+      const sends = sent.filter((f) => f.type === "send")
+      expect(sends.length).toBe(2)
+      expect(sends.map((f) => f.clientMsgId)).toEqual(["unavailable-but-stored", "unavailable-but-stored"])
+      expect(accepted.clientMsgId).toBe("unavailable-but-stored")
+
+      await alice.client.send(chat.id, "after")
+      await waitUntil("both messages at bob", () => atBob.length >= 2)
+      expect(atBob.map((m) => [m.seq, m.body])).toEqual([
+        [1, "stored once"],
+        [2, "after"]
+      ])
+      let stored: ReadonlyArray<Message> = []
+      await waitUntilAsync("both messages stored", async () => {
+        stored = (await bob.client.history(chat.id, { after: 0 })).messages
+        return stored.length >= 2
+      })
+      expect(stored.map((m) => m.body)).toEqual(["stored once", "after"])
+    })
+
     it("fills a gap in live delivery by resubscribing with sinceSeq", async () => {
       const alice = await account("gpa")
       const bob = await account("gpb")

@@ -80,6 +80,12 @@ export type StoreFault =
   | { readonly _tag: "Slow"; readonly millis: number }
   /** Writes, then waits before answering: the window between durable and completed. */
   | { readonly _tag: "SlowAfter"; readonly millis: number }
+  /**
+   * A request already on the wire to a stalled store: it lands after
+   * `millis` whether or not its caller still waits (an interrupted or
+   * timed-out write may still be applied), and answers then.
+   */
+  | { readonly _tag: "Stall"; readonly millis: number }
 
 export interface Scenario {
   readonly partitions: number
@@ -96,6 +102,10 @@ export interface Scenario {
   readonly dedupeWindow?: number
   /** The first activation of this chat (its `latest` read) takes this long: a throttled or failing read. */
   readonly slowActivation?: { readonly chat: number; readonly millis: number }
+  /** How long the log lets a revoked claim's handler drain before interrupting it (default 10 s). */
+  readonly drainMillis?: number
+  /** How long a revoked partition's runner waits for its backlog to persist (default 5 s). */
+  readonly runnerDrainMillis?: number
 }
 
 export const chatsPerRun = 4
@@ -230,6 +240,50 @@ export const supervisionScenario: ArbitraryT<Scenario> = Arbitrary.map(
   }
 )
 
+/**
+ * A store that stalls for longer than the log lets a revoked claim drain,
+ * while partitions move: nodes join and leave gracefully between sends, and
+ * most writes stall past the drain timeout (so the log interrupts the
+ * draining handler) and still land afterwards, as a timed-out request to a
+ * slow DynamoDB does. No crashes: every loss here is the hand-over's.
+ */
+export const stallScenario: ArbitraryT<Scenario> = Arbitrary.map(
+  Arbitrary.all({
+    partitions: int(1, 3),
+    steps: Arbitrary.array(Arbitrary.all({ kind: int(0, 9), op: sendOp(chatsPerRun, authorsPerRun), n: int(0, 40) }), {
+      minLength: 10,
+      maxLength: 50
+    }),
+    stalls: Arbitrary.array(Arbitrary.all({ stall: bool, millis: int(0, 500) }), { minLength: 4, maxLength: 10 }),
+    batchSize: int(1, 4)
+  }),
+  ({ partitions, steps, stalls, batchSize }): Scenario => ({
+    partitions,
+    steps: steps.map(
+      ({ kind, op, n }): Step =>
+        kind <= 5
+          ? { _tag: "Send", op }
+          : kind <= 6
+            ? { _tag: "Pause", millis: n }
+            : kind <= 7
+              ? { _tag: "Start" }
+              : { _tag: "Stop", pick: n }
+    ),
+    // Past the log's drain timeout (below), so only a drain the runner bounds itself avoids an interruption.
+    faults: stalls.map(
+      ({ stall, millis }): StoreFault => (stall ? { _tag: "Stall", millis: 1_100 + millis } : { _tag: "Ok" })
+    ),
+    mailboxSize: 4,
+    backlog: 8,
+    batchSize,
+    commitMillis: 10,
+    idleMillis: 1_000,
+    ringSize: 8,
+    drainMillis: 1_000,
+    runnerDrainMillis: 50
+  })
+)
+
 export const runnerOptions = (s: Scenario): RunnerOptions => ({
   actors: {
     mailboxSize: s.mailboxSize,
@@ -242,7 +296,8 @@ export const runnerOptions = (s: Scenario): RunnerOptions => ({
   },
   backlog: s.backlog,
   batchSize: s.batchSize,
-  commitInterval: Duration.millis(s.commitMillis)
+  commitInterval: Duration.millis(s.commitMillis),
+  drainTimeout: Duration.millis(s.runnerDrainMillis ?? 5_000)
 })
 
 // --- the journal ------------------------------------------------------------------
@@ -288,6 +343,8 @@ export interface Counters {
   faults: number
   /** Partial writes that left a message above a gap. */
   orphanWrites: number
+  /** Claim handlers the log interrupted because they did not drain in time. */
+  interruptedDrains: number
   activations: number
   /** Activations that found messages above a gap (orphans of a half-written batch). */
   gapRestores: number
@@ -437,6 +494,15 @@ class FaultyStore {
               return real
                 .putBatch(messages)
                 .pipe(Effect.andThen(written), Effect.andThen(Effect.sleep(Duration.millis(f.millis))))
+            case "Stall":
+              return Effect.forkDetach(
+                Effect.sleep(Duration.millis(f.millis)).pipe(
+                  Effect.andThen(real.putBatch(messages)),
+                  Effect.tap(() =>
+                    Effect.sync(() => journal.add(`store: node ${node} stalled putBatch #${call} landed`))
+                  )
+                )
+              ).pipe(Effect.flatMap(Fiber.join), Effect.andThen(written))
           }
         })
     })
@@ -724,7 +790,7 @@ const run = (s: Scenario, journal: Journal) =>
     // Actors drop the records of chats that do not exist.
     for (const id of chatIds) yield* sql`INSERT INTO chats (id, kind) VALUES (${id}, 'group')`.pipe(Effect.orDie)
 
-    const log = MemoryEventLog.make({ drainTimeout: Duration.seconds(10) })
+    const log = MemoryEventLog.make({ drainTimeout: Duration.millis(s.drainMillis ?? 10_000) })
     yield* log.createTopic(MessagesTopic, s.partitions).pipe(Effect.orDie)
     const shared = yield* Layer.build(Fanout.layer.pipe(Layer.provideMerge(Memory.layer)))
     const fanout = Context.get(shared, Fanout)
@@ -765,6 +831,7 @@ const run = (s: Scenario, journal: Journal) =>
       multiBatches: 0,
       faults: 0,
       orphanWrites: 0,
+      interruptedDrains: 0,
       activations: 0,
       gapRestores: 0,
       millis: 0
@@ -941,6 +1008,11 @@ const run = (s: Scenario, journal: Journal) =>
       else if (lastSeq < want.length) staleLastSeq.push(`${where}: chats.last_seq is ${lastSeq}, want ${want.length}`)
     }
     violations.push(...staleLastSeq)
+    // (f): a runner whose drain is bounded below the log's finishes on its own: the log never interrupts it.
+    counters.interruptedDrains = journal.lines.filter((line) => line.includes("did not finish within")).length
+    if (s.runnerDrainMillis !== undefined && counters.interruptedDrains > 0) {
+      violations.push(`the log interrupted ${counters.interruptedDrains} draining claim handlers`)
+    }
     // (d): the committed offset reached the end of every partition and never went backwards.
     for (const [partition, end] of ends) {
       const list = cluster.commits.get(partition) ?? []

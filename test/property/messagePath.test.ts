@@ -36,7 +36,7 @@
 import { assert, describe, layer } from "@effect/vitest"
 import { Effect } from "effect"
 import { checkOptions } from "./generators.ts"
-import { infraLayer, passivationScenario, runMessagePath, type Scenario, scenario } from "./harness.ts"
+import { infraLayer, passivationScenario, runMessagePath, type Scenario, scenario, stallScenario } from "./harness.ts"
 
 const runs = (fallback: number) => Number(process.env.PROPERTY_RUNS ?? fallback)
 
@@ -68,6 +68,18 @@ describe("message path", () => {
           assert.deepStrictEqual(report.violations, [], explain(report, report.violations))
         }),
       { timeout: 240_000, arbitrary: checkOptions(runs(30), 50, 25) }
+    )
+
+    it.effect.prop(
+      "a store that stalls past the drain timeout while partitions move loses, doubles and skips nothing",
+      { scenario: stallScenario },
+      ({ scenario }) =>
+        Effect.gen(function* () {
+          const report = yield* runMessagePath(scenario)
+          if (process.env.PROPERTY_VERBOSE) console.log(JSON.stringify(report.counters))
+          assert.deepStrictEqual(report.violations, [], explain(report, report.violations))
+        }),
+      { timeout: 240_000, arbitrary: checkOptions(runs(20), 50, 15) }
     )
 
     // The write of seq 1 succeeds, then the node dies before the sink

@@ -239,6 +239,7 @@ export const make = (options?: MemoryEventLogOptions): EventLog["Service"] => {
       topic: group.topic.name,
       partition: claim.partition,
       records: recordsFrom(partition, claim, start, delivered),
+      revoked: Deferred.await(claim.revoked),
       commit: (nextOffset) =>
         Effect.suspend(() => {
           if (claim.released) return invalid(`commit on ${where}: the claim has ended`)

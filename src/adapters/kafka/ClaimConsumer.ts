@@ -1,0 +1,381 @@
+/**
+ * Consuming (`consume`): one kafkajs consumer per call, with the hand-over
+ * described in KafkaEventLog.ts.
+ */
+import { type Cause, Deferred, Duration, Effect, Fiber, FiberSet, Queue, Schedule, type Scope } from "effect"
+import type { Consumer, EachBatchPayload } from "kafkajs"
+import { type ConsumeOptions, EventLogError, type LogRecord, type PartitionClaim } from "../../ports/EventLog.ts"
+import * as Assignment from "./Assignment.ts"
+import * as Claim from "./Claim.ts"
+import * as ClaimLifecycle from "./ClaimLifecycle.ts"
+import type { KafkaClient } from "./Client.ts"
+import * as Handover from "./Handover.ts"
+import { attempt, describeError, isRebalancing, kafkaRetry, toLogRecord } from "./errors.ts"
+
+/** Batches in a row that may start past a claim's position before the records in between count as deleted. */
+const maxGapRetries = 5
+/** How often claims' end offsets (consumer lag) are refreshed from the brokers. */
+const endOffsetRefresh = Duration.seconds(5)
+
+export interface ConsumerSettings {
+  /** How long a revoked claim's handler may take to drain before it is interrupted. */
+  readonly drainTimeout: Duration.Duration
+  /** Creates the topic when missing; answers its partition count. */
+  readonly ensureTopic: (topic: string) => Effect.Effect<number, EventLogError>
+}
+
+export const make = (client: KafkaClient, settings: ConsumerSettings) => {
+  const { kafka, admin, where, runDetached, disconnect } = client
+  const { sessionTimeout, heartbeatInterval, rebalanceTimeout, maxWaitTime } = client.settings
+  const { drainTimeout, ensureTopic } = settings
+  const handoverTimeout = Duration.sum(drainTimeout, Duration.seconds(30))
+
+  const consume = (options: ConsumeOptions): Effect.Effect<void, EventLogError, Scope.Scope> =>
+    Effect.gen(function* () {
+      const { group, topic } = options
+      if (group === "") return yield* new EventLogError({ message: "consumer group name must not be empty" })
+      const partitions = yield* ensureTopic(topic)
+      const describe = `group ${group} on ${topic}`
+      // Created before the consumer's release is registered, so claim fibers
+      // outlive the graceful stop and are only interrupted if anything is left.
+      const run = yield* FiberSet.makeRuntime<never, void, never>()
+
+      const claims = new Map<number, Claim.Claim>()
+      const draining = new Set<Claim.Claim>()
+      let frozen = true
+      let stopping = false
+      let memberId: string | undefined
+      const pausedByUs = new Set<number>()
+      const joined = yield* Deferred.make<void, EventLogError>()
+
+      const log = (effect: Effect.Effect<void>, partition?: number) =>
+        effect.pipe(Effect.annotateLogs(partition === undefined ? { group, topic } : { group, topic, partition }))
+
+      // Sync callbacks run inside kafkajs's join: a throw there would break
+      // the join, so every failure is logged instead.
+      const guard = (what: string, f: () => void): void => {
+        try {
+          f()
+        } catch (error) {
+          runDetached(log(Effect.logError(`${describe}: ${what}: ${describeError(error)}`)))
+        }
+      }
+
+      const shouldFetch = (partition: number): boolean => {
+        const claim = claims.get(partition)
+        return (
+          claim !== undefined && claim.phase._tag === "Active" && claim.buffer !== undefined && !claim.backpressured
+        )
+      }
+
+      const applyFetch = (partition: number, force = false): void =>
+        guard(`pausing or resuming partition ${partition}`, () => {
+          const fetch = shouldFetch(partition)
+          if (fetch && (force || pausedByUs.has(partition))) {
+            consumer.resume([{ topic, partitions: [partition] }])
+            pausedByUs.delete(partition)
+          } else if (!fetch && (force || !pausedByUs.has(partition))) {
+            consumer.pause([{ topic, partitions: [partition] }])
+            pausedByUs.add(partition)
+          }
+        })
+
+      const holdingsOf = (metadata: Buffer): Assignment.Holdings | undefined =>
+        Assignment.decodeHoldings(metadata, (reason) =>
+          runDetached(log(Effect.logWarning(`${describe}: a member's holdings are ignored: ${reason}`)))
+        )
+
+      const holdings = (): Assignment.Holdings => ({
+        topic,
+        held: [
+          ...[...claims.values()].filter((c) => c.phase._tag === "Active"),
+          ...[...draining].filter((c) => c.phase._tag === "Active")
+        ].map((c) => ({ partition: c.partition, id: c.id }))
+      })
+
+      const assigner = Assignment.assigner({
+        holdings,
+        holdingsOf,
+        // Joining: no claim starts until the new assignment is known, so
+        // what this member announces stays true through the rebalance.
+        onJoin: () => {
+          frozen = true
+        }
+      })
+      const handover = Handover.make({ admin, group, topic, describe, holdingsOf, handoverTimeout })
+      const { startingOffset } = handover
+
+      const consumer: Consumer = kafka.consumer({
+        groupId: group,
+        partitionAssigners: [assigner],
+        sessionTimeout,
+        rebalanceTimeout,
+        heartbeatInterval,
+        maxWaitTimeInMs: maxWaitTime,
+        allowAutoTopicCreation: false,
+        retry: { ...kafkaRetry, restartOnFailure: async () => true }
+      })
+
+      const isCurrent = (claim: Claim.Claim) =>
+        !stopping && claims.get(claim.partition) === claim && !Deferred.isDoneUnsafe(claim.revoked)
+
+      /**
+       * Points the consumer at `offset` for the claim with a fresh buffer, and
+       * lets the partition be fetched. False when the claim is no longer
+       * current or the member is joining (the new assignment restarts it).
+       */
+      const open = (claim: Claim.Claim, offset: number, buffer: Queue.Queue<LogRecord, Cause.Done>): boolean => {
+        if (!isCurrent(claim) || frozen) return false
+        let opened = false
+        guard(`seeking partition ${claim.partition} to ${offset}`, () => {
+          consumer.seek({ topic, partition: claim.partition, offset: String(offset) })
+          claim.phase = Claim.Phase.Active()
+          claim.buffer = buffer
+          claim.nextOffset = offset
+          claim.delivered = offset
+          claim.startOffset = offset
+          claim.backpressured = false
+          opened = true
+        })
+        applyFetch(claim.partition)
+        return opened
+      }
+
+      const close = (claim: Claim.Claim): void => {
+        const buffer = claim.buffer
+        claim.buffer = undefined
+        // Pulls check the revocation first, so nothing left in it is delivered.
+        if (buffer !== undefined) Queue.endUnsafe(buffer)
+        if (claims.get(claim.partition) === claim) applyFetch(claim.partition)
+      }
+
+      const commitOffset = (claim: Claim.Claim, offset: number, metadata: string | null) =>
+        Effect.suspend(() => {
+          if (claim.phase._tag === "Released" || claim.phase._tag === "Lost") {
+            return Effect.fail(
+              new EventLogError({
+                message: `commit on ${topic}/${claim.partition} (group ${group}): the claim has ${claim.phase._tag === "Lost" ? "been lost" : "ended"}`
+              })
+            )
+          }
+          return attempt(`committing offset ${offset} of ${topic}/${claim.partition} for group ${group}`, () =>
+            consumer.commitOffsets([{ topic, partition: claim.partition, offset: String(offset), metadata }])
+          )
+        }).pipe(
+          // kafkajs does not retry a commit the coordinator refused because
+          // the group is rebalancing; it goes through with the new generation.
+          Effect.retry({ while: isRebalancing, schedule: Schedule.spaced("250 millis"), times: 120 })
+        )
+
+      const partitionClaim = (claim: Claim.Claim, buffer: Queue.Queue<LogRecord, Cause.Done>): PartitionClaim => ({
+        topic,
+        partition: claim.partition,
+        records: Claim.records(claim, buffer, () => applyFetch(claim.partition)),
+        revoked: Deferred.await(claim.revoked),
+        commit: (nextOffset) =>
+          Effect.gen(function* () {
+            if (!Number.isSafeInteger(nextOffset) || nextOffset < 0 || nextOffset > claim.delivered) {
+              return yield* new EventLogError({
+                message: `commit on ${topic}/${claim.partition} (group ${group}): ${nextOffset} is not an offset this claim has delivered up to`
+              })
+            }
+            yield* commitOffset(claim, nextOffset, null)
+            claim.lastCommitted = nextOffset
+          }),
+        endOffset: () => Math.max(claim.endOffset, claim.nextOffset, claim.startOffset)
+      })
+
+      const lifecycle = ClaimLifecycle.make({
+        onClaim: options.onClaim,
+        drainTimeout,
+        draining,
+        log,
+        awaitRelease: handover.awaitRelease,
+        startingOffset,
+        open,
+        close,
+        partitionClaim,
+        commitOffset,
+        forget: (claim) => {
+          draining.delete(claim)
+          if (claims.get(claim.partition) === claim) claims.delete(claim.partition)
+        }
+      })
+
+      const startClaim = (partition: number): void => {
+        const claim = Claim.make(partition)
+        claims.set(partition, claim)
+        claim.fiber = run(lifecycle(claim))
+      }
+
+      const revoke = (claim: Claim.Claim, lost: boolean): void => {
+        if (lost) claim.phase = Claim.Phase.Lost()
+        if (claims.get(claim.partition) === claim) claims.delete(claim.partition)
+        if (claim.phase._tag === "Active" || claim.phase._tag === "Lost") draining.add(claim)
+        Deferred.doneUnsafe(claim.revoked, Effect.void)
+        applyFetch(claim.partition)
+      }
+
+      const onGroupJoin = (assignedNow: ReadonlyArray<number>, newMemberId: string): void => {
+        // A new member id means this consumer was dropped from the group and
+        // rejoined: others may own its partitions already.
+        const lost = memberId !== undefined && memberId !== newMemberId
+        runDetached(log(Effect.logDebug(`joined as ${newMemberId}, assigned [${assignedNow.join(",")}]`)))
+        memberId = newMemberId
+        frozen = false
+        const assigned = new Set(stopping ? [] : assignedNow)
+        for (const claim of [...claims.values()]) {
+          if (lost) revoke(claim, true)
+          else if (!assigned.has(claim.partition) || claim.phase._tag === "Starting") revoke(claim, false)
+        }
+        for (const partition of assigned) {
+          const claim = claims.get(partition)
+          if (claim === undefined) startClaim(partition)
+          else if (claim.phase._tag === "Active" && claim.buffer !== undefined) {
+            // A rebalance resets kafkajs's fetch position to the committed
+            // offset; continue from what the buffer already holds instead.
+            guard(`seeking partition ${partition}`, () =>
+              consumer.seek({ topic, partition, offset: String(claim.nextOffset) })
+            )
+          }
+        }
+        pausedByUs.clear()
+        for (const partition of assignedNow) applyFetch(partition, true)
+        Deferred.doneUnsafe(joined, Effect.void)
+      }
+
+      const eachBatch = async ({ batch, resolveOffset, isStale }: EachBatchPayload): Promise<void> => {
+        const claim = claims.get(batch.partition)
+        const buffer = claim?.buffer
+        if (claim === undefined || claim.phase._tag !== "Active" || buffer === undefined) {
+          // Fetched before the claim (re)started; its seek refetches what it needs.
+          applyFetch(batch.partition)
+          return
+        }
+        if (isStale()) return
+        const highWatermark = Number(batch.highWatermark)
+        if (Number.isSafeInteger(highWatermark) && highWatermark > claim.endOffset) claim.endOffset = highWatermark
+        const gap = Claim.gapIn(claim, batch.messages)
+        // A batch that starts past the claim's position was fetched from a
+        // stale one: fetch again from the position (the records are gone
+        // only if that keeps happening: retention deleted them).
+        const repeated = gap !== undefined && claim.gap?.at === claim.nextOffset ? claim.gap.count + 1 : 1
+        claim.gap = gap === undefined ? undefined : { at: claim.nextOffset, count: repeated }
+        if (gap !== undefined && repeated <= maxGapRetries) {
+          runDetached(
+            log(
+              Effect.logWarning(
+                `partition ${batch.partition}: a fetched batch starts at ${gap}, past the claim's position ${claim.nextOffset}; fetching again from ${claim.nextOffset}`
+              ),
+              batch.partition
+            )
+          )
+          guard(`seeking partition ${batch.partition}`, () =>
+            consumer.seek({ topic, partition: batch.partition, offset: String(claim.nextOffset) })
+          )
+          return
+        }
+        if (gap !== undefined) {
+          runDetached(
+            log(
+              Effect.logError(
+                `partition ${batch.partition}: records ${claim.nextOffset} to ${gap - 1} are no longer in the log; skipping them`
+              ),
+              batch.partition
+            )
+          )
+        }
+        const fresh = Claim.accept(
+          claim,
+          batch.messages,
+          (message) => toLogRecord(topic, batch.partition, message),
+          gap !== undefined
+        )
+        Queue.offerAllUnsafe(buffer, fresh)
+        resolveOffset(batch.lastOffset())
+        if (Queue.sizeUnsafe(buffer) >= Claim.highWater) {
+          claim.backpressured = true
+          applyFetch(batch.partition)
+        }
+      }
+
+      consumer.on(consumer.events.GROUP_JOIN, (event) =>
+        guard("handling the new assignment", () =>
+          onGroupJoin(event.payload.memberAssignment[topic] ?? [], event.payload.memberId)
+        )
+      )
+      consumer.on(consumer.events.CRASH, (event) =>
+        guard("handling a consumer crash", () => {
+          const { error, restart } = event.payload
+          frozen = true
+          for (const claim of [...claims.values()]) revoke(claim, true)
+          const message = `${describe}: the consumer crashed (${describeError(error)})${restart ? "; it restarts and rejoins" : "; it stopped for good"}`
+          runDetached(log(restart ? Effect.logWarning(message) : Effect.logError(message)))
+          if (!restart) Deferred.doneUnsafe(joined, Effect.fail(new EventLogError({ message, cause: error })))
+        })
+      )
+
+      /** Ends every claim, waits for the handlers' final commits, then leaves the group. */
+      const stop = Effect.gen(function* () {
+        stopping = true
+        for (const claim of [...claims.values()]) revoke(claim, false)
+        for (const claim of [...draining]) {
+          if (claim.fiber !== undefined) yield* Fiber.await(claim.fiber)
+        }
+        yield* disconnect(`consumer of ${describe}`, consumer)
+      })
+
+      yield* Effect.acquireRelease(
+        Effect.gen(function* () {
+          yield* attempt(`connecting the consumer of ${describe} to ${where}`, () => consumer.connect())
+          yield* attempt(`subscribing the consumer of ${describe}`, () =>
+            consumer.subscribe({ topic, fromBeginning: true })
+          )
+          yield* attempt(`running the consumer of ${describe}`, () =>
+            consumer.run({
+              autoCommit: false,
+              eachBatchAutoResolve: false,
+              partitionsConsumedConcurrently: Math.max(partitions, 1),
+              eachBatch
+            })
+          )
+        }).pipe(Effect.onError(() => disconnect(`consumer of ${describe}`, consumer))),
+        () => stop
+      )
+
+      // A paused partition (back-pressure) is not fetched, so its high
+      // watermark would go stale just when its lag matters: the claims'
+      // end offsets are refreshed from the brokers every few seconds.
+      const refreshEndOffsets = Effect.suspend(() => {
+        if (claims.size === 0) return Effect.void
+        return attempt(`reading the offsets of ${topic}`, () => admin.fetchTopicOffsets(topic)).pipe(
+          Effect.flatMap((offsets) =>
+            Effect.sync(() => {
+              for (const entry of offsets) {
+                const claim = claims.get(entry.partition)
+                const high = Number(entry.high)
+                if (claim !== undefined && Number.isSafeInteger(high) && high > claim.endOffset) {
+                  claim.endOffset = high
+                }
+              }
+            })
+          ),
+          Effect.catch((error) => log(Effect.logDebug(`${describe}: end offsets not refreshed`, error)))
+        )
+      })
+      yield* refreshEndOffsets.pipe(Effect.repeat(Schedule.spaced(endOffsetRefresh)), Effect.forkScoped)
+      yield* Deferred.await(joined).pipe(
+        Effect.timeoutOrElse({
+          duration: Duration.millis(rebalanceTimeout + sessionTimeout),
+          orElse: () =>
+            Effect.fail(
+              new EventLogError({
+                message: `${describe}: the consumer did not join its group within ${rebalanceTimeout + sessionTimeout}ms`
+              })
+            )
+        })
+      )
+    })
+
+  return consume
+}
