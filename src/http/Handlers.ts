@@ -9,7 +9,6 @@ import { Unavailable } from "../schema/Errors.ts"
 import { Accounts } from "../state/Accounts.ts"
 import { Chats } from "../state/Chats.ts"
 import { Membership } from "../state/Membership.ts"
-import type { ChatId, UserId } from "../schema/Domain.ts"
 import { RateLimits } from "../state/RateLimits.ts"
 import { Api, Authentication, CurrentUser } from "./Api.ts"
 import { Readiness } from "./Readiness.ts"
@@ -22,21 +21,6 @@ import { markRead } from "../messages/ChatRules.ts"
 const addressOf = (request: HttpServerRequest.HttpServerRequest) =>
   Option.getOrElse(request.remoteAddress, () => "unknown")
 
-/**
- * After a membership change commits, the node that made it writes the fresh
- * answers into the cache at once, so the change holds from the response on;
- * the cache invalidator does the same from the event for everyone else. A
- * cache that cannot be written here is left to the invalidator.
- */
-const refresher = (membership: Membership["Service"]) => (chatId: ChatId, userIds: ReadonlyArray<UserId>) =>
-  Effect.forEach(
-    userIds,
-    (userId) =>
-      membership
-        .refresh(chatId, userId)
-        .pipe(Effect.catchCause((cause) => Effect.logWarning("membership cache not refreshed", cause))),
-    { discard: true, concurrency: 8 }
-  )
 
 /** At most this many users answer a search (docs/protocol.md). */
 const SearchLimit = 20
@@ -90,7 +74,7 @@ const MeHandlers = HttpApiBuilder.group(
     const accounts = yield* Accounts
     const chats = yield* Chats
     const limits = yield* RateLimits
-    const refresh = refresher(yield* Membership)
+    const refresh = (yield* Membership).changed
     return handlers.handleAll({
       get: () => CurrentUser,
       close: () =>
@@ -114,7 +98,7 @@ const ChatsHandlers = HttpApiBuilder.group(
   Effect.fn(function* (handlers) {
     const chats = yield* Chats
     const limits = yield* RateLimits
-    const refresh = refresher(yield* Membership)
+    const refresh = (yield* Membership).changed
     /** The caller, once `limit` lets another of their calls through. */
     const limitedUser = (limit: "createChat" | "write") =>
       Effect.tap(CurrentUser, (user) => limits.take(limit, user.id))

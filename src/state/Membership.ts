@@ -33,6 +33,13 @@ export class Membership extends Context.Service<
     readonly roleOf: (chatId: ChatId, userId: UserId) => Effect.Effect<Option.Option<Role>, Unavailable>
     /** Writes the current answer from Postgres into the cache (the invalidator's job; it retries failures). */
     readonly refresh: (chatId: ChatId, userId: UserId) => Effect.Effect<void, Unavailable | CacheError>
+    /**
+     * After a membership change commits, the node that made it writes the
+     * fresh answers into the cache at once, so the change holds from its
+     * response on; the cache invalidator does the same from the event for
+     * everyone else. A cache that cannot be written here is left to it.
+     */
+    readonly changed: (chatId: ChatId, userIds: ReadonlyArray<UserId>) => Effect.Effect<void>
   }
 >()("harmony/state/Membership") {
   static readonly layer = Layer.effect(
@@ -72,7 +79,17 @@ export class Membership extends Context.Service<
         yield* cache.set(roleKey(chatId, userId), encode(role), MembershipTtl)
       })
 
-      return Membership.of({ roleOf, refresh })
+      const changed = (chatId: ChatId, userIds: ReadonlyArray<UserId>) =>
+        Effect.forEach(
+          userIds,
+          (userId) =>
+            refresh(chatId, userId).pipe(
+              Effect.catchCause((cause) => Effect.logWarning("membership cache not refreshed", cause))
+            ),
+          { discard: true, concurrency: 8 }
+        )
+
+      return Membership.of({ roleOf, refresh, changed })
     })
   )
 }

@@ -33,8 +33,9 @@ const silentLog = () => {
 
 const membership = Membership.of({
   roleOf: () => Effect.succeed(Option.some("member" as const)),
-  refresh: () => Effect.void
-} as Membership["Service"])
+  refresh: () => Effect.void,
+  changed: () => Effect.void
+})
 const limits = RateLimits.of({ take: () => Effect.void, giveBack: () => Effect.void })
 
 describe("Ingest", () => {
