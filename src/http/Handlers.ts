@@ -21,7 +21,6 @@ import { markRead } from "../messages/ChatRules.ts"
 const addressOf = (request: HttpServerRequest.HttpServerRequest) =>
   Option.getOrElse(request.remoteAddress, () => "unknown")
 
-
 /** At most this many users answer a search (docs/protocol.md). */
 const SearchLimit = 20
 
