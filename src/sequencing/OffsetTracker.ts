@@ -27,8 +27,8 @@ export class OffsetTracker {
   complete(offset: number): void {
     if (this.next !== undefined && offset < this.next) return
     this.done.add(offset)
-    while (this.pending.length > 0 && this.done.has(this.pending[0]!)) {
-      const head = this.pending.shift()!
+    for (let head = this.pending[0]; head !== undefined && this.done.has(head); head = this.pending[0]) {
+      this.pending.shift()
       this.done.delete(head)
       this.next = head + 1
     }

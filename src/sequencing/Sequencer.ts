@@ -98,7 +98,10 @@ export class Sequencer {
     this.lastSeqValue = message.seq
     this.ids.add(message.id)
     this.idOrder.push(message.id)
-    if (this.idOrder.length > this.options.dedupeWindow) this.ids.delete(this.idOrder.shift()!)
+    if (this.idOrder.length > this.options.dedupeWindow) {
+      const forgotten = this.idOrder.shift()
+      if (forgotten !== undefined) this.ids.delete(forgotten)
+    }
     this.ring.push(message)
     if (this.ring.length > this.options.ringSize) this.ring.shift()
   }

@@ -89,8 +89,8 @@ export class Chats extends Context.Service<
       const load = (chatId: ChatId) =>
         Effect.gen(function* () {
           const rows = yield* sql<ChatRow>`SELECT id, name, kind, owner_id, created_at FROM chats WHERE id = ${chatId}`
-          if (rows.length === 0) return Option.none<Chat>()
-          const chat = rows[0]!
+          const chat = rows[0]
+          if (chat === undefined) return Option.none<Chat>()
           const members = yield* sql<MemberRow>`
             SELECT user_id, role FROM memberships WHERE chat_id = ${chatId} ORDER BY joined_at, user_id`
           return Option.some(
@@ -144,10 +144,11 @@ export class Chats extends Context.Service<
           const events: Array<StateEvent> = []
           const removed = yield* sql<{ role: Role }>`
             DELETE FROM memberships WHERE chat_id = ${chatId} AND user_id = ${userId} RETURNING role`
-          if (removed.length === 0) return
+          const was = removed[0]
+          if (was === undefined) return
           events.push({ _tag: "member.removed", chatId, userId })
           yield* sql`UPDATE chats SET direct_key = NULL WHERE id = ${chatId}`
-          if (removed[0]!.role === "owner") {
+          if (was.role === "owner") {
             const heirs = yield* sql<{ user_id: UserId }>`
               SELECT user_id FROM memberships WHERE chat_id = ${chatId}
               ORDER BY (role = 'admin') DESC, joined_at, user_id LIMIT 1`
@@ -162,7 +163,7 @@ export class Chats extends Context.Service<
             }
           } else {
             const left = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM memberships WHERE chat_id = ${chatId}`
-            if (left[0]!.n === 0) {
+            if (left[0]?.n === 0) {
               yield* sql`DELETE FROM chats WHERE id = ${chatId}`
               events.push({ _tag: "chat.deleted", chatId, memberIds: [] })
             }
@@ -179,14 +180,15 @@ export class Chats extends Context.Service<
           return yield* new BadRequest({ message: `a group holds at most ${MaxGroupMembers} members` })
         }
         const createdAt = yield* now
-        const directKey = input.kind === "direct" ? [callerId, others[0]!].sort().join(":") : null
+        const directKey = input.kind === "direct" ? [callerId, ...others].sort().join(":") : null
         const chatId = yield* sql.withTransaction(
           Effect.gen(function* () {
             yield* requireUsers(others)
             if (directKey !== null) {
               // Two people have one direct chat: asking again answers the existing one.
               const existing = yield* sql<{ id: ChatId }>`SELECT id FROM chats WHERE direct_key = ${directKey}`
-              if (existing.length > 0) return existing[0]!.id
+              const found = existing[0]
+              if (found !== undefined) return found.id
             }
             const chatId = randomUUID() as ChatId
             yield* sql`INSERT INTO chats ${sql.insert({
@@ -290,9 +292,10 @@ export class Chats extends Context.Service<
               }
               const target = yield* sql<{ role: Role }>`
                 SELECT role FROM memberships WHERE chat_id = ${chatId} AND user_id = ${userId}`
-              if (target.length === 0) return yield* new NotFound({ message: `user ${userId} is not a member` })
-              if (target[0]!.role === "owner" || (target[0]!.role === "admin" && role !== "owner")) {
-                return yield* new Forbidden({ message: `an ${role} cannot remove an ${target[0]!.role}` })
+              const theirs = target[0]?.role
+              if (theirs === undefined) return yield* new NotFound({ message: `user ${userId} is not a member` })
+              if (theirs === "owner" || (theirs === "admin" && role !== "owner")) {
+                return yield* new Forbidden({ message: `an ${role} cannot remove an ${theirs}` })
               }
             }
             yield* dropMember(chatId, userId)
@@ -331,8 +334,9 @@ export class Chats extends Context.Service<
           UPDATE memberships SET last_read_seq = GREATEST(last_read_seq, ${seq})
           WHERE chat_id = ${chatId} AND user_id = ${userId}
           RETURNING last_read_seq = ${seq} AS moved`
-        if (rows.length === 0) return yield* notFound(chatId)
-        return rows[0]!.moved
+        const row = rows[0]
+        if (row === undefined) return yield* notFound(chatId)
+        return row.moved
       }, orUnavailable)
 
       const readPositions = Effect.fn("Chats.readPositions")(function* (callerId: UserId, chatId: ChatId) {

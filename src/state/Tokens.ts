@@ -26,6 +26,9 @@ export interface RefreshToken {
   readonly token: string
 }
 
+/** A refresh token: a 16-character id, a dot, a 43-character secret (32 bytes, base64url). */
+const RefreshTokenShape = /^[A-Za-z0-9_-]{16}\.[A-Za-z0-9_-]{43}$/
+
 export class Tokens extends Context.Service<
   Tokens,
   {
@@ -86,10 +89,10 @@ export class Tokens extends Context.Service<
           return { id, secret, token: `${id}.${secret}` }
         },
         parseRefresh: (token) => {
-          const match = /^([A-Za-z0-9_-]{16})\.([A-Za-z0-9_-]{43})$/.exec(token)
-          return match === null
+          const [id, secret] = RefreshTokenShape.test(token) ? token.split(".") : []
+          return id === undefined || secret === undefined
             ? Effect.fail(new Unauthorized({ message: "invalid refresh token" }))
-            : Effect.succeed({ id: match[1]!, secret: match[2]! })
+            : Effect.succeed({ id, secret })
         },
         hashSecret,
         secretMatches: (secret, hash) => {

@@ -43,31 +43,35 @@ export const stickyAssignment = (
   partitions: ReadonlyArray<number>,
   members: ReadonlyArray<{ readonly memberId: string; readonly held: ReadonlyArray<number> }>
 ): Map<string, Array<number>> => {
-  const result = new Map<string, Array<number>>(members.map((m) => [m.memberId, []]))
-  if (members.length === 0) return result
+  if (members.length === 0) return new Map()
   const byId = [...members].sort((a, b) => (a.memberId < b.memberId ? -1 : a.memberId > b.memberId ? 1 : 0))
   const base = Math.floor(partitions.length / members.length)
   const extra = partitions.length % members.length
-  const quota = new Map<string, number>()
+  /** Each member's share and what it gets, in one record per member. */
+  const shares = new Map<string, { quota: number; readonly mine: Array<number> }>()
   const bySize = [...byId].sort((a, b) => b.held.length - a.held.length)
-  for (const [index, member] of bySize.entries()) quota.set(member.memberId, base + (index < extra ? 1 : 0))
+  for (const [index, member] of bySize.entries()) {
+    shares.set(member.memberId, { quota: base + (index < extra ? 1 : 0), mine: [] })
+  }
   const exists = new Set(partitions)
   const taken = new Set<number>()
   for (const member of byId) {
-    const mine = result.get(member.memberId)!
+    const share = shares.get(member.memberId)
+    if (share === undefined) continue
     for (const partition of [...member.held].sort((a, b) => a - b)) {
-      if (mine.length >= quota.get(member.memberId)! || !exists.has(partition) || taken.has(partition)) continue
-      mine.push(partition)
+      if (share.mine.length >= share.quota || !exists.has(partition) || taken.has(partition)) continue
+      share.mine.push(partition)
       taken.add(partition)
     }
   }
   const free = partitions.filter((p) => !taken.has(p))
   for (const member of byId) {
-    const mine = result.get(member.memberId)!
-    while (mine.length < quota.get(member.memberId)! && free.length > 0) mine.push(free.shift()!)
-    mine.sort((a, b) => a - b)
+    const share = shares.get(member.memberId)
+    if (share === undefined) continue
+    share.mine.push(...free.splice(0, Math.max(0, share.quota - share.mine.length)))
+    share.mine.sort((a, b) => a - b)
   }
-  return result
+  return new Map(byId.map((member) => [member.memberId, shares.get(member.memberId)?.mine ?? []]))
 }
 
 /** The assigner of a member announcing `holdings()`; `onJoin` runs as it (re)joins the group. */
@@ -110,7 +114,7 @@ export const assigner = (member: {
           .map((m) => m.partitionId)
           .sort((a, b) => a - b)
         for (const [member, owned] of stickyAssignment(available, subscribers)) {
-          assignment.get(member)![assigned] = owned
+          assignment.set(member, { ...assignment.get(member), [assigned]: owned })
         }
       }
       return [...assignment].map(([member, byTopic]) => ({

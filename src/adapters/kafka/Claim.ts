@@ -129,8 +129,8 @@ export const records = (
           Deferred.await(claim.revoked).pipe(Effect.andThen(Cause.done()))
         ).pipe(
           Effect.map((chunk) => {
-            const last = chunk[chunk.length - 1]!
-            claim.delivered = Math.max(claim.delivered, last.offset + 1)
+            const last = chunk.at(-1)
+            if (last !== undefined) claim.delivered = Math.max(claim.delivered, last.offset + 1)
             if (claim.backpressured && Queue.sizeUnsafe(buffer) <= lowWater) {
               claim.backpressured = false
               resume()
