@@ -351,6 +351,8 @@ export const run = Effect.fnUntraced(function* (
       }
     }
     if (sinceSeq === undefined) subscription.lastDelivered = Math.max(subscription.lastDelivered, recovery.lastSeq)
+    // Ahead of the chat: what the client has is not this chat's, so it goes on from the real lastSeq.
+    if (sinceSeq !== undefined && sinceSeq > recovery.lastSeq) subscription.lastDelivered = recovery.lastSeq
     yield* send({ type: "presence", chatId, online: yield* services.presence.online(chatId) })
     for (const item of pendingLive) deliver(item)
     pendingLive.length = 0
@@ -360,14 +362,25 @@ export const run = Effect.fnUntraced(function* (
   /** What a subscriber missed after `sinceSeq`, made contiguous with the live buffer when it can be. */
   const recover = (chatId: ChatId, sinceSeq: number | undefined, pendingLive: ReadonlyArray<FanoutItem>) =>
     Effect.gen(function* () {
-      const lastSeq = yield* services.history.lastSeq(chatId).pipe(Effect.orElseSucceed(() => 0))
+      const currentLastSeq = services.history.lastSeq(chatId).pipe(Effect.orElseSucceed(() => 0))
+      let lastSeq = yield* currentLastSeq
       if (sinceSeq === undefined) return { lastSeq, recovered: true, messages: [] }
       const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(options.recoveryDeadline)
+      const firstLive = () => pendingLive.find((item) => item.seq > 0)?.seq
+      // A client claiming more than the chat holds: the store may trail the
+      // live stream, so give it until the deadline; past that, those seqs are
+      // not this chat's (its history was lost, or the client is wrong) and
+      // the client must reset, from the chat's real lastSeq.
+      while (sinceSeq > Math.max(lastSeq, (firstLive() ?? 0) - 1)) {
+        if ((yield* Clock.currentTimeMillis) >= deadline) return { lastSeq, recovered: false, messages: [] }
+        yield* Effect.sleep(Duration.millis(50))
+        lastSeq = yield* currentLastSeq
+      }
       const messages: Array<Message> = []
       let known = sinceSeq
       while (true) {
-        const firstLive = pendingLive.find((item) => item.seq > 0)?.seq
-        const target = firstLive === undefined ? lastSeq : firstLive - 1
+        const live = firstLive()
+        const target = live === undefined ? lastSeq : live - 1
         if (known >= target) break
         const found = yield* services.history.since(chatId, known, target).pipe(Effect.option)
         if (found._tag === "Some") {

@@ -688,6 +688,30 @@ export const wsSuite = (mode: "embedded" | "cluster") => {
         expect(everything.messages(chatId)).toEqual(sender.messages(chatId))
       })
 
+      it("sinceSeq ahead of what the chat holds answers recovered:false with the chat's real lastSeq, then goes on from it", async () => {
+        const a = await register("ahead")
+        const chatId = await createGroup(a, [])
+        const sender = await session(a)
+        await subscribe(sender, chatId)
+        for (let i = 1; i <= 3; i++) await sendMessage(sender, chatId, `a${i}`)
+        await sender.waitForSeq(chatId, 3)
+
+        // A client that believes it has seq 10 of a chat that holds 3 (its history was lost, or it is confused).
+        const ahead = await session(a)
+        const from = ahead.mark()
+        expect(await ahead.request({ type: "subscribe", chatId, sinceSeq: 10, ref: "ahead" })).toEqual({
+          type: "subscribed",
+          chatId,
+          lastSeq: 3,
+          recovered: false,
+          ref: "ahead"
+        })
+        // Seq 4 is the chat's next message, and the client gets it: nothing is withheld as "already seen".
+        await sendMessage(sender, chatId, "a4")
+        const next = await ahead.waitFor((f) => isMessage(f, chatId), { from })
+        expect(next.message).toMatchObject({ seq: 4, body: "a4" })
+      })
+
       it("history pages (after/before, cursors) hold exactly what was delivered", async () => {
         const a = await register("hist")
         const chatId = await createGroup(a, [])
