@@ -247,6 +247,7 @@ export const run = Effect.fnUntraced(function* (
   const subscribe = Effect.fnUntraced(function* (
     chatId: ChatId,
     sinceSeq: number | undefined,
+    clientEpoch: string | undefined,
     ref: string | undefined
   ) {
     const role = yield* services.membership.roleOf(chatId, user.id)
@@ -342,8 +343,23 @@ export const run = Effect.fnUntraced(function* (
     })
     yield* Scope.addFinalizer(scope, removeListener)
 
-    const recovery = yield* recover(chatId, sinceSeq, pendingLive)
-    yield* send(withRef({ type: "subscribed", chatId, lastSeq: recovery.lastSeq, recovered: recovery.recovered }, ref))
+    // Unknown when the store cannot be read: then the seqs alone decide.
+    const epoch = Option.getOrUndefined(yield* Effect.option(services.history.epoch(chatId)))
+    const otherEpoch =
+      sinceSeq !== undefined && clientEpoch !== undefined && epoch !== undefined && clientEpoch !== epoch
+    const recovery = otherEpoch ? yield* reset(chatId) : yield* recover(chatId, sinceSeq, pendingLive)
+    yield* send(
+      withRef(
+        {
+          type: "subscribed",
+          chatId,
+          lastSeq: recovery.lastSeq,
+          recovered: recovery.recovered,
+          ...(epoch === undefined ? {} : { epoch })
+        },
+        ref
+      )
+    )
     for (const message of recovery.messages) {
       if (message.seq > subscription.lastDelivered) {
         yield* sendText(messageFrame(message))
@@ -351,20 +367,27 @@ export const run = Effect.fnUntraced(function* (
       }
     }
     if (sinceSeq === undefined) subscription.lastDelivered = Math.max(subscription.lastDelivered, recovery.lastSeq)
-    // Ahead of the chat: what the client has is not this chat's, so it goes on from the real lastSeq.
-    if (sinceSeq !== undefined && sinceSeq > recovery.lastSeq) subscription.lastDelivered = recovery.lastSeq
+    // What the client has is not this chat's history: it goes on from the real lastSeq.
+    if (recovery.reset) subscription.lastDelivered = recovery.lastSeq
     yield* send({ type: "presence", chatId, online: yield* services.presence.online(chatId) })
     for (const item of pendingLive) deliver(item)
     pendingLive.length = 0
     recovering = false
   })
 
+  /** A client whose seqs name nothing in this chat (another epoch): it starts again from the chat's lastSeq. */
+  const reset = (chatId: ChatId) =>
+    services.history.lastSeq(chatId).pipe(
+      Effect.orElseSucceed(() => 0),
+      Effect.map((lastSeq) => ({ lastSeq, recovered: false, reset: true, messages: [] as Array<Message> }))
+    )
+
   /** What a subscriber missed after `sinceSeq`, made contiguous with the live buffer when it can be. */
   const recover = (chatId: ChatId, sinceSeq: number | undefined, pendingLive: ReadonlyArray<FanoutItem>) =>
     Effect.gen(function* () {
       const currentLastSeq = services.history.lastSeq(chatId).pipe(Effect.orElseSucceed(() => 0))
       let lastSeq = yield* currentLastSeq
-      if (sinceSeq === undefined) return { lastSeq, recovered: true, messages: [] }
+      if (sinceSeq === undefined) return { lastSeq, recovered: true, reset: false, messages: [] }
       const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(options.recoveryDeadline)
       const firstLive = () => pendingLive.find((item) => item.seq > 0)?.seq
       // A client claiming more than the chat holds: the store may trail the
@@ -372,7 +395,8 @@ export const run = Effect.fnUntraced(function* (
       // not this chat's (its history was lost, or the client is wrong) and
       // the client must reset, from the chat's real lastSeq.
       while (sinceSeq > Math.max(lastSeq, (firstLive() ?? 0) - 1)) {
-        if ((yield* Clock.currentTimeMillis) >= deadline) return { lastSeq, recovered: false, messages: [] }
+        if ((yield* Clock.currentTimeMillis) >= deadline)
+          return { lastSeq, recovered: false, reset: true, messages: [] }
         yield* Effect.sleep(Duration.millis(50))
         lastSeq = yield* currentLastSeq
       }
@@ -393,11 +417,11 @@ export const run = Effect.fnUntraced(function* (
         }
         if (known >= target) break
         if ((yield* Clock.currentTimeMillis) >= deadline) {
-          return { lastSeq: Math.max(lastSeq, known), recovered: false, messages }
+          return { lastSeq: Math.max(lastSeq, known), recovered: false, reset: false, messages }
         }
         yield* Effect.sleep(Duration.millis(50))
       }
-      return { lastSeq: Math.max(lastSeq, known), recovered: true, messages }
+      return { lastSeq: Math.max(lastSeq, known), recovered: true, reset: false, messages }
     })
 
   // --- frames ---------------------------------------------------------------
@@ -423,7 +447,7 @@ export const run = Effect.fnUntraced(function* (
       case "ping":
         return send(withRef({ type: "pong" }, frame.ref))
       case "subscribe":
-        return subscribe(frame.chatId, frame.sinceSeq, frame.ref).pipe(
+        return subscribe(frame.chatId, frame.sinceSeq, frame.epoch, frame.ref).pipe(
           Effect.catchTags({
             Unavailable: (error) => sendError(error, frame.ref),
             CacheError: (error) =>

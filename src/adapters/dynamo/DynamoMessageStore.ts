@@ -13,11 +13,14 @@ import {
   DescribeTableCommand,
   DynamoDBClient,
   type DynamoDBClientConfig,
+  GetItemCommand,
+  PutItemCommand,
   QueryCommand,
   type QueryCommandInput,
   type TableDescription,
   type WriteRequest
 } from "@aws-sdk/client-dynamodb"
+import { randomBytes } from "node:crypto"
 import { Data, type Duration, Effect, Layer, Predicate, Schedule, Schema, SchemaTransformation } from "effect"
 import { Message } from "../../schema/Domain.ts"
 import type { ChatId } from "../../schema/Domain.ts"
@@ -372,28 +375,20 @@ export const layer = (options: Options): Layer.Layer<MessageStore, MessageStoreE
           ? Effect.succeed(limit)
           : Effect.fail(new MessageStoreError({ message: `limit must be a non-negative integer, got ${limit}` }))
 
-      const queryChat = (
-        chatId: ChatId,
-        range: { readonly op: "<" | ">"; readonly bound: number } | undefined,
-        newestFirst: boolean,
-        limit: number
-      ) =>
-        limit === 0
+      /** Messages with seq in [from, to]: seq 0 is the chat's epoch item, never a message. */
+      const queryChat = (chatId: ChatId, from: number, to: number, newestFirst: boolean, limit: number) =>
+        limit === 0 || from > to
           ? Effect.succeed([])
           : queryMessages(
               {
                 TableName: table,
-                ...(range === undefined
-                  ? {
-                      KeyConditionExpression: "#chatId = :chatId",
-                      ExpressionAttributeNames: { "#chatId": "chatId" },
-                      ExpressionAttributeValues: { ":chatId": { S: chatId } }
-                    }
-                  : {
-                      KeyConditionExpression: `#chatId = :chatId AND #seq ${range.op} :bound`,
-                      ExpressionAttributeNames: { "#chatId": "chatId", "#seq": "seq" },
-                      ExpressionAttributeValues: { ":chatId": { S: chatId }, ":bound": { N: String(range.bound) } }
-                    }),
+                KeyConditionExpression: "#chatId = :chatId AND #seq BETWEEN :from AND :to",
+                ExpressionAttributeNames: { "#chatId": "chatId", "#seq": "seq" },
+                ExpressionAttributeValues: {
+                  ":chatId": { S: chatId },
+                  ":from": { N: String(from) },
+                  ":to": { N: String(to) }
+                },
                 ScanIndexForward: !newestFirst,
                 // Activation reads the latest seq to continue the sequence: a stale read would reuse seqs.
                 ConsistentRead: true
@@ -405,17 +400,63 @@ export const layer = (options: Options): Layer.Layer<MessageStore, MessageStoreE
         const limit = yield* validLimit(query.limit)
         return yield* (
           query.before !== undefined
-            ? queryChat(chatId, { op: "<", bound: query.before }, true, limit)
-            : queryChat(chatId, { op: ">", bound: query.after ?? 0 }, false, limit)
+            ? queryChat(chatId, 1, query.before - 1, true, limit)
+            : queryChat(chatId, Math.max(query.after ?? 0, 0) + 1, Number.MAX_SAFE_INTEGER, false, limit)
         ).pipe(Effect.mapError(toStoreError(`reading a page of chat ${chatId}`)))
       })
 
       const latest = Effect.fn("MessageStore.latest")(function* (chatId: ChatId, limit: number) {
         yield* validLimit(limit)
-        return yield* queryChat(chatId, undefined, true, limit).pipe(
+        return yield* queryChat(chatId, 1, Number.MAX_SAFE_INTEGER, true, limit).pipe(
           Effect.mapError(toStoreError(`reading the latest messages of chat ${chatId}`))
         )
       })
+
+      const epochKey = (chatId: ChatId) => ({ chatId: { S: chatId }, seq: { N: "0" } })
+      const readEpoch = (chatId: ChatId) =>
+        call("GetItem", (abortSignal) =>
+          client.send(new GetItemCommand({ TableName: table, Key: epochKey(chatId), ConsistentRead: true }), {
+            abortSignal
+          })
+        ).pipe(
+          Effect.retry(readRetry),
+          Effect.map((output) => output.Item?.epoch?.S)
+        )
+      // Created with the chat's history: a store that lost the history lost this item too, so the chat gets a new one.
+      const epoch = Effect.fn("MessageStore.epoch")(
+        function* (chatId: ChatId) {
+          const known = yield* readEpoch(chatId)
+          if (known !== undefined) return known
+          const fresh = randomBytes(6).toString("base64url")
+          const created = yield* call("PutItem", (abortSignal) =>
+            client.send(
+              new PutItemCommand({
+                TableName: table,
+                Item: { ...epochKey(chatId), epoch: { S: fresh } },
+                ConditionExpression: "attribute_not_exists(chatId)"
+              }),
+              { abortSignal }
+            )
+          ).pipe(
+            Effect.retry(writeRetry),
+            Effect.as(true),
+            Effect.catchIf(
+              (error) =>
+                Predicate.hasProperty(error.cause, "name") && error.cause.name === "ConditionalCheckFailedException",
+              () => Effect.succeed(false)
+            )
+          )
+          if (created) return fresh
+          // Another caller created it first: theirs it is.
+          const theirs = yield* readEpoch(chatId)
+          if (theirs !== undefined) return theirs
+          return yield* new CallError({
+            message: `the epoch of chat ${chatId} vanished while being read`,
+            retryable: false
+          })
+        },
+        (effect, chatId) => Effect.mapError(effect, toStoreError(`reading the epoch of chat ${chatId}`))
+      )
 
       // Re-queries after every round, so a repeat after a partial failure picks up what is left.
       const deleteChat = Effect.fn("MessageStore.deleteChat")(function* (chatId: ChatId) {
@@ -461,6 +502,6 @@ export const layer = (options: Options): Layer.Layer<MessageStore, MessageStoreE
         Effect.withSpan("MessageStore.ping")
       )
 
-      return MessageStore.of({ putBatch, page, latest, deleteChat, ping })
+      return MessageStore.of({ putBatch, page, latest, epoch, deleteChat, ping })
     })
   )
