@@ -85,7 +85,7 @@ export const cacheLayer = (config: HarmonyConfig) =>
  * its consumers have made durable before senders wait (a bounded backlog
  * between the ack and the message store).
  */
-const embeddedMaxUncommitted = 2_000
+const embeddedMaxUncommitted = 1_000
 
 /** The EventLog port: Kafka, or the durable in-process log under the data directory. */
 export const eventLogLayer = (config: HarmonyConfig) =>
