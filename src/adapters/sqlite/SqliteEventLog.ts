@@ -15,7 +15,7 @@
  * dropped on the next open, whole, and everything committed before it is
  * kept: a partial record cannot be read back, and none was acknowledged.
  */
-import { type Cause, Deferred, Duration, Effect, Exit, Layer, Queue, Schedule, type Scope } from "effect"
+import { Cause, Deferred, Duration, Effect, Exit, Fiber, Layer, Queue, Schedule, type Scope } from "effect"
 import { existsSync, mkdirSync, statSync } from "node:fs"
 import { join } from "node:path"
 import { DatabaseSync, type StatementSync } from "node:sqlite"
@@ -202,23 +202,22 @@ export const make = Effect.fnUntraced(function* (
     })
 
   const jobs = yield* Queue.unbounded<Job, Cause.Done>()
-  yield* Queue.takeAll(jobs).pipe(Effect.flatMap(flush), Effect.forever, Effect.forkScoped)
-  // Fails what is still queued when the log closes, so no caller waits for ever.
-  yield* Effect.addFinalizer(() =>
-    Queue.clear(jobs).pipe(
-      Effect.flatMap((left) =>
-        Effect.sync(() => {
-          for (const job of left)
-            Deferred.doneUnsafe(job.done, Exit.fail(new EventLogError({ message: "event log closed" })))
-        })
-      )
-    )
+  const writer = yield* Queue.takeAll(jobs).pipe(
+    Effect.flatMap(flush),
+    Effect.forever,
+    Effect.catchIf(Cause.isDone, () => Effect.void),
+    Effect.forkScoped
   )
+  // On close, what is queued is still written (the queue drains before it
+  // ends), then the database closes; later writes fail instead of waiting.
+  yield* Effect.addFinalizer(() => Queue.end(jobs).pipe(Effect.andThen(Fiber.join(writer))))
 
   const submit = <T extends Job>(make: (done: Deferred.Deferred<ReadonlyArray<number>, EventLogError>) => T) =>
     Effect.gen(function* () {
       const done = yield* Deferred.make<ReadonlyArray<number>, EventLogError>()
-      yield* Queue.offer(jobs, make(done))
+      if (!(yield* Queue.offer(jobs, make(done)))) {
+        return yield* new EventLogError({ message: `event log ${path} is closed` })
+      }
       return yield* Deferred.await(done)
     })
 
