@@ -390,13 +390,16 @@ export const run = Effect.fnUntraced(function* (
       if (sinceSeq === undefined) return { lastSeq, recovered: true, reset: false, messages: [] }
       const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(options.recoveryDeadline)
       const firstLive = () => pendingLive.find((item) => item.seq > 0)?.seq
-      // A client claiming more than the chat holds: the store may trail the
-      // live stream, so give it until the deadline; past that, those seqs are
-      // not this chat's (its history was lost, or the client is wrong) and
-      // the client must reset, from the chat's real lastSeq.
+      // A client claiming more than the chat holds here: the store may trail
+      // the live stream (or a failed node's partitions have not moved yet),
+      // so give it until the deadline. Past that, the answer is the truth as
+      // this node knows it — recovered:false and its lastSeq, never
+      // recovered:true — while delivery still goes on after sinceSeq: within
+      // one epoch those seqs are the chat's, and the client must not get
+      // them twice. A history that was lost has another epoch (`reset`).
       while (sinceSeq > Math.max(lastSeq, (firstLive() ?? 0) - 1)) {
         if ((yield* Clock.currentTimeMillis) >= deadline)
-          return { lastSeq, recovered: false, reset: true, messages: [] }
+          return { lastSeq, recovered: false, reset: false, messages: [] }
         yield* Effect.sleep(Duration.millis(50))
         lastSeq = yield* currentLastSeq
       }

@@ -11,6 +11,7 @@ import {
   BatchWriteItemCommand,
   CreateTableCommand,
   DescribeTableCommand,
+  DeleteItemCommand,
   DynamoDBClient,
   type DynamoDBClientConfig,
   GetItemCommand,
@@ -375,20 +376,28 @@ export const layer = (options: Options): Layer.Layer<MessageStore, MessageStoreE
           ? Effect.succeed(limit)
           : Effect.fail(new MessageStoreError({ message: `limit must be a non-negative integer, got ${limit}` }))
 
-      /** Messages with seq in [from, to]: seq 0 is the chat's epoch item, never a message. */
-      const queryChat = (chatId: ChatId, from: number, to: number, newestFirst: boolean, limit: number) =>
-        limit === 0 || from > to
+      const queryChat = (
+        chatId: ChatId,
+        range: { readonly op: "<" | ">"; readonly bound: number } | undefined,
+        newestFirst: boolean,
+        limit: number
+      ) =>
+        limit === 0
           ? Effect.succeed([])
           : queryMessages(
               {
                 TableName: table,
-                KeyConditionExpression: "#chatId = :chatId AND #seq BETWEEN :from AND :to",
-                ExpressionAttributeNames: { "#chatId": "chatId", "#seq": "seq" },
-                ExpressionAttributeValues: {
-                  ":chatId": { S: chatId },
-                  ":from": { N: String(from) },
-                  ":to": { N: String(to) }
-                },
+                ...(range === undefined
+                  ? {
+                      KeyConditionExpression: "#chatId = :chatId",
+                      ExpressionAttributeNames: { "#chatId": "chatId" },
+                      ExpressionAttributeValues: { ":chatId": { S: chatId } }
+                    }
+                  : {
+                      KeyConditionExpression: `#chatId = :chatId AND #seq ${range.op} :bound`,
+                      ExpressionAttributeNames: { "#chatId": "chatId", "#seq": "seq" },
+                      ExpressionAttributeValues: { ":chatId": { S: chatId }, ":bound": { N: String(range.bound) } }
+                    }),
                 ScanIndexForward: !newestFirst,
                 // Activation reads the latest seq to continue the sequence: a stale read would reuse seqs.
                 ConsistentRead: true
@@ -400,19 +409,21 @@ export const layer = (options: Options): Layer.Layer<MessageStore, MessageStoreE
         const limit = yield* validLimit(query.limit)
         return yield* (
           query.before !== undefined
-            ? queryChat(chatId, 1, query.before - 1, true, limit)
-            : queryChat(chatId, Math.max(query.after ?? 0, 0) + 1, Number.MAX_SAFE_INTEGER, false, limit)
+            ? queryChat(chatId, { op: "<", bound: query.before }, true, limit)
+            : queryChat(chatId, { op: ">", bound: query.after ?? 0 }, false, limit)
         ).pipe(Effect.mapError(toStoreError(`reading a page of chat ${chatId}`)))
       })
 
       const latest = Effect.fn("MessageStore.latest")(function* (chatId: ChatId, limit: number) {
         yield* validLimit(limit)
-        return yield* queryChat(chatId, 1, Number.MAX_SAFE_INTEGER, true, limit).pipe(
+        return yield* queryChat(chatId, undefined, true, limit).pipe(
           Effect.mapError(toStoreError(`reading the latest messages of chat ${chatId}`))
         )
       })
 
-      const epochKey = (chatId: ChatId) => ({ chatId: { S: chatId }, seq: { N: "0" } })
+      // The epoch lives under a key of its own, next to the chat's messages
+      // but outside their key range, so no message query ever meets it.
+      const epochKey = (chatId: ChatId) => ({ chatId: { S: `${chatId}#epoch` }, seq: { N: "0" } })
       const readEpoch = (chatId: ChatId) =>
         call("GetItem", (abortSignal) =>
           client.send(new GetItemCommand({ TableName: table, Key: epochKey(chatId), ConsistentRead: true }), {
@@ -482,6 +493,12 @@ export const layer = (options: Options): Layer.Layer<MessageStore, MessageStoreE
         )
         yield* deleteRound.pipe(
           Effect.repeat({ until: (deleted) => deleted === 0 }),
+          // Last: the history is gone, so is its epoch (a chat id is never reused anyway).
+          Effect.andThen(
+            call("DeleteItem", (abortSignal) =>
+              client.send(new DeleteItemCommand({ TableName: table, Key: epochKey(chatId) }), { abortSignal })
+            ).pipe(Effect.retry(writeRetry))
+          ),
           Effect.mapError(toStoreError(`deleting chat ${chatId}`))
         )
       })
