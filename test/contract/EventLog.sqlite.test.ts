@@ -151,6 +151,65 @@ describe("SqliteEventLog durability", () => {
     60_000
   )
 
+  it.live(
+    "retention deletes only what every group has committed past, keeping the newest `retain` below it",
+    () =>
+      Effect.gen(function* () {
+        const directory = freshDir("harmony-log-retain-")
+        const layer = SqliteEventLog.layer({ directory, partitions: 1, retain: 5, retentionInterval: "50 millis" })
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const log = Context.get(yield* Layer.build(layer), EventLog)
+            yield* log.produce(
+              "kept",
+              Array.from({ length: 30 }, (_, i) => ({ key: "k", value: `m${i}` }))
+            )
+            const commitAt = (group: string, next: number) =>
+              Effect.gen(function* () {
+                const scope = yield* Scope.make()
+                let done = false
+                yield* log
+                  .consume({
+                    group,
+                    topic: "kept",
+                    onClaim: (claim) =>
+                      Stream.runForEach(claim.records, (record) =>
+                        record.offset + 1 === next
+                          ? claim.commit(next).pipe(
+                              Effect.orDie,
+                              Effect.andThen(
+                                Effect.sync(() => {
+                                  done = true
+                                })
+                              )
+                            )
+                          : Effect.void
+                      )
+                  })
+                  .pipe(Scope.provide(scope))
+                while (!done) yield* Effect.sleep("20 millis")
+                yield* Scope.close(scope, Exit.void)
+              })
+            yield* commitAt("slow", 15)
+            yield* commitAt("fast", 28)
+            // The slowest group is at 15: below 15 - 5 = 10 goes, nothing else.
+            const deadline = Date.now() + 30_000
+            let first = 0
+            while (first < 10 && Date.now() < deadline) {
+              first = (yield* readAll(log, "kept", `fresh-${Date.now()}`, 1))[0]?.offset ?? 0
+            }
+            assert.strictEqual(first, 10)
+            const rest = yield* readAll(log, "kept", "fresh-all", 20)
+            assert.deepStrictEqual(
+              rest.map((r) => r.offset),
+              Array.from({ length: 20 }, (_, i) => i + 10)
+            )
+          })
+        )
+      }),
+    60_000
+  )
+
   it.live("a second holder of a data directory's lock is refused; the lock goes with its holder", () =>
     Effect.gen(function* () {
       const dataDir = mkdtempSync(join(tmpdir(), "harmony-lock-"))

@@ -31,6 +31,8 @@ export interface SqliteEventLogOptions extends LocalEventLog.LocalEventLogOption
    * retention would, so the file does not grow for ever.
    */
   readonly retain?: number | undefined
+  /** How often retention runs (default 30 seconds). */
+  readonly retentionInterval?: Duration.Input | undefined
 }
 
 type Job =
@@ -117,8 +119,10 @@ export const make = Effect.fnUntraced(function* (
     ),
     createTopic: db.prepare("INSERT OR IGNORE INTO topics (name, partitions) VALUES (?, ?)"),
     committed: db.prepare("SELECT partition, next FROM offsets WHERE grp = ? AND topic = ?"),
+    // Partitions every group of their topic has committed on, and how far the slowest one is.
     retainable: db.prepare(
-      "SELECT topic, partition, MIN(next) AS floor FROM offsets GROUP BY topic, partition HAVING MIN(next) > ?"
+      `SELECT o.topic, o.partition, MIN(o.next) AS floor FROM offsets o GROUP BY o.topic, o.partition
+       HAVING COUNT(*) = (SELECT COUNT(DISTINCT g.grp) FROM offsets g WHERE g.topic = o.topic) AND MIN(o.next) > ?`
     ),
     trim: db.prepare("DELETE FROM records WHERE topic = ? AND partition = ? AND offset < ?")
   } satisfies Record<string, StatementSync>
@@ -230,7 +234,7 @@ export const make = Effect.fnUntraced(function* (
     },
     catch: failure(`event log ${path}: retention failed`)
   }).pipe(Effect.catchCause((cause) => Effect.logWarning("event log retention failed; retrying later", cause)))
-  yield* trim.pipe(Effect.repeat(Schedule.spaced(Duration.seconds(30))), Effect.forkScoped)
+  yield* trim.pipe(Effect.repeat(Schedule.spaced(options.retentionInterval ?? Duration.seconds(30))), Effect.forkScoped)
 
   const storage: LocalEventLog.LogStorage = {
     topics: () => topics,
