@@ -194,13 +194,17 @@ describe("embedded mode survives kill -9", { timeout: 600_000 }, () => {
 
       for (const chatId of chats) {
         const want = acked.get(chatId)!
-        // Replay after a restart takes a moment: wait until history holds every acknowledged message.
+        // Replay after a restart takes a moment: wait until history holds every acknowledged message,
+        // and everything subscribers saw live (sequenced, so in the log, acknowledged or not), and has
+        // stopped growing (what was logged but never acknowledged is replayed too).
+        let previous = -1
         const messages = await eventually(`every acknowledged message of chat ${chatId} in history`, async () => {
           const messages = await history(http, owner, chatId)
+          const settled = messages.length === previous
+          previous = messages.length
           const ids = new Set(messages.map((m) => m.clientMsgId))
           for (const id of want) if (!ids.has(id)) return undefined
-          // And everything subscribers saw live (sequenced, so in the log, acknowledged or not).
-          return messages.length >= lastSeen.get(chatId)! ? messages : undefined
+          return settled && messages.length >= lastSeen.get(chatId)! ? messages : undefined
         })
         expect(messages.map((m) => m.seq)).toEqual(Array.from({ length: messages.length }, (_, i) => i + 1))
         expect(new Set(messages.map((m) => m.clientMsgId)).size, "a clientMsgId twice in history").toBe(messages.length)
