@@ -29,11 +29,12 @@ import * as DynamoMessageStore from "./adapters/dynamo/DynamoMessageStore.ts"
 import { EventLog } from "./ports/EventLog.ts"
 import * as KafkaEventLog from "./adapters/kafka/KafkaEventLog.ts"
 import * as Memory from "./adapters/memory/Memory.ts"
-import * as MemoryEventLog from "./adapters/memory/MemoryEventLog.ts"
 import { MessageStore } from "./ports/MessageStore.ts"
 import { migrate } from "./state/migrations.ts"
 import * as Redis from "./adapters/redis/Redis.ts"
 import * as Sql from "./adapters/sql/Sql.ts"
+import * as DataDirLock from "./adapters/sqlite/DataDirLock.ts"
+import * as SqliteEventLog from "./adapters/sqlite/SqliteEventLog.ts"
 import { Accounts } from "./state/Accounts.ts"
 import { Chats } from "./state/Chats.ts"
 import { Membership } from "./state/Membership.ts"
@@ -79,7 +80,14 @@ export const messageStoreLayer = (config: HarmonyConfig) =>
 export const cacheLayer = (config: HarmonyConfig) =>
   config.mode._tag === "Cluster" ? Redis.layer({ url: Redacted.value(config.mode.services.redisUrl) }) : Memory.layer
 
-/** The EventLog port: Kafka, or the in-process log. */
+/**
+ * Embedded mode: how many records a partition of the log may hold past what
+ * its consumers have made durable before senders wait (a bounded backlog
+ * between the ack and the message store).
+ */
+const embeddedMaxUncommitted = 1_000
+
+/** The EventLog port: Kafka, or the durable in-process log under the data directory. */
 export const eventLogLayer = (config: HarmonyConfig) =>
   config.mode._tag === "Cluster"
     ? KafkaEventLog.layer({
@@ -89,7 +97,12 @@ export const eventLogLayer = (config: HarmonyConfig) =>
         drainTimeout: logDrainTimeout(config),
         produceTimeout: config.sendTimeout
       })
-    : MemoryEventLog.layer({ partitions: config.kafkaPartitions, drainTimeout: logDrainTimeout(config) })
+    : SqliteEventLog.layer({
+        directory: join(config.mode.dataDir, "log"),
+        partitions: config.kafkaPartitions,
+        maxUncommitted: embeddedMaxUncommitted,
+        drainTimeout: logDrainTimeout(config)
+      })
 
 /**
  * A SIGTERM must be done within SHUTDOWN_TIMEOUT, even with a stalled store:
@@ -186,6 +199,13 @@ const httpServerLayer = (config: HarmonyConfig) =>
       })
     })
   )
+
+/**
+ * Embedded mode owns its data directory: a second process on it is refused
+ * before anything there is opened (DataDirLock). Cluster mode has nothing to lock.
+ */
+export const lockDataDir = (config: HarmonyConfig) =>
+  config.mode._tag === "Embedded" ? DataDirLock.acquire(config.mode.dataDir) : Effect.void
 
 /** Everything `harmony serve` runs, listening on the configured port. */
 export const serve = (config: HarmonyConfig) =>

@@ -15,7 +15,7 @@ import * as Observability from "./Observability.ts"
 
 const describeMode = (config: Config.HarmonyConfig) =>
   config.mode._tag === "Embedded"
-    ? `embedded mode (data in ${config.mode.dataDir}): PGlite over pglite-socket, in-process event log, dynalite, in-process cache`
+    ? `embedded mode (data in ${config.mode.dataDir}): PGlite over pglite-socket, durable event log (SQLite), dynalite, in-process cache`
     : `cluster mode: Postgres, Kafka ${config.mode.services.kafkaBrokers.join(",")}, Redis, DynamoDB ${config.mode.services.dynamodbEndpoint}`
 
 const serve = Command.make(
@@ -23,11 +23,12 @@ const serve = Command.make(
   {},
   Effect.fn(function* () {
     const config = yield* Config.load
+    yield* App.lockDataDir(config)
     yield* Effect.logInfo(`harmony starting in ${describeMode(config)}`)
     return yield* Layer.launch(App.serve(config).pipe(Layer.provide(Observability.otlp))).pipe(
       Effect.onInterrupt(() => Effect.logInfo("harmony stopped"))
     )
-  })
+  }, Effect.scoped)
 ).pipe(Command.withDescription("Run a Harmony node: HTTP and WebSocket API, actors, relays"))
 
 const migrate = Command.make(
@@ -35,6 +36,7 @@ const migrate = Command.make(
   {},
   Effect.fn(function* () {
     const config = yield* Config.load
+    yield* App.lockDataDir(config)
     yield* Effect.logInfo(`migrating the state schema in ${describeMode(config)}`)
     yield* Layer.build(App.sqlLayer(config))
     yield* Console.log("migrations are up to date")
@@ -51,6 +53,12 @@ harmony.pipe(
   Effect.catchTag("ConfigurationError", (error) =>
     Effect.sync(() => {
       process.stderr.write(`harmony: configuration error: ${error.message}\n`)
+      process.exitCode = 2
+    })
+  ),
+  Effect.catchTag("DataDirInUse", (error) =>
+    Effect.sync(() => {
+      process.stderr.write(`harmony: ${error.message}\n`)
       process.exitCode = 2
     })
   ),

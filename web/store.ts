@@ -221,6 +221,14 @@ export class Store {
       }),
       c.on("chat_deleted", ({ chatId }) => this.forget(chatId, "A chat was deleted")),
       c.on("gap", ({ chatId, fromSeq }) => void this.fill(chatId, fromSeq - 1)),
+      // The server's history of the chat is another one (it lost what we saw): start the timeline again from it.
+      c.on("reset", ({ chatId, lastSeq }) => {
+        this.timelines.delete(chatId)
+        const entry = this.chats.get(chatId)
+        if (entry !== undefined) entry.lastSeq = lastSeq
+        if (this.activeChatId === chatId) void this.loadLatest(chatId)
+        this.changed()
+      }),
       c.on("error", (error) => {
         // The session ended (its refresh token is dead): back to signing in.
         if (error.code === "unauthorized") void this.logout()

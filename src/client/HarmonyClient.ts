@@ -107,7 +107,7 @@ export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffec
     switch (frame.type) {
       case "subscribed":
         connection.answered(frame.ref)
-        return subscriptions.onSubscribed(frame.chatId, frame.lastSeq, frame.recovered)
+        return subscriptions.onSubscribed(frame.chatId, frame.lastSeq, frame.recovered, frame.epoch)
       case "message":
         return subscriptions.onMessage(connection, frame.message)
       case "ack":
@@ -270,12 +270,18 @@ export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffec
 
     subscribe: Effect.fn("Harmony.subscribe")(function* (chatId, subscribeOptions) {
       const since = subscribeOptions?.sinceSeq
-      const frame = { type: "subscribe", chatId, ...(since === undefined ? {} : { sinceSeq: since }) }
+      const epoch = since === undefined ? undefined : subscribeOptions?.epoch
+      const frame = {
+        type: "subscribe",
+        chatId,
+        ...(since === undefined ? {} : { sinceSeq: since }),
+        ...(epoch === undefined ? {} : { epoch })
+      }
       if (Exit.isFailure(Schema.decodeUnknownExit(SubscribeFrame)(frame))) {
         return yield* badRequest(`not a valid subscription: ${JSON.stringify(frame)}`)
       }
       yield* ensureConnection
-      return yield* subscriptions.subscribe(chatId, since)
+      return yield* subscriptions.subscribe(chatId, since, epoch)
     }),
 
     unsubscribe: (chatId) => Effect.sync(() => subscriptions.unsubscribe(chatId, closed("unsubscribed"))),

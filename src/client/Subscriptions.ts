@@ -4,6 +4,8 @@
  * last seq it delivered and resubscribes from it (`sinceSeq`) on every new
  * connection and after a gap; anything at or below it is dropped. When the
  * server cannot replay a range (`recovered:false`), the `gap` event names it.
+ * Each subscription keeps its chat's epoch and resubscribes with it: another
+ * epoch (the server lost the history) is a `reset`.
  */
 import { Deferred, type Duration, Effect } from "effect"
 import type { Message } from "../schema/Domain.ts"
@@ -17,17 +19,23 @@ interface Subscription {
   last: number | undefined
   /** Callers of `subscribe` waiting for the next `subscribed`. */
   readonly waiters: Array<Deferred.Deferred<SubscribeResult, HarmonyError>>
+  /** The epoch `last` belongs to, once the server has said (or the app gave it). */
+  epoch: string | undefined
   /** A resubscribe for a gap is in flight: later gaps wait for it. */
   resyncing: boolean
 }
 
 export interface Subscriptions {
   /** Subscribes (or, with `sinceSeq`, replays from there); resolves on the server's `subscribed`. */
-  readonly subscribe: (chatId: string, sinceSeq: number | undefined) => Effect.Effect<SubscribeResult, HarmonyError>
+  readonly subscribe: (
+    chatId: string,
+    sinceSeq: number | undefined,
+    epoch: string | undefined
+  ) => Effect.Effect<SubscribeResult, HarmonyError>
   readonly unsubscribe: (chatId: string, error: HarmonyError) => void
   /** A new connection: every subscription again, from its last seq. */
   readonly resubscribeAll: (connection: Connection) => void
-  readonly onSubscribed: (chatId: string, lastSeq: number, recovered: boolean) => void
+  readonly onSubscribed: (chatId: string, lastSeq: number, recovered: boolean, epoch: string | undefined) => void
   readonly onMessage: (connection: Connection, message: Message) => void
   /** The server refused a subscribe. */
   readonly onError: (connection: Connection, chatId: string, error: HarmonyError) => void
@@ -51,7 +59,12 @@ export const makeSubscriptions = (options: {
 
   const sendSubscribe = (connection: Connection, chatId: string, subscription: Subscription) =>
     connection.request(
-      { type: "subscribe", chatId, ...(subscription.last === undefined ? {} : { sinceSeq: subscription.last }) },
+      {
+        type: "subscribe",
+        chatId,
+        ...(subscription.last === undefined ? {} : { sinceSeq: subscription.last }),
+        ...(subscription.last === undefined || subscription.epoch === undefined ? {} : { epoch: subscription.epoch })
+      },
       { kind: "subscribe", chatId }
     )
 
@@ -66,15 +79,16 @@ export const makeSubscriptions = (options: {
     failAll(subscription, error)
   }
 
-  const subscribe = (chatId: string, sinceSeq: number | undefined) =>
+  const subscribe = (chatId: string, sinceSeq: number | undefined, epoch: string | undefined) =>
     Effect.suspend(() => {
       let subscription = subscriptions.get(chatId)
       if (subscription === undefined) {
-        subscription = { last: sinceSeq, waiters: [], resyncing: false }
+        subscription = { last: sinceSeq, epoch, waiters: [], resyncing: false }
         subscriptions.set(chatId, subscription)
       } else if (sinceSeq !== undefined) {
         // The app asks for a replay from here: it gets one.
         subscription.last = sinceSeq
+        subscription.epoch = epoch
       }
       const answered = Deferred.makeUnsafe<SubscribeResult, HarmonyError>()
       subscription.waiters.push(answered)
@@ -89,22 +103,30 @@ export const makeSubscriptions = (options: {
     options.current()?.send({ type: "unsubscribe", chatId })
   }
 
-  const onSubscribed = (chatId: string, lastSeq: number, recovered: boolean) => {
+  const onSubscribed = (chatId: string, lastSeq: number, recovered: boolean, epoch: string | undefined) => {
     const subscription = subscriptions.get(chatId)
     if (subscription === undefined) return
     subscription.resyncing = false
+    const otherEpoch = epoch !== undefined && subscription.epoch !== undefined && epoch !== subscription.epoch
     if (subscription.last === undefined) {
       // Subscribed "from now": the server delivers what comes after lastSeq.
       subscription.last = lastSeq
+    } else if (!recovered && otherEpoch) {
+      // What this client saw is not the chat's history any more: start again from the server's.
+      subscription.last = lastSeq
+      events.emit("reset", { chatId, lastSeq, epoch })
     } else if (!recovered) {
       // The server could not replay what was missed; it delivers what comes after lastSeq
       // (anything replayed up to it is dropped here: the app refetches that range).
+      // (A lastSeq below what this client saw, in the same epoch: the server has
+      // not caught up yet, and delivery goes on after the client's last seq.)
       const fromSeq = subscription.last + 1
       if (lastSeq >= fromSeq) events.emit("gap", { chatId, fromSeq, toSeq: lastSeq })
       subscription.last = Math.max(subscription.last, lastSeq)
     }
+    subscription.epoch = epoch ?? subscription.epoch
     for (const waiter of subscription.waiters.splice(0)) {
-      Deferred.doneUnsafe(waiter, Effect.succeed({ lastSeq, recovered }))
+      Deferred.doneUnsafe(waiter, Effect.succeed({ lastSeq, recovered, epoch }))
     }
   }
 

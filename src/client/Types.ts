@@ -29,6 +29,15 @@ export interface ClientOptions {
 export interface SubscribeResult {
   readonly lastSeq: number
   readonly recovered: boolean
+  /** The epoch of the chat's history (absent from older servers): keep it with `lastSeq` to resume later. */
+  readonly epoch?: string | undefined
+}
+
+export interface SubscribeOptions {
+  /** Resume after this seq: what came after it is replayed. */
+  readonly sinceSeq?: number
+  /** The epoch `sinceSeq` belongs to (from an earlier `SubscribeResult`): another epoch means a `reset`. */
+  readonly epoch?: string
 }
 
 export interface Accepted {
@@ -62,6 +71,12 @@ export interface ClientEvents {
    * `history(chatId, { after: fromSeq - 1 })`. Live delivery goes on after `toSeq`.
    */
   readonly gap: { readonly chatId: string; readonly fromSeq: number; readonly toSeq: number }
+  /**
+   * The chat's history is not the one this client's seqs belong to (its
+   * epoch changed: the server lost history): drop what is kept of the chat
+   * and reload it from `history`. Live delivery goes on after `lastSeq`.
+   */
+  readonly reset: { readonly chatId: string; readonly lastSeq: number; readonly epoch: string | undefined }
 }
 
 export interface RegisterInput {
@@ -109,7 +124,7 @@ export interface HarmonyClientEffect {
   /** Every member's read position (read receipts that survive a reload; live ones arrive as `read` events). */
   readPositions(chatId: string): Effect.Effect<ReadonlyArray<ReadPosition>, HarmonyError>
   connect(): Effect.Effect<void, HarmonyError>
-  subscribe(chatId: string, options?: { readonly sinceSeq?: number }): Effect.Effect<SubscribeResult, HarmonyError>
+  subscribe(chatId: string, options?: SubscribeOptions): Effect.Effect<SubscribeResult, HarmonyError>
   unsubscribe(chatId: string): Effect.Effect<void>
   send(chatId: string, body: string, options?: { readonly clientMsgId?: string }): Effect.Effect<Accepted, HarmonyError>
   close(): Effect.Effect<void>
@@ -145,7 +160,7 @@ export interface HarmonyClient {
   readPositions(chatId: string): Promise<ReadonlyArray<ReadPosition>>
   /** Opens the WebSocket now instead of on the first subscribe/send; resolves once it is authenticated. */
   connect(): Promise<void>
-  subscribe(chatId: string, options?: { readonly sinceSeq?: number }): Promise<SubscribeResult>
+  subscribe(chatId: string, options?: SubscribeOptions): Promise<SubscribeResult>
   unsubscribe(chatId: string): Promise<void>
   /** Resolves on the ack; retries across reconnects with the same clientMsgId; rejects only on a non-transient error. */
   send(chatId: string, body: string, options?: { readonly clientMsgId?: string }): Promise<Accepted>

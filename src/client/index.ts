@@ -18,6 +18,7 @@ export type {
   RegisterInput,
   Status,
   StoredSession,
+  SubscribeOptions,
   SubscribeResult
 } from "./Types.ts"
 export { Chat, ChatSummary, Member, Message, ReadPosition, Role, Session, User } from "../schema/Domain.ts"

@@ -237,7 +237,7 @@ export const run = Effect.fnUntraced(function* (
       case "ping":
         return send(withRef({ type: "pong" }, frame.ref))
       case "subscribe":
-        return subscriptions.subscribe(frame.chatId, frame.sinceSeq, frame.ref).pipe(
+        return subscriptions.subscribe(frame.chatId, frame.sinceSeq, frame.epoch, frame.ref).pipe(
           Effect.catchTags({
             NotFound: (error) => sendApiError(error, frame.ref),
             RateLimited: (error) => limited(error.message, frame.ref),

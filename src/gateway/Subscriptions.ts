@@ -4,7 +4,7 @@
  * `sinceSeq` on subscribe, live delivery from the chat's feed, and gaps in
  * the live stream filled from history.
  */
-import { type Duration, Effect, Exit, Schedule, Scope } from "effect"
+import { Clock, Duration, Effect, Exit, Option, Schedule, Scope } from "effect"
 import type { CacheError } from "../ports/Cache.ts"
 import { memberRole } from "../messages/ChatRules.ts"
 import { Everyone, type FanoutItem, messageFrame } from "../messages/Fanout.ts"
@@ -28,6 +28,7 @@ export interface Subscriptions {
   readonly subscribe: (
     chatId: ChatId,
     sinceSeq: number | undefined,
+    clientEpoch: string | undefined,
     ref: string | undefined
   ) => Effect.Effect<void, NotFound | RateLimited | Unavailable | CacheError>
   readonly unsubscribe: (chatId: ChatId) => Effect.Effect<void>
@@ -95,17 +96,52 @@ export const make = Effect.fnUntraced(function* (
       })
     )
 
+  interface Recovery {
+    readonly lastSeq: number
+    readonly recovered: boolean
+    /** The client's seqs name nothing in this chat (another epoch): it goes on from the chat's lastSeq. */
+    readonly reset: boolean
+    readonly messages: ReadonlyArray<Message>
+  }
+
+  /** A client whose seqs belong to another epoch starts again from the chat's lastSeq, with nothing replayed. */
+  const reset = (chatId: ChatId) =>
+    services.history.lastSeq(chatId).pipe(
+      Effect.orElseSucceed(() => 0),
+      Effect.map((lastSeq): Recovery => ({ lastSeq, recovered: false, reset: true, messages: [] }))
+    )
+
   /** What a subscriber missed after `sinceSeq`, made contiguous with the live buffer when it can be. */
   const recover = (chatId: ChatId, sinceSeq: number | undefined, pendingLive: ReadonlyArray<FanoutItem>) =>
     Effect.gen(function* () {
-      const lastSeq = yield* services.history.lastSeq(chatId).pipe(Effect.orElseSucceed(() => 0))
-      if (sinceSeq === undefined) return { lastSeq, recovered: true, messages: [] }
+      const currentLastSeq = services.history.lastSeq(chatId).pipe(Effect.orElseSucceed(() => 0))
+      let lastSeq = yield* currentLastSeq
+      if (sinceSeq === undefined) return { lastSeq, recovered: true, reset: false, messages: [] } satisfies Recovery
+      const began = yield* Clock.currentTimeMillis
+      const firstLive = () => pendingLive.find((item) => item.seq > 0)?.seq
+      // A client claiming more than the chat holds here: the store may trail
+      // the live stream (or a failed node's partitions have not moved yet),
+      // so give it until the deadline. Past that, the answer is the truth as
+      // this node knows it — recovered:false and its lastSeq, never
+      // recovered:true — while delivery still goes on after sinceSeq: within
+      // one epoch those seqs are the chat's, and the client must not get
+      // them twice. A history that was lost has another epoch (`reset`).
+      const holds = Effect.map(currentLastSeq, (seq) => {
+        lastSeq = seq
+        return sinceSeq <= Math.max(lastSeq, (firstLive() ?? 0) - 1)
+      })
+      if (!(yield* catchUp(holds, recoveryDeadline))) {
+        return { lastSeq, recovered: false, reset: false, messages: [] } satisfies Recovery
+      }
+      const left = Duration.millis(
+        Math.max(0, Duration.toMillis(recoveryDeadline) - ((yield* Clock.currentTimeMillis) - began))
+      )
       const messages: Array<Message> = []
       let known = sinceSeq
       const step = Effect.suspend(() => {
         // The live buffer grows meanwhile: recover up to its first message.
-        const firstLive = pendingLive.find((item) => item.seq > 0)?.seq
-        const target = firstLive === undefined ? lastSeq : firstLive - 1
+        const live = firstLive()
+        const target = live === undefined ? lastSeq : live - 1
         if (known >= target) return Effect.succeed(true)
         const take = (message: Message) => {
           messages.push(message)
@@ -118,13 +154,14 @@ export const make = Effect.fnUntraced(function* (
           })
         )
       })
-      const recovered = yield* catchUp(step, recoveryDeadline)
-      return { lastSeq: Math.max(lastSeq, known), recovered, messages }
+      const recovered = yield* catchUp(step, left)
+      return { lastSeq: Math.max(lastSeq, known), recovered, reset: false, messages } satisfies Recovery
     })
 
   const subscribe = Effect.fnUntraced(function* (
     chatId: ChatId,
     sinceSeq: number | undefined,
+    clientEpoch: string | undefined,
     ref: string | undefined
   ) {
     yield* memberRole(services.membership, chatId, user.id)
@@ -214,9 +251,22 @@ export const make = Effect.fnUntraced(function* (
     })
     yield* Scope.addFinalizer(scope, removeListener)
 
-    const recovery = yield* recover(chatId, sinceSeq, pendingLive)
+    // Unknown when the store cannot be read: then the seqs alone decide.
+    const epoch = Option.getOrUndefined(yield* Effect.option(services.history.epoch(chatId)))
+    const otherEpoch =
+      sinceSeq !== undefined && clientEpoch !== undefined && epoch !== undefined && clientEpoch !== epoch
+    const recovery: Recovery = otherEpoch ? yield* reset(chatId) : yield* recover(chatId, sinceSeq, pendingLive)
     yield* connection.send(
-      withRef({ type: "subscribed", chatId, lastSeq: recovery.lastSeq, recovered: recovery.recovered }, ref)
+      withRef(
+        {
+          type: "subscribed",
+          chatId,
+          lastSeq: recovery.lastSeq,
+          recovered: recovery.recovered,
+          ...(epoch === undefined ? {} : { epoch })
+        },
+        ref
+      )
     )
     for (const message of recovery.messages) {
       if (message.seq > subscription.lastDelivered) {
@@ -225,6 +275,8 @@ export const make = Effect.fnUntraced(function* (
       }
     }
     if (sinceSeq === undefined) subscription.lastDelivered = Math.max(subscription.lastDelivered, recovery.lastSeq)
+    // What the client has is not this chat's history: it goes on from the real lastSeq.
+    if (recovery.reset) subscription.lastDelivered = recovery.lastSeq
     yield* connection.send({ type: "presence", chatId, online: yield* services.presence.online(chatId) })
     for (const item of pendingLive) deliver(item)
     pendingLive.length = 0

@@ -58,6 +58,8 @@ export class History extends Context.Service<
      * up before clamping.
      */
     readonly clampToLastSeq: (chatId: ChatId, seq: number) => Effect.Effect<number>
+    /** The chat's epoch: its local actor's, else the store's. */
+    readonly epoch: (chatId: ChatId) => Effect.Effect<string, MessageStoreError>
   }
 >()("harmony/messages/History") {
   static readonly layer = Layer.effect(
@@ -120,7 +122,11 @@ export class History extends Context.Service<
         }
       })
 
-      return History.of({ page, since, lastSeq, clampToLastSeq })
+      const epoch = Effect.fn("History.epoch")(function* (chatId: ChatId) {
+        return recent.epoch(chatId) ?? (yield* store.epoch(chatId))
+      })
+
+      return History.of({ page, since, lastSeq, clampToLastSeq, epoch })
     })
   )
 }

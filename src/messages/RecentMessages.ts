@@ -14,10 +14,12 @@ export class RecentMessages extends Context.Service<
     readonly since: (chatId: ChatId, sinceSeq: number) => ReadonlyArray<Message> | undefined
     /** The chat's last seq as its local actor knows it. */
     readonly lastSeq: (chatId: ChatId) => number | undefined
+    /** The chat's epoch as its local actor knows it. */
+    readonly epoch: (chatId: ChatId) => string | undefined
   }
 >()("harmony/messages/RecentMessages") {
   static readonly none = Layer.succeed(
     RecentMessages,
-    RecentMessages.of({ since: () => undefined, lastSeq: () => undefined })
+    RecentMessages.of({ since: () => undefined, lastSeq: () => undefined, epoch: () => undefined })
   )
 }

@@ -1,7 +1,8 @@
 /**
  * The EventLog port: a partitioned, replicated log with consumer groups.
- * Kafka in cluster mode (KafkaEventLog.ts), an in-process log in embedded mode
- * (MemoryEventLog.ts). Both pass test/contract/EventLog.contract.ts.
+ * Kafka in cluster mode (KafkaEventLog.ts), a durable in-process log on
+ * SQLite in embedded mode (SqliteEventLog.ts), and the same in memory for
+ * tests (MemoryEventLog.ts). All pass test/contract/EventLog.contract.ts.
  *
  * Consumption is modelled on Kafka's own unit of ownership, the partition: a
  * consumer joins a group and, for every partition the group assigns it, gets a

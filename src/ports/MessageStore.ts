@@ -36,7 +36,14 @@ export class MessageStore extends Context.Service<
     readonly page: (chatId: ChatId, query: PageQuery) => Effect.Effect<ReadonlyArray<Message>, MessageStoreError>
     /** The newest `limit` messages of a chat, newest first (actor activation). */
     readonly latest: (chatId: ChatId, limit: number) => Effect.Effect<ReadonlyArray<Message>, MessageStoreError>
-    /** Deletes every message of a chat; safe to repeat after a partial failure. */
+    /**
+     * The chat's epoch: an id of its history, created with it and kept with
+     * it. A store that lost a chat's history (wiped, a table recreated) has
+     * lost the epoch too and answers a new one, so clients holding seqs of
+     * the old history can tell they must reset.
+     */
+    readonly epoch: (chatId: ChatId) => Effect.Effect<string, MessageStoreError>
+    /** Deletes every message of a chat (and its epoch); safe to repeat after a partial failure. */
     readonly deleteChat: (chatId: ChatId) => Effect.Effect<void, MessageStoreError>
     /** Answers when the store is reachable (readiness). */
     readonly ping: Effect.Effect<void, MessageStoreError>

@@ -13,6 +13,8 @@ export const SubscribeFrame = Schema.Struct({
   type: Schema.Literal("subscribe"),
   chatId: ChatId,
   sinceSeq: Schema.optionalKey(Seq),
+  /** The epoch the client's seqs belong to (from its last `subscribed`); another epoch means they name nothing here. */
+  epoch: Schema.optionalKey(Schema.String.check(Schema.isMaxLength(64))),
   ref: Ref
 })
 export const UnsubscribeFrame = Schema.Struct({ type: Schema.Literal("unsubscribe"), chatId: ChatId, ref: Ref })

@@ -20,6 +20,8 @@ export const SubscribedFrame = Schema.Struct({
   chatId: ChatId,
   lastSeq: Seq,
   recovered: Schema.Boolean,
+  /** Absent from servers that predate epochs, or when the server could not read it. */
+  epoch: Schema.optionalKey(Schema.String),
   ref: Ref
 })
 export const UnsubscribedFrame = Schema.Struct({ type: Schema.Literal("unsubscribed"), chatId: ChatId, ref: Ref })

@@ -85,7 +85,8 @@ export class ActiveChats extends Context.Service<
           RecentMessages,
           RecentMessages.of({
             since: (chatId, sinceSeq) => find(chatId)?.sequencer?.since(sinceSeq),
-            lastSeq: (chatId) => find(chatId)?.sequencer?.lastSeq
+            lastSeq: (chatId) => find(chatId)?.sequencer?.lastSeq,
+            epoch: (chatId) => find(chatId)?.epoch
           })
         )
       )

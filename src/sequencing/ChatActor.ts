@@ -59,6 +59,8 @@ export interface ChatActorHandle {
   readonly mailbox: Queue.Queue<Mail, Cause.Done>
   /** Undefined until the actor has restored its state. */
   sequencer: Sequencer | undefined
+  /** The chat's epoch (MessageStore.epoch), known once the actor has restored. */
+  epoch: string | undefined
   /** Messages sequenced but not yet persisted. */
   unpersisted: number
   deleted: boolean
@@ -80,12 +82,19 @@ export interface ActorContext {
 
 const restore = Effect.fn("ChatActor.restore")(function* (chatId: ChatId, options: ActorOptions) {
   const store = yield* MessageStore
-  const latest = yield* store.latest(chatId, options.restoreWindow).pipe(
-    Effect.tapError((error) => Effect.logWarning(`chat ${chatId}: cannot restore its actor yet, retrying`, error)),
-    Effect.retry(retryForever),
-    Effect.orDie
-  )
-  return Sequencer.restore(chatId, latest, { ...options, complete: latest.length < options.restoreWindow })
+  const retried = <A, E>(read: Effect.Effect<A, E>) =>
+    read.pipe(
+      Effect.tapError((error) => Effect.logWarning(`chat ${chatId}: cannot restore its actor yet, retrying`, error)),
+      Effect.retry(retryForever),
+      Effect.orDie
+    )
+  // The epoch first: it is created (when missing) before this actor persists anything, so it goes with the history.
+  const epoch = yield* retried(store.epoch(chatId))
+  const latest = yield* retried(store.latest(chatId, options.restoreWindow))
+  return {
+    epoch,
+    sequencer: Sequencer.restore(chatId, latest, { ...options, complete: latest.length < options.restoreWindow })
+  }
 })
 
 /**
@@ -93,7 +102,8 @@ const restore = Effect.fn("ChatActor.restore")(function* (chatId: ChatId, option
  * any), then its mailbox until it ends or the actor passivates.
  */
 export const run = Effect.fnUntraced(function* (handle: ChatActorHandle, context: ActorContext) {
-  const sequencer = yield* restore(handle.chatId, context.options)
+  const { epoch, sequencer } = yield* restore(handle.chatId, context.options)
+  handle.epoch = epoch
   handle.sequencer = sequencer
   // Records can outlive their chat (sent just before it was deleted, or
   // replayed after): a deleted chat gets no new messages in the store. The

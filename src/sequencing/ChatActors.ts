@@ -107,6 +107,7 @@ export const make = Effect.fnUntraced(function* (
       chatId,
       mailbox: yield* Queue.bounded<ChatActor.Mail, Cause.Done>(context.options.mailboxSize),
       sequencer: undefined,
+      epoch: undefined,
       unpersisted: 0,
       deleted: false,
       inFlight: []

@@ -162,7 +162,7 @@ describe("client SDK", { timeout: 120_000 }, () => {
       const presence = collect(bob.client, "presence")
 
       expect(bob.client.status).toBe("idle")
-      expect(await bob.client.subscribe(chat.id)).toEqual({ lastSeq: 0, recovered: true })
+      expect(await bob.client.subscribe(chat.id)).toEqual({ lastSeq: 0, recovered: true, epoch: expect.any(String) })
       expect(bob.client.status).toBe("open")
       expect(statuses).toEqual(["connecting", "open"])
       await waitUntil("presence", () => presence.length > 0)

@@ -31,6 +31,7 @@ describe("server frames", () => {
     const frames = [
       { type: "ready", userId: "u1", sessionId: "s1", ref: "r1" },
       { type: "subscribed", chatId: "c1", lastSeq: 0, recovered: true },
+      { type: "subscribed", chatId: "c1", lastSeq: 0, recovered: true, epoch: "e1" },
       { type: "unsubscribed", chatId: "c1" },
       { type: "ack", clientMsgId: "k1", id: "m1", ref: "r2" },
       { type: "error", code: "not_found", message: "chat c1 not found", ref: "r3" },

@@ -1,5 +1,5 @@
 /**
- * The EventLog contract: what every adapter (MemoryEventLog, KafkaEventLog)
+ * The EventLog contract: what every adapter (MemoryEventLog, SqliteEventLog, KafkaEventLog)
  * must do. Each test uses its own topic and group, so the suites can share
  * one log (and one Kafka cluster) with earlier runs.
  *

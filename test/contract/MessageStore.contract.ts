@@ -197,6 +197,28 @@ export const messageStoreContract = (name: string, storeLayer: Layer.Layer<Messa
       })
     )
 
+    it.effect("a chat's epoch is created once and kept; it never shows among messages; deleteChat takes it", () =>
+      Effect.gen(function* () {
+        const store = yield* MessageStore
+        const chatId = newChat()
+        const [first, concurrent] = yield* Effect.all([store.epoch(chatId), store.epoch(chatId)], {
+          concurrency: "unbounded"
+        })
+        assert.isTrue(first.length > 0)
+        assert.strictEqual(concurrent, first)
+        yield* store.putBatch(messages(chatId, 1, 3))
+        assert.strictEqual(yield* store.epoch(chatId), first)
+        assert.deepStrictEqual(seqs(yield* store.latest(chatId, 10)), [3, 2, 1])
+        assert.deepStrictEqual(seqs(yield* store.page(chatId, { before: 3, limit: 10 })), [2, 1])
+        assert.deepStrictEqual(seqs(yield* store.page(chatId, { after: 0, limit: 10 })), [1, 2, 3])
+        assert.notStrictEqual(yield* store.epoch(newChat()), first)
+
+        // History gone (here deleted; a wiped store alike): a new epoch.
+        yield* store.deleteChat(chatId)
+        assert.notStrictEqual(yield* store.epoch(chatId), first)
+      })
+    )
+
     it.effect("deleteChat removes every message (60, more than one batch) and can be repeated", () =>
       Effect.gen(function* () {
         const store = yield* MessageStore

@@ -299,11 +299,13 @@ export const wsSuite = (mode: "embedded" | "cluster") => {
         const [a, outsider] = await registerMany(2, "sub")
         const chatId = await createGroup(a, [])
         const member = await session(a)
-        expect(await member.request({ type: "subscribe", chatId, ref: "s1" })).toEqual({
+        const first = await member.request({ type: "subscribe", chatId, ref: "s1" })
+        expect(first).toEqual({
           type: "subscribed",
           chatId,
           lastSeq: 0,
           recovered: true,
+          epoch: expect.any(String),
           ref: "s1"
         })
         await sendMessage(member, chatId, "one")
@@ -315,6 +317,8 @@ export const wsSuite = (mode: "embedded" | "cluster") => {
           chatId,
           lastSeq: 2,
           recovered: true,
+          // The chat's history is the same one: so is its epoch.
+          epoch: first.epoch,
           ref: "s2"
         })
 
@@ -633,7 +637,14 @@ export const wsSuite = (mode: "embedded" | "cluster") => {
         reader = await session(b)
         const from = reader.mark()
         const subscribed = await reader.request({ type: "subscribe", chatId, sinceSeq: 3, ref: "again" })
-        expect(subscribed).toEqual({ type: "subscribed", chatId, lastSeq: 8, recovered: true, ref: "again" })
+        expect(subscribed).toEqual({
+          type: "subscribed",
+          chatId,
+          lastSeq: 8,
+          recovered: true,
+          epoch: expect.any(String),
+          ref: "again"
+        })
         const replayed = await reader.waitForMessages(chatId, 5, { from })
         expect(replayed.map((m) => [m.seq, m.body])).toEqual(range(4, 8).map((seq) => [seq, `m${seq}`]))
         // The subscribed frame came first, the replay right after it (presence frames aside).
@@ -666,6 +677,7 @@ export const wsSuite = (mode: "embedded" | "cluster") => {
           chatId,
           lastSeq: 4,
           recovered: true,
+          epoch: expect.any(String),
           ref: "s"
         })
         const everything = await session(a)
@@ -686,6 +698,65 @@ export const wsSuite = (mode: "embedded" | "cluster") => {
         expect(seqs(upToDate.messages(chatId))).toEqual([5])
         expect(seqs(everything.messages(chatId))).toEqual([1, 2, 3, 4, 5])
         expect(everything.messages(chatId)).toEqual(sender.messages(chatId))
+      })
+
+      it("sinceSeq ahead of what the chat holds answers recovered:false with the chat's real lastSeq; delivery goes on after sinceSeq", async () => {
+        const a = await register("ahead")
+        const chatId = await createGroup(a, [])
+        const sender = await session(a)
+        await subscribe(sender, chatId)
+        for (let i = 1; i <= 3; i++) await sendMessage(sender, chatId, `a${i}`)
+        await sender.waitForSeq(chatId, 3)
+
+        // A client that believes it has seq 10 of a chat that holds 3 (as a node that has not caught up sees it).
+        const ahead = await session(a)
+        const from = ahead.mark()
+        expect(await ahead.request({ type: "subscribe", chatId, sinceSeq: 10, ref: "ahead" })).toEqual({
+          type: "subscribed",
+          chatId,
+          lastSeq: 3,
+          recovered: false,
+          epoch: expect.any(String),
+          ref: "ahead"
+        })
+        // Never told recovered:true; and within the epoch, what it says it has is not sent again: 11 comes next.
+        for (let i = 4; i <= 11; i++) await sendMessage(sender, chatId, `a${i}`)
+        const next = await ahead.waitFor((f) => isMessage(f, chatId), { from })
+        expect(next.message).toMatchObject({ seq: 11, body: "a11" })
+      })
+
+      it("sinceSeq of another epoch answers recovered:false with the chat's epoch and lastSeq, and replays nothing", async () => {
+        const a = await register("epoch")
+        const chatId = await createGroup(a, [])
+        const sender = await session(a)
+        const { epoch } = await subscribe(sender, chatId)
+        for (let i = 1; i <= 3; i++) await sendMessage(sender, chatId, `e${i}`)
+        await sender.waitForSeq(chatId, 3)
+
+        // The same epoch recovers as usual.
+        const same = await session(a)
+        const fromSame = same.mark()
+        expect(await same.request({ type: "subscribe", chatId, sinceSeq: 1, epoch, ref: "same" })).toEqual({
+          type: "subscribed",
+          chatId,
+          lastSeq: 3,
+          recovered: true,
+          epoch,
+          ref: "same"
+        })
+        await same.waitForMessages(chatId, 2, { from: fromSame })
+
+        // Seqs of another history of the chat (before its store was wiped, say) name nothing here.
+        const stale = await session(a)
+        const from = stale.mark()
+        expect(
+          await stale.request({ type: "subscribe", chatId, sinceSeq: 1, epoch: "an-older-one", ref: "old" })
+        ).toEqual({ type: "subscribed", chatId, lastSeq: 3, recovered: false, epoch, ref: "old" })
+        await sendMessage(sender, chatId, "e4")
+        const next = await stale.waitFor((f) => isMessage(f, chatId), { from })
+        expect(next.message).toMatchObject({ seq: 4, body: "e4" })
+        await stale.ping()
+        expect(seqs(stale.messages(chatId, from))).toEqual([4])
       })
 
       it("history pages (after/before, cursors) hold exactly what was delivered", async () => {

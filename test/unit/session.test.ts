@@ -72,6 +72,7 @@ describe("Session live delivery", () => {
         }),
         history: standIn<History["Service"]>("history", {
           lastSeq: () => Effect.succeed(1),
+          epoch: () => Effect.succeed("epoch-1"),
           since: () => Effect.succeed([])
         }),
         chats: standIn<Chats["Service"]>("chats"),

@@ -11,13 +11,17 @@ import {
   BatchWriteItemCommand,
   CreateTableCommand,
   DescribeTableCommand,
+  DeleteItemCommand,
   DynamoDBClient,
   type DynamoDBClientConfig,
+  GetItemCommand,
+  PutItemCommand,
   QueryCommand,
   type QueryCommandInput,
   type TableDescription,
   type WriteRequest
 } from "@aws-sdk/client-dynamodb"
+import { randomBytes } from "node:crypto"
 import { Data, type Duration, Effect, Layer, Predicate, Schedule, Schema, SchemaTransformation } from "effect"
 import { Message } from "../../schema/Domain.ts"
 import type { ChatId } from "../../schema/Domain.ts"
@@ -417,6 +421,54 @@ export const layer = (options: Options): Layer.Layer<MessageStore, MessageStoreE
         )
       })
 
+      // The epoch lives under a key of its own, next to the chat's messages
+      // but outside their key range, so no message query ever meets it.
+      const epochKey = (chatId: ChatId) => ({ chatId: { S: `${chatId}#epoch` }, seq: { N: "0" } })
+      const readEpoch = (chatId: ChatId) =>
+        call("GetItem", (abortSignal) =>
+          client.send(new GetItemCommand({ TableName: table, Key: epochKey(chatId), ConsistentRead: true }), {
+            abortSignal
+          })
+        ).pipe(
+          Effect.retry(readRetry),
+          Effect.map((output) => output.Item?.epoch?.S)
+        )
+      // Created with the chat's history: a store that lost the history lost this item too, so the chat gets a new one.
+      const epoch = Effect.fn("MessageStore.epoch")(
+        function* (chatId: ChatId) {
+          const known = yield* readEpoch(chatId)
+          if (known !== undefined) return known
+          const fresh = randomBytes(6).toString("base64url")
+          const created = yield* call("PutItem", (abortSignal) =>
+            client.send(
+              new PutItemCommand({
+                TableName: table,
+                Item: { ...epochKey(chatId), epoch: { S: fresh } },
+                ConditionExpression: "attribute_not_exists(chatId)"
+              }),
+              { abortSignal }
+            )
+          ).pipe(
+            Effect.retry(writeRetry),
+            Effect.as(true),
+            Effect.catchIf(
+              (error) =>
+                Predicate.hasProperty(error.cause, "name") && error.cause.name === "ConditionalCheckFailedException",
+              () => Effect.succeed(false)
+            )
+          )
+          if (created) return fresh
+          // Another caller created it first: theirs it is.
+          const theirs = yield* readEpoch(chatId)
+          if (theirs !== undefined) return theirs
+          return yield* new CallError({
+            message: `the epoch of chat ${chatId} vanished while being read`,
+            retryable: false
+          })
+        },
+        (effect, chatId) => Effect.mapError(effect, toStoreError(`reading the epoch of chat ${chatId}`))
+      )
+
       // Re-queries after every round, so a repeat after a partial failure picks up what is left.
       const deleteChat = Effect.fn("MessageStore.deleteChat")(function* (chatId: ChatId) {
         const deleteRound = call("Query", (abortSignal) =>
@@ -441,6 +493,12 @@ export const layer = (options: Options): Layer.Layer<MessageStore, MessageStoreE
         )
         yield* deleteRound.pipe(
           Effect.repeat({ until: (deleted) => deleted === 0 }),
+          // Last: the history is gone, so is its epoch (a chat id is never reused anyway).
+          Effect.andThen(
+            call("DeleteItem", (abortSignal) =>
+              client.send(new DeleteItemCommand({ TableName: table, Key: epochKey(chatId) }), { abortSignal })
+            ).pipe(Effect.retry(writeRetry))
+          ),
           Effect.mapError(toStoreError(`deleting chat ${chatId}`))
         )
       })
@@ -461,6 +519,6 @@ export const layer = (options: Options): Layer.Layer<MessageStore, MessageStoreE
         Effect.withSpan("MessageStore.ping")
       )
 
-      return MessageStore.of({ putBatch, page, latest, deleteChat, ping })
+      return MessageStore.of({ putBatch, page, latest, epoch, deleteChat, ping })
     })
   )
