@@ -419,7 +419,11 @@ describe("web client (chromium)", () => {
       "the direct chat reaches alice with 1 unread",
       async () => (await alicesItem.getAttribute("data-unread")) === "1"
     )
-    expect(await alicesItem.locator("[data-testid=chat-name]").textContent()).toBe("Bob")
+    // The title comes from the chat's members and bob's profile, fetched after the list shows the chat.
+    await until(
+      "alice's list names the direct chat after bob",
+      async () => (await alicesItem.locator("[data-testid=chat-name]").textContent()) === "Bob"
+    )
     await alicesItem.click()
     await until("alice reads the direct message", () => showsMessage(alice, "Psst, a direct message"))
     await until("alice's unread count clears", async () => (await alicesItem.getAttribute("data-unread")) === "0")
