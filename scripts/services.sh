@@ -4,6 +4,9 @@
 #
 #   bash scripts/services.sh up       install what is missing, start what is not answering, wait
 #   bash scripts/services.sh down     stop what `up` started (by pid file)
+#   bash scripts/services.sh start SERVICE...   `up` for the named services only (postgres redis kafka dynamodb)
+#   bash scripts/services.sh stop SERVICE...    `down` for the named services only (a real outage: the
+#                                               fault-injection suite stops and starts its own services so)
 #   bash scripts/services.sh status   one line per service: up/down (exit 1 if any is down)
 #   bash scripts/services.sh env      `export` lines for the services' URLs (eval "$(... env)")
 #   bash scripts/services.sh smoke    talk to each service once (scripts/services/smoke.mjs)
@@ -11,6 +14,8 @@
 # Settings (environment):
 #   PG_PORT=55432 REDIS_PORT=56379 KAFKA_PORT=59092 KAFKA_CONTROLLER_PORT=<KAFKA_PORT+1>
 #   DYNAMODB_PORT=58000
+#   DYNAMODB_STORAGE=memory                     or `disk`: DynamoDB Local keeps its tables in the
+#                                               services dir (-dbPath), so they outlive a stop and start
 #   HARMONY_SERVICES_DIR=<repo>/.services      data dirs, logs, pid files
 #   HARMONY_CACHE_DIR=~/.cache/harmony          jars resolved from Maven Central (kept across runs)
 #   HARMONY_MAVEN_REPO=~/.m2/repository         Maven's local repository
@@ -31,6 +36,7 @@ REDIS_PORT="${REDIS_PORT:-56379}"
 KAFKA_PORT="${KAFKA_PORT:-59092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}"
 DYNAMODB_PORT="${DYNAMODB_PORT:-58000}"
+DYNAMODB_STORAGE="${DYNAMODB_STORAGE:-memory}"
 TIMEOUT="${HARMONY_SERVICES_TIMEOUT:-120}"
 
 USER_HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
@@ -475,14 +481,20 @@ dynamodb_start() {
     kill_wait "$pid" dynamodb 10
   fi
   mkdir -p "$SERVICES_DIR/dynamodb"
+  local storage=(-inMemory)
+  case $DYNAMODB_STORAGE in
+    memory) ;;
+    disk) storage=(-dbPath "$SERVICES_DIR/dynamodb") ;;
+    *) die "dynamodb: DYNAMODB_STORAGE must be memory or disk, not $DYNAMODB_STORAGE" ;;
+  esac
   [[ -f "$DYNAMODB_LOG" ]] && mv -f "$DYNAMODB_LOG" "$DYNAMODB_LOG.1"
-  log "dynamodb local $DYNAMODB_VERSION: starting on $HOST:$DYNAMODB_PORT"
+  log "dynamodb local $DYNAMODB_VERSION: starting on $HOST:$DYNAMODB_PORT (storage: $DYNAMODB_STORAGE)"
   (
     cd "$SERVICES_DIR/dynamodb"
     exec 9>&- # the lock of services.sh stays with services.sh
     exec setsid nohup java -Xmx256m -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
       -Djava.library.path="$DYNAMODB_LIB/native" -cp "$DYNAMODB_LIB/*" "$DYNAMODB_MAIN" \
-      -inMemory -sharedDb -disableTelemetry -port "$DYNAMODB_PORT" >"$DYNAMODB_LOG" 2>&1 </dev/null
+      "${storage[@]}" -sharedDb -disableTelemetry -port "$DYNAMODB_PORT" >"$DYNAMODB_LOG" 2>&1 </dev/null
   ) &
   echo $! >"$DYNAMODB_PID"
 }
@@ -544,11 +556,22 @@ lock() {
   flock -w 900 9 || die "another services.sh holds $SERVICES_DIR/.lock"
 }
 
+# known_services NAME...: fails on a name that is not a service.
+known_services() {
+  local s
+  for s in "$@"; do
+    [[ " ${SERVICES[*]} " == *" $s "* ]] || die "unknown service '$s' (one of: ${SERVICES[*]})"
+  done
+}
+
+# cmd_up [SERVICE...]: every service when none is named.
 cmd_up() {
-  local t0=$SECONDS s to_start=() failed=() deadline start_at
+  local t0=$SECONDS s to_start=() failed=() deadline start_at wanted=("$@")
+  ((${#wanted[@]})) || wanted=("${SERVICES[@]}")
+  known_services "${wanted[@]}"
   lock
   mkdir -p "$LOG_DIR" "$RUN_DIR"
-  for s in "${SERVICES[@]}"; do
+  for s in "${wanted[@]}"; do
     if answering "$s"; then
       [[ $s == postgres ]] && pg_after_ready
       log "$s: already up on $(service_addr "$s")"
@@ -557,7 +580,7 @@ cmd_up() {
     fi
   done
   if ((${#to_start[@]} == 0)); then
-    log "all services up"
+    log "${wanted[*]}: up"
     return 0
   fi
   ensure_installed "${to_start[@]}"
@@ -604,19 +627,28 @@ cmd_up() {
   if ((${#failed[@]})); then
     die "failed to start: ${failed[*]} (logs in $LOG_DIR)"
   fi
-  log "all services up ($((SECONDS - t0))s)"
+  log "${wanted[*]}: up ($((SECONDS - t0))s)"
 }
 
+# cmd_down [SERVICE...]: every service when none is named.
 cmd_down() {
+  local wanted=("$@") s
+  ((${#wanted[@]})) || wanted=("${SERVICES[@]}")
+  known_services "${wanted[@]}"
   if [[ ! -d "$SERVICES_DIR" ]]; then
     mkdir -p "$SERVICES_DIR"
   fi
   lock
-  dynamodb_stop
-  kafka_stop
-  redis_stop
-  pg_stop
-  log "all services down"
+  for s in dynamodb kafka redis postgres; do
+    [[ " ${wanted[*]} " == *" $s "* ]] || continue
+    case $s in
+      postgres) pg_stop ;;
+      redis) redis_stop ;;
+      kafka) kafka_stop ;;
+      dynamodb) dynamodb_stop ;;
+    esac
+  done
+  log "${wanted[*]}: down"
 }
 
 cmd_status() {
@@ -662,6 +694,12 @@ cmd_smoke() {
 case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
+  start | stop)
+    (($# > 1)) || die "usage: $0 $1 SERVICE... (one of: ${SERVICES[*]})"
+    verb=$1
+    shift
+    if [[ $verb == start ]]; then cmd_up "$@"; else cmd_down "$@"; fi
+    ;;
   status) cmd_status ;;
   env) cmd_env ;;
   smoke) cmd_smoke ;;
@@ -669,7 +707,7 @@ case "${1:-}" in
     awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"
     ;;
   *)
-    echo "usage: bash scripts/services.sh up|down|status|env|smoke" >&2
+    echo "usage: bash scripts/services.sh up|down|start SERVICE...|stop SERVICE...|status|env|smoke" >&2
     exit 2
     ;;
 esac
