@@ -1,8 +1,8 @@
 /**
  * A Toxiproxy server of the suite's own (installed by scripts/toxiproxy.sh),
  * driven over its HTTP API with plain fetch: one proxy per service a node
- * talks to, so an outage or a slow link hits only the suite's nodes — the
- * shared services themselves are never stopped.
+ * talks to (the suite's own services, test/chaos/services.ts), for cut
+ * connections, black holes and slow links between the nodes and a service.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import { freePort, repoRoot } from "../support/harmony.ts"
@@ -17,6 +17,8 @@ export interface Toxiproxy {
   up(name: string): Promise<void>
   /** Delays everything the upstream answers by `latencyMs`. */
   slow(name: string, latencyMs: number): Promise<void>
+  /** A black hole: connections stay open, nothing comes back (until `up`). */
+  silence(name: string): Promise<void>
   stop(): Promise<void>
 }
 
@@ -49,6 +51,11 @@ export const startToxiproxy = async (): Promise<Toxiproxy> => {
     await sleep(100)
   }
   const toxics = new Map<string, Array<string>>()
+  const addToxic = async (name: string, type: string, attributes: Record<string, number>) => {
+    const toxic = `${type}-${Date.now()}`
+    await call("POST", `/proxies/${name}/toxics`, { name: toxic, type, stream: "downstream", attributes })
+    toxics.set(name, [...(toxics.get(name) ?? []), toxic])
+  }
   return {
     proxy: async (name, upstream) => {
       const listen = await freePort()
@@ -63,16 +70,9 @@ export const startToxiproxy = async (): Promise<Toxiproxy> => {
       toxics.delete(name)
       await call("POST", `/proxies/${name}`, { enabled: true })
     },
-    slow: async (name, latencyMs) => {
-      const toxic = `latency-${Date.now()}`
-      await call("POST", `/proxies/${name}/toxics`, {
-        name: toxic,
-        type: "latency",
-        stream: "downstream",
-        attributes: { latency: latencyMs, jitter: 0 }
-      })
-      toxics.set(name, [...(toxics.get(name) ?? []), toxic])
-    },
+    slow: (name, latencyMs) => addToxic(name, "latency", { latency: latencyMs, jitter: 0 }),
+    // timeout 0: the data is dropped and the connection held open until the toxic goes.
+    silence: (name) => addToxic(name, "timeout", { timeout: 0 }),
     stop: async () => {
       child.kill("SIGTERM")
     }

@@ -163,6 +163,15 @@ export interface Attempt {
   ackedAt?: number
 }
 
+/** How one send request was answered: `ack`, an error frame's code, `closed` (the connection closed first) or `no answer` (timed out). */
+export interface Answer {
+  /** The node the request went to. */
+  readonly node: string
+  readonly sentAt: number
+  readonly answeredAt: number
+  readonly outcome: string
+}
+
 /**
  * One user's client: one connection at a time, subscribed to `chats`. When its
  * connection is lost it reconnects (to the node the test names) and
@@ -177,6 +186,8 @@ export class ChatClient {
   readonly subscribeAnswers: Array<Array<Frame>> = []
   /** When each message id was first received (ms since epoch), across connections. */
   readonly receivedAt = new Map<string, number>()
+  /** Every send request and its answer, in the order they were answered. */
+  readonly answers: Array<Answer> = []
   private reconnecting: Promise<void> | undefined
 
   readonly name: string
@@ -236,12 +247,14 @@ export class ChatClient {
     this.subscribeAnswers.push(answers)
   }
 
-  /** Reconnects to `node` once (concurrent callers share it), then retries the unacknowledged sends. */
+  /** Reconnects to `node` (concurrent callers share one attempt), then retries the unacknowledged sends. */
   reconnect(node: { readonly name: string; readonly url: string }): Promise<void> {
     this.reconnecting ??= (async () => {
       await this.connect(node, true)
       await this.retryPending()
-    })()
+    })().finally(() => {
+      this.reconnecting = undefined
+    })
     return this.reconnecting
   }
 
@@ -259,11 +272,20 @@ export class ChatClient {
     const ws = this.ws
     if (!ws.isOpen) return false
     attempt.sends++
+    const node = this.node
+    const sentAt = Date.now()
+    const answered = (outcome: string) => this.answers.push({ node, sentAt, answeredAt: Date.now(), outcome })
     try {
-      const answer = await ws.request(
-        { type: "send", chatId, clientMsgId, body: attempt.body },
-        { timeoutMs: 30_000, what: `the ack of ${clientMsgId}` }
-      )
+      const answer = await ws
+        .request(
+          { type: "send", chatId, clientMsgId, body: attempt.body },
+          { timeoutMs: 30_000, what: `the ack of ${clientMsgId}` }
+        )
+        .catch((error: unknown) => {
+          answered(error instanceof Error && error.message.includes("connection closed") ? "closed" : "no answer")
+          throw error
+        })
+      answered(answer.type === "ack" ? "ack" : String(answer.code ?? answer.type))
       if (answer.type !== "ack") return false
       expect(answer.clientMsgId).toBe(clientMsgId)
       if (attempt.id !== undefined) expect(answer.id, "a retried send keeps its id").toBe(attempt.id)
@@ -285,10 +307,7 @@ export class ChatClient {
     await until(
       `${this.name}: every send acknowledged`,
       async () => {
-        if (!this.ws.isOpen) {
-          this.reconnecting = undefined
-          await this.reconnect(node)
-        }
+        if (!this.ws.isOpen) await this.reconnect(node)
         if (this.pending().length === 0) return true
         await this.retryPending()
         return this.pending().length === 0 ? true : undefined
