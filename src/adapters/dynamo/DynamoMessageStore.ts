@@ -22,7 +22,17 @@ import {
   type WriteRequest
 } from "@aws-sdk/client-dynamodb"
 import { randomBytes } from "node:crypto"
-import { Data, type Duration, Effect, Layer, Predicate, Schedule, Schema, SchemaTransformation } from "effect"
+import {
+  Data,
+  type Duration,
+  Effect,
+  Layer,
+  Predicate,
+  Schedule,
+  Schema,
+  SchemaTransformation,
+  Semaphore
+} from "effect"
 import { Message } from "../../schema/Domain.ts"
 import type { ChatId } from "../../schema/Domain.ts"
 import { MessageStore, MessageStoreError, type PageQuery } from "../../ports/MessageStore.ts"
@@ -44,8 +54,14 @@ export interface Options {
 
 /** BatchWriteItem's hard limit on requests per call. */
 const batchWriteMax = 25
-/** Batch writes in flight at once per putBatch/deleteChat: enough to overlap round trips without bursting a table's capacity. */
-const writeConcurrency = 4
+/**
+ * Batch writes in flight at once per store (per process), whatever the number
+ * of partitions writing: enough to overlap round trips, and a store slower
+ * than the load still answers each one within the request timeout — flooded
+ * with every partition's writes at once, each would wait past it, fail and be
+ * written again, and nothing would get through.
+ */
+export const writeConcurrency = 4
 /** Keys fetched per deleteChat round: a handful of batch writes each. */
 const deleteKeysPerRound = batchWriteMax * 10
 
@@ -313,6 +329,8 @@ export const layer = (options: Options): Layer.Layer<MessageStore, MessageStoreE
         Effect.mapError(toStoreError(`preparing DynamoDB table ${table}`))
       )
 
+      const writePermits = yield* Semaphore.make(writeConcurrency)
+
       /** One BatchWriteItem of at most 25 requests, resent until nothing is left unprocessed. */
       const batchWrite = (requests: ReadonlyArray<WriteRequest>) => {
         let pending = requests
@@ -321,6 +339,8 @@ export const layer = (options: Options): Layer.Layer<MessageStore, MessageStoreE
             client.send(new BatchWriteItemCommand({ RequestItems: { [table]: [...pending] } }), { abortSignal })
           )
         ).pipe(
+          // A permit per attempt, not across a retry's backoff.
+          Semaphore.withPermits(writePermits, 1),
           Effect.flatMap((output) => {
             const unprocessed = output.UnprocessedItems?.[table] ?? []
             if (unprocessed.length === 0) return Effect.void
