@@ -1,21 +1,20 @@
 /**
  * Consuming (`consume`): one kafkajs consumer per call, with the hand-over
- * described in KafkaEventLog.ts.
+ * described in KafkaEventLog.ts. Here: the member's claims through the
+ * group's rebalances (which to start, revoke or lose), what it announces to
+ * the group, and the consumer's start and stop; Fetching.ts moves fetched
+ * records into the claims, ClaimLifecycle.ts runs each claim's handler.
  */
 import { type Cause, Deferred, Duration, Effect, Fiber, FiberSet, Queue, Schedule, type Scope } from "effect"
-import type { Consumer, EachBatchPayload } from "kafkajs"
+import type { Consumer } from "kafkajs"
 import { type ConsumeOptions, EventLogError, type LogRecord, type PartitionClaim } from "../../ports/EventLog.ts"
 import * as Assignment from "./Assignment.ts"
 import * as Claim from "./Claim.ts"
 import * as ClaimLifecycle from "./ClaimLifecycle.ts"
 import type { KafkaClient } from "./Client.ts"
+import * as Fetching from "./Fetching.ts"
 import * as Handover from "./Handover.ts"
-import { attempt, describeError, isRebalancing, kafkaRetry, toLogRecord } from "./errors.ts"
-
-/** Batches in a row that may start past a claim's position before the records in between count as deleted. */
-const maxGapRetries = 5
-/** How often claims' end offsets (consumer lag) are refreshed from the brokers. */
-const endOffsetRefresh = Duration.seconds(5)
+import { attempt, describeError, isRebalancing } from "./errors.ts"
 
 export interface ConsumerSettings {
   /** How long a revoked claim's handler may take to drain before it is interrupted. */
@@ -25,8 +24,8 @@ export interface ConsumerSettings {
 }
 
 export const make = (client: KafkaClient, settings: ConsumerSettings) => {
-  const { kafka, admin, where, runDetached, disconnect } = client
-  const { sessionTimeout, heartbeatInterval, rebalanceTimeout, maxWaitTime } = client.settings
+  const { admin, where, runDetached, disconnect } = client
+  const { sessionTimeout, rebalanceTimeout } = client.settings
   const { drainTimeout, ensureTopic } = settings
   const handoverTimeout = Duration.sum(drainTimeout, Duration.seconds(30))
 
@@ -45,7 +44,6 @@ export const make = (client: KafkaClient, settings: ConsumerSettings) => {
       let frozen = true
       let stopping = false
       let memberId: string | undefined
-      const pausedByUs = new Set<number>()
       const joined = yield* Deferred.make<void, EventLogError>()
 
       const log = (effect: Effect.Effect<void>, partition?: number) =>
@@ -60,25 +58,6 @@ export const make = (client: KafkaClient, settings: ConsumerSettings) => {
           runDetached(log(Effect.logError(`${describe}: ${what}: ${describeError(error)}`)))
         }
       }
-
-      const shouldFetch = (partition: number): boolean => {
-        const claim = claims.get(partition)
-        return (
-          claim !== undefined && claim.phase._tag === "Active" && claim.buffer !== undefined && !claim.backpressured
-        )
-      }
-
-      const applyFetch = (partition: number, force = false): void =>
-        guard(`pausing or resuming partition ${partition}`, () => {
-          const fetch = shouldFetch(partition)
-          if (fetch && (force || pausedByUs.has(partition))) {
-            consumer.resume([{ topic, partitions: [partition] }])
-            pausedByUs.delete(partition)
-          } else if (!fetch && (force || !pausedByUs.has(partition))) {
-            consumer.pause([{ topic, partitions: [partition] }])
-            pausedByUs.add(partition)
-          }
-        })
 
       const holdingsOf = (metadata: Buffer): Assignment.Holdings | undefined =>
         Assignment.decodeHoldings(metadata, (reason) =>
@@ -105,16 +84,17 @@ export const make = (client: KafkaClient, settings: ConsumerSettings) => {
       const handover = Handover.make({ admin, group, topic, describe, holdingsOf, handoverTimeout })
       const { startingOffset } = handover
 
-      const consumer: Consumer = kafka.consumer({
-        groupId: group,
-        partitionAssigners: [assigner],
-        sessionTimeout,
-        rebalanceTimeout,
-        heartbeatInterval,
-        maxWaitTimeInMs: maxWaitTime,
-        allowAutoTopicCreation: false,
-        retry: { ...kafkaRetry, restartOnFailure: async () => true }
+      const consumer: Consumer = client.consumer({ groupId: group, assigner, restartOnFailure: true })
+      const fetching = Fetching.make({
+        topic,
+        describe,
+        consumer,
+        admin,
+        claims,
+        guard,
+        report: (effect, partition) => runDetached(log(effect, partition))
       })
+      const { applyFetch } = fetching
 
       const isCurrent = (claim: Claim.Claim) =>
         !stopping && claims.get(claim.partition) === claim && !Deferred.isDoneUnsafe(claim.revoked)
@@ -234,69 +214,11 @@ export const make = (client: KafkaClient, settings: ConsumerSettings) => {
           else if (claim.phase._tag === "Active" && claim.buffer !== undefined) {
             // A rebalance resets kafkajs's fetch position to the committed
             // offset; continue from what the buffer already holds instead.
-            guard(`seeking partition ${partition}`, () =>
-              consumer.seek({ topic, partition, offset: String(claim.nextOffset) })
-            )
+            fetching.seek(partition, claim.nextOffset)
           }
         }
-        pausedByUs.clear()
-        for (const partition of assignedNow) applyFetch(partition, true)
+        fetching.applyAssignment(assignedNow)
         Deferred.doneUnsafe(joined, Effect.void)
-      }
-
-      const eachBatch = async ({ batch, resolveOffset, isStale }: EachBatchPayload): Promise<void> => {
-        const claim = claims.get(batch.partition)
-        const buffer = claim?.buffer
-        if (claim === undefined || claim.phase._tag !== "Active" || buffer === undefined) {
-          // Fetched before the claim (re)started; its seek refetches what it needs.
-          applyFetch(batch.partition)
-          return
-        }
-        if (isStale()) return
-        const highWatermark = Number(batch.highWatermark)
-        if (Number.isSafeInteger(highWatermark) && highWatermark > claim.endOffset) claim.endOffset = highWatermark
-        const gap = Claim.gapIn(claim, batch.messages)
-        // A batch that starts past the claim's position was fetched from a
-        // stale one: fetch again from the position (the records are gone
-        // only if that keeps happening: retention deleted them).
-        const repeated = gap !== undefined && claim.gap?.at === claim.nextOffset ? claim.gap.count + 1 : 1
-        claim.gap = gap === undefined ? undefined : { at: claim.nextOffset, count: repeated }
-        if (gap !== undefined && repeated <= maxGapRetries) {
-          runDetached(
-            log(
-              Effect.logWarning(
-                `partition ${batch.partition}: a fetched batch starts at ${gap}, past the claim's position ${claim.nextOffset}; fetching again from ${claim.nextOffset}`
-              ),
-              batch.partition
-            )
-          )
-          guard(`seeking partition ${batch.partition}`, () =>
-            consumer.seek({ topic, partition: batch.partition, offset: String(claim.nextOffset) })
-          )
-          return
-        }
-        if (gap !== undefined) {
-          runDetached(
-            log(
-              Effect.logError(
-                `partition ${batch.partition}: records ${claim.nextOffset} to ${gap - 1} are no longer in the log; skipping them`
-              ),
-              batch.partition
-            )
-          )
-        }
-        const fresh = Claim.accept(
-          claim,
-          batch.messages,
-          (message) => toLogRecord(topic, batch.partition, message),
-          gap !== undefined
-        )
-        Queue.offerAllUnsafe(buffer, fresh)
-        resolveOffset(batch.lastOffset())
-        if (Queue.sizeUnsafe(buffer) >= Claim.highWater) {
-          claim.backpressured = true
-          applyFetch(batch.partition)
-        }
       }
 
       consumer.on(consumer.events.GROUP_JOIN, (event) =>
@@ -336,34 +258,14 @@ export const make = (client: KafkaClient, settings: ConsumerSettings) => {
               autoCommit: false,
               eachBatchAutoResolve: false,
               partitionsConsumedConcurrently: Math.max(partitions, 1),
-              eachBatch
+              eachBatch: fetching.eachBatch
             })
           )
         }).pipe(Effect.onError(() => disconnect(`consumer of ${describe}`, consumer))),
         () => stop
       )
 
-      // A paused partition (back-pressure) is not fetched, so its high
-      // watermark would go stale just when its lag matters: the claims'
-      // end offsets are refreshed from the brokers every few seconds.
-      const refreshEndOffsets = Effect.suspend(() => {
-        if (claims.size === 0) return Effect.void
-        return attempt(`reading the offsets of ${topic}`, () => admin.fetchTopicOffsets(topic)).pipe(
-          Effect.flatMap((offsets) =>
-            Effect.sync(() => {
-              for (const entry of offsets) {
-                const claim = claims.get(entry.partition)
-                const high = Number(entry.high)
-                if (claim !== undefined && Number.isSafeInteger(high) && high > claim.endOffset) {
-                  claim.endOffset = high
-                }
-              }
-            })
-          ),
-          Effect.catch((error) => log(Effect.logDebug(`${describe}: end offsets not refreshed`, error)))
-        )
-      })
-      yield* refreshEndOffsets.pipe(Effect.repeat(Schedule.spaced(endOffsetRefresh)), Effect.forkScoped)
+      yield* fetching.keepEndOffsets.pipe(Effect.annotateLogs({ group, topic }))
       yield* Deferred.await(joined).pipe(
         Effect.timeoutOrElse({
           duration: Duration.millis(rebalanceTimeout + sessionTimeout),

@@ -4,7 +4,7 @@
  * client, and how its log lines and detached work reach Effect's runtime.
  */
 import { Effect, type Fiber, type Scope } from "effect"
-import { type Admin, Kafka, type LogEntry, logLevel } from "kafkajs"
+import { type Admin, type Consumer, Kafka, type LogEntry, logLevel, type PartitionAssigner } from "kafkajs"
 import type { EventLogError } from "../../ports/EventLog.ts"
 import { attempt, kafkaRetry } from "./errors.ts"
 
@@ -28,6 +28,12 @@ export interface KafkaClient {
   readonly runDetached: <A, E>(effect: Effect.Effect<A, E>) => Fiber.Fiber<A, E>
   /** Disconnects a kafkajs client, logging (not failing) when it cannot. */
   readonly disconnect: (what: string, client: { disconnect: () => Promise<void> }) => Effect.Effect<void>
+  /** A consumer of `groupId` with the adapter's settings, its own assigner, and whether a crash rejoins. */
+  readonly consumer: (options: {
+    readonly groupId: string
+    readonly assigner: PartitionAssigner
+    readonly restartOnFailure: boolean
+  }) => Consumer
 }
 
 export const make = (settings: ClientSettings): Effect.Effect<KafkaClient, EventLogError, Scope.Scope> =>
@@ -71,5 +77,17 @@ export const make = (settings: ClientSettings): Effect.Effect<KafkaClient, Event
       (client) => disconnect("admin client", client)
     )
 
-    return { kafka, admin, settings, where, runDetached, disconnect }
+    const consumer: KafkaClient["consumer"] = ({ groupId, assigner, restartOnFailure }) =>
+      kafka.consumer({
+        groupId,
+        partitionAssigners: [assigner],
+        sessionTimeout: settings.sessionTimeout,
+        rebalanceTimeout: settings.rebalanceTimeout,
+        heartbeatInterval: settings.heartbeatInterval,
+        maxWaitTimeInMs: settings.maxWaitTime,
+        allowAutoTopicCreation: false,
+        retry: { ...kafkaRetry, restartOnFailure: async () => restartOnFailure }
+      })
+
+    return { kafka, admin, settings, where, runDetached, disconnect, consumer }
   })

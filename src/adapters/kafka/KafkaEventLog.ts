@@ -3,7 +3,8 @@
  * call stays in this folder: this file (topics, produce, ping) wires
  * Client.ts (the kafkajs client and admin), Producer.ts (the bounded,
  * replaceable idempotent producer), ClaimConsumer.ts (`consume`) with
- * Assignment.ts, Handover.ts and Claim.ts, and Tail.ts (`tail`).
+ * Fetching.ts, ClaimLifecycle.ts, Assignment.ts, Handover.ts and Claim.ts,
+ * and Tail.ts (`tail`).
  *
  * Producing: one idempotent producer (acks from all in-sync replicas) shared
  * by the process, bounded in time and replaced when the broker leaves it in

@@ -8,7 +8,7 @@ import { Deferred, Duration, Effect, Fiber, Schedule } from "effect"
 import { AssignerProtocol, type Consumer, type EachBatchPayload, type PartitionAssigner } from "kafkajs"
 import { EventLogError, type LogRecord } from "../../ports/EventLog.ts"
 import type { KafkaClient } from "./Client.ts"
-import { attempt, describeError, isRetriable, kafkaRetry, toLogRecord } from "./errors.ts"
+import { attempt, describeError, isRetriable, toLogRecord } from "./errors.ts"
 
 /** The assignment protocol of `tail`'s throwaway groups (one member, given exactly the partitions to read). */
 const tailProtocolName = "harmony-tail"
@@ -16,8 +16,8 @@ const tailProtocolName = "harmony-tail"
 const tailCleanupTimeout = Duration.seconds(10)
 
 export const make = (client: KafkaClient, tailTimeout: Duration.Duration) => {
-  const { kafka, admin, where, runDetached, disconnect } = client
-  const { clientId, sessionTimeout, rebalanceTimeout, heartbeatInterval, maxWaitTime } = client.settings
+  const { admin, where, runDetached, disconnect } = client
+  const { clientId } = client.settings
   /**
    * Reads the records from `ranges[partition].from` to `.to` (inclusive)
    * of each listed partition.
@@ -56,17 +56,8 @@ export const make = (client: KafkaClient, tailTimeout: Duration.Duration) => {
           }))
       })
 
-      const consumer: Consumer = kafka.consumer({
-        groupId: group,
-        partitionAssigners: [assigner],
-        sessionTimeout,
-        rebalanceTimeout,
-        heartbeatInterval,
-        maxWaitTimeInMs: maxWaitTime,
-        allowAutoTopicCreation: false,
-        // A crash fails the read (below) rather than rejoining the group.
-        retry: { ...kafkaRetry, restartOnFailure: async () => false }
-      })
+      // A crash fails the read (below) rather than rejoining the group.
+      const consumer: Consumer = client.consumer({ groupId: group, assigner, restartOnFailure: false })
 
       const fail = (message: string, cause?: unknown): void => {
         Deferred.doneUnsafe(done, Effect.fail(new EventLogError({ message: `${describe}: ${message}`, cause })))
