@@ -7,7 +7,7 @@
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Duration, Effect, Layer, Redacted } from "effect"
 import { HttpRouter } from "effect/http"
-import { HttpApiBuilder, HttpApiScalar } from "effect/http-api"
+import { HttpApiBuilder } from "effect/http-api"
 import { PrometheusMetrics } from "effect/observability"
 import { SqlClient } from "effect/sql"
 import { createServer } from "node:http"
@@ -17,6 +17,7 @@ import { ActiveChats } from "./sequencing/ActiveChats.ts"
 import { PresenceTracker } from "./gateway/PresenceTracker.ts"
 import * as Session from "./gateway/Session.ts"
 import type { HarmonyConfig } from "./Config.ts"
+import * as ApiDocs from "./http/ApiDocs.ts"
 import { Api } from "./http/Api.ts"
 import { normalizeErrors } from "./http/Errors.ts"
 import { Gateway } from "./gateway/Gateway.ts"
@@ -27,11 +28,9 @@ import { Cache } from "./ports/Cache.ts"
 import * as Dynalite from "./adapters/dynamo/Dynalite.ts"
 import * as DynamoMessageStore from "./adapters/dynamo/DynamoMessageStore.ts"
 import { EventLog } from "./ports/EventLog.ts"
-import * as KafkaEventLog from "./adapters/kafka/KafkaEventLog.ts"
 import * as Memory from "./adapters/memory/Memory.ts"
 import { MessageStore } from "./ports/MessageStore.ts"
 import { migrate } from "./state/migrations.ts"
-import * as Redis from "./adapters/redis/Redis.ts"
 import * as Sql from "./adapters/sql/Sql.ts"
 import * as DataDirLock from "./adapters/sqlite/DataDirLock.ts"
 import * as SqliteEventLog from "./adapters/sqlite/SqliteEventLog.ts"
@@ -76,9 +75,17 @@ export const messageStoreLayer = (config: HarmonyConfig) =>
       })
     : Dynalite.embeddedLayer({ path: join(config.mode.dataDir, "dynamo"), table: config.messagesTable })
 
+// The cluster-only adapters are imported when cluster mode builds them:
+// an embedded node never loads kafkajs or ioredis (~180 modules).
+
 /** The Cache and PubSub ports: Redis, or in-process. */
-export const cacheLayer = (config: HarmonyConfig) =>
-  config.mode._tag === "Cluster" ? Redis.layer({ url: Redacted.value(config.mode.services.redisUrl) }) : Memory.layer
+export const cacheLayer = (config: HarmonyConfig) => {
+  if (config.mode._tag !== "Cluster") return Memory.layer
+  const url = Redacted.value(config.mode.services.redisUrl)
+  return Layer.unwrap(
+    Effect.promise(() => import("./adapters/redis/Redis.ts")).pipe(Effect.map((Redis) => Redis.layer({ url })))
+  )
+}
 
 /**
  * Embedded mode: how many records a partition of the log may hold past what
@@ -88,21 +95,28 @@ export const cacheLayer = (config: HarmonyConfig) =>
 const embeddedMaxUncommitted = 1_000
 
 /** The EventLog port: Kafka, or the durable in-process log under the data directory. */
-export const eventLogLayer = (config: HarmonyConfig) =>
-  config.mode._tag === "Cluster"
-    ? KafkaEventLog.layer({
-        brokers: config.mode.services.kafkaBrokers,
-        partitions: config.kafkaPartitions,
-        sessionTimeoutMs: Duration.toMillis(config.kafkaSessionTimeout),
-        drainTimeout: logDrainTimeout(config),
-        produceTimeout: config.sendTimeout
-      })
-    : SqliteEventLog.layer({
-        directory: join(config.mode.dataDir, "log"),
-        partitions: config.kafkaPartitions,
-        maxUncommitted: embeddedMaxUncommitted,
-        drainTimeout: logDrainTimeout(config)
-      })
+export const eventLogLayer = (config: HarmonyConfig) => {
+  if (config.mode._tag === "Cluster") {
+    const options = {
+      brokers: config.mode.services.kafkaBrokers,
+      partitions: config.kafkaPartitions,
+      sessionTimeoutMs: Duration.toMillis(config.kafkaSessionTimeout),
+      drainTimeout: logDrainTimeout(config),
+      produceTimeout: config.sendTimeout
+    }
+    return Layer.unwrap(
+      Effect.promise(() => import("./adapters/kafka/KafkaEventLog.ts")).pipe(
+        Effect.map((KafkaEventLog) => KafkaEventLog.layer(options))
+      )
+    )
+  }
+  return SqliteEventLog.layer({
+    directory: join(config.mode.dataDir, "log"),
+    partitions: config.kafkaPartitions,
+    maxUncommitted: embeddedMaxUncommitted,
+    drainTimeout: logDrainTimeout(config)
+  })
+}
 
 /**
  * A SIGTERM must be done within SHUTDOWN_TIMEOUT, even with a stalled store:
@@ -174,7 +188,7 @@ const metricsApart = (config: HarmonyConfig) => config.metricsPort !== config.po
 const routes = (config: HarmonyConfig) =>
   Layer.mergeAll(
     HttpApiBuilder.layer(Api, { openapiPath: "/openapi.json" }).pipe(Layer.provide(HandlersLive)),
-    HttpApiScalar.layer(Api, { path: "/docs" }),
+    ApiDocs.layer,
     metricsApart(config) ? Layer.empty : metricsRoute,
     WebClient.layer(),
     normalizeErrors

@@ -8,7 +8,7 @@
  * Writes are synchronous, so live delivery can run inside a chat feed's
  * listener with no hand-off.
  */
-import { Deferred, Effect, Exit } from "effect"
+import { Effect } from "effect"
 import type { WebSocket } from "ws"
 import type { FanoutItem } from "../messages/Fanout.ts"
 import { errorsOf, messagesDelivered, sendToDeliver, slowConsumerDisconnects } from "../Metrics.ts"
@@ -33,9 +33,11 @@ export const withRef = <F extends ServerFrame>(frame: F, ref: string | undefined
   ref === undefined ? frame : { ...frame, ref }
 
 export interface Connection {
-  /** Completes once the session closed the socket. */
-  readonly closed: Deferred.Deferred<Closed>
+  /** How the session closed the socket, once it did. */
+  readonly closed: () => Closed | undefined
   readonly close: (code: number, reason: string) => Effect.Effect<void>
+  /** `close`, from outside any fiber (a timer's callback). */
+  readonly closeUnsafe: (code: number, reason: string) => void
   /** Writes a text frame; answers whether it was written (not when the socket is gone or the client too slow). */
   readonly write: (text: string) => boolean
   readonly send: (frame: ServerFrame) => Effect.Effect<void>
@@ -46,14 +48,26 @@ export interface Connection {
   readonly writeLive: (item: FanoutItem) => void
 }
 
-export const make = Effect.fnUntraced(function* (socket: WebSocket, sessionId: string, maxBufferedBytes: number) {
-  const closed = yield* Deferred.make<Closed>()
+/**
+ * `onClosed` runs once, when the session closes the socket (whoever asked:
+ * the session's reader, its token's expiry, a slow write inside a feed's
+ * listener), so the session can end without waiting for the close handshake.
+ */
+export const make = Effect.fnUntraced(function* (
+  socket: WebSocket,
+  sessionId: string,
+  maxBufferedBytes: number,
+  onClosed: () => void
+) {
+  let closed: Closed | undefined
   const context = yield* Effect.context<never>()
   const spans = yield* syncSpans
 
   const closeNow = (code: number, reason: string) => {
     closeSocket(socket, code, reason)
-    Deferred.doneUnsafe(closed, Exit.succeed(new Closed(code, reason)))
+    if (closed !== undefined) return
+    closed = new Closed(code, reason)
+    onClosed()
   }
 
   const write = (text: string): boolean => {
@@ -96,8 +110,9 @@ export const make = Effect.fnUntraced(function* (socket: WebSocket, sessionId: s
   }
 
   return {
-    closed,
+    closed: () => closed,
     close: (code, reason) => Effect.sync(() => closeNow(code, reason)),
+    closeUnsafe: closeNow,
     write,
     send,
     sendError,

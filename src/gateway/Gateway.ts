@@ -78,7 +78,7 @@ export class Gateway extends Context.Service<
         const wss = new WebSocketServer({ noServer: true, maxPayload: MaxFrameBytes })
         const fibers = yield* FiberSet.make<void>()
         const runFork = yield* FiberSet.runtime(fibers)()
-        let open = 0
+        let running = 0
 
         // Stopping: every session is told to reconnect elsewhere (1001).
         // This starts when the HTTP server starts closing (see attach), since
@@ -132,53 +132,59 @@ export class Gateway extends Context.Service<
           Effect.forkScoped
         )
 
-        const connect = (request: IncomingMessage, socket: Duplex, head: Buffer) =>
-          wss.handleUpgrade(request, socket, head, (ws) => {
-            const address = request.socket.remoteAddress ?? "unknown"
-            const fromAddress = (byAddress.get(address) ?? 0) + 1
-            byAddress.set(address, fromAddress)
-            ws.on("close", () => {
-              const left = (byAddress.get(address) ?? 1) - 1
-              if (left === 0) byAddress.delete(address)
-              else byAddress.set(address, left)
-            })
-            if (fromAddress > limits.maxSocketsPerAddress) {
-              closeSocket(ws, CloseCode.rateLimited, "too many connections from this address")
-              return
-            }
-            const inbound = Effect.runSync(Queue.unbounded<Session.Inbound, Cause.Done>())
-            ws.on("message", (data, isBinary) => {
-              // Whatever follows a close frame is not read.
-              if (ws.readyState !== ws.OPEN) return
-              Queue.offerUnsafe(inbound, isBinary ? { _tag: "Binary" } : { _tag: "Text", text: data.toString() })
-              // A client sending faster than its session keeps up is read no further until it catches up.
-              if (Queue.sizeUnsafe(inbound) >= Session.InboundHighWater) ws.pause()
-            })
-            ws.on("close", () => {
-              Queue.endUnsafe(inbound)
-            })
-            ws.on("error", (error) => {
-              // ws reports protocol violations (oversize frames: 1009) and
-              // socket errors by closing; the close ends the session.
-              runFork(Effect.logDebug("websocket error", error))
-            })
-            open++
-            runFork(
-              Session.run(ws, inbound, services, options).pipe(
-                Effect.scoped,
-                Effect.asVoid,
-                Effect.catchCause((cause) =>
-                  Cause.hasInterruptsOnly(cause) ? Effect.void : Effect.logError("session failed", cause)
-                ),
-                Effect.ensuring(
-                  Effect.sync(() => {
-                    open--
-                    if (ws.readyState === ws.OPEN) closeSocket(ws, CloseCode.normal, "session ended")
-                  })
-                )
+        // A session's listeners close over its socket, queue and address only:
+        // not the upgrade request and its head buffer, which would otherwise
+        // live as long as the connection.
+        const startSession = (ws: WebSocket, address: string) => {
+          const fromAddress = (byAddress.get(address) ?? 0) + 1
+          byAddress.set(address, fromAddress)
+          if (fromAddress > limits.maxSocketsPerAddress) {
+            ws.on("close", () => forgetAddress(address))
+            closeSocket(ws, CloseCode.rateLimited, "too many connections from this address")
+            return
+          }
+          const inbound = Effect.runSync(Queue.unbounded<Session.Inbound, Cause.Done>())
+          ws.on("message", (data, isBinary) => {
+            // Whatever follows a close frame is not read.
+            if (ws.readyState !== ws.OPEN) return
+            Queue.offerUnsafe(inbound, isBinary ? { _tag: "Binary" } : { _tag: "Text", text: data.toString() })
+            // A client sending faster than its session keeps up is read no further until it catches up.
+            if (Queue.sizeUnsafe(inbound) >= Session.InboundHighWater) ws.pause()
+          })
+          ws.on("close", () => {
+            forgetAddress(address)
+            Queue.endUnsafe(inbound)
+          })
+          ws.on("error", logSocketError)
+          running++
+          runFork(
+            Session.run(ws, inbound, services, options).pipe(
+              Effect.scoped,
+              Effect.asVoid,
+              Effect.catchCause((cause) =>
+                Cause.hasInterruptsOnly(cause) ? Effect.void : Effect.logError("session failed", cause)
+              ),
+              Effect.ensuring(
+                Effect.sync(() => {
+                  running--
+                  if (ws.readyState === ws.OPEN) closeSocket(ws, CloseCode.normal, "session ended")
+                })
               )
             )
-          })
+          )
+        }
+        const forgetAddress = (address: string) => {
+          const left = (byAddress.get(address) ?? 1) - 1
+          if (left === 0) byAddress.delete(address)
+          else byAddress.set(address, left)
+        }
+        // ws reports protocol violations (oversize frames: 1009) and socket
+        // errors by closing; the close ends the session.
+        const logSocketError = (error: Error) => runFork(Effect.logDebug("websocket error", error))
+        const connect = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
+          const address = request.socket.remoteAddress ?? "unknown"
+          wss.handleUpgrade(request, socket, head, (ws) => startSession(ws, address))
+        }
 
         return Gateway.of({
           attach: (server) => {
@@ -198,7 +204,7 @@ export class Gateway extends Context.Service<
             }) as Server["emit"]
             return server
           },
-          sessions: () => open
+          sessions: () => running
         })
       })
     )

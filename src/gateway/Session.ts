@@ -10,20 +10,7 @@
  * Kafka and the actor. Each live message written to the socket is a span
  * (`Session.write`) under its delivery on this node.
  */
-import {
-  Cause,
-  Clock,
-  Deferred,
-  Duration,
-  Effect,
-  Fiber,
-  FiberHandle,
-  Metric,
-  Option,
-  Queue,
-  Schema,
-  Semaphore
-} from "effect"
+import { Cause, Clock, Duration, Effect, Metric, Option, Queue, Schema, Semaphore } from "effect"
 import { randomUUID } from "node:crypto"
 import type { WebSocket } from "ws"
 import { markRead, memberRole } from "../messages/ChatRules.ts"
@@ -102,7 +89,18 @@ export interface SessionServices {
 /** What the gateway feeds a session: text frames, or a protocol violation it already saw. */
 export type Inbound = { readonly _tag: "Text"; readonly text: string } | { readonly _tag: "Binary" }
 
-/** Runs a session until the socket closes or the session closes it. */
+/** Node's timers take at most this many milliseconds (~24.8 days); a later expiry is waited for in steps. */
+const MaxTimerDelay = 2 ** 31 - 1
+
+/**
+ * Runs a session until the socket closes or the session closes it.
+ *
+ * A session is one fiber, whatever it follows: it reads its frames itself,
+ * its token's expiry is a timer, live delivery runs in the chat feeds'
+ * listeners, and only a `send` waiting for the log has a fiber of its own.
+ * Closing the socket interrupts the session (its finalizers end its
+ * subscriptions and presence) without waiting for the close handshake.
+ */
 export const run = Effect.fnUntraced(function* (
   socket: WebSocket,
   inbound: Queue.Dequeue<Inbound, Cause.Done>,
@@ -113,7 +111,10 @@ export const run = Effect.fnUntraced(function* (
   yield* Metric.modify(sessionsOpen, 1)
   yield* Effect.addFinalizer(() => Metric.modify(sessionsOpen, -1))
   const sessionScope = yield* Effect.scope
-  const connection = yield* Connection.make(socket, sessionId, options.maxBufferedBytes)
+  const self = yield* Effect.fiber
+  const connection = yield* Connection.make(socket, sessionId, options.maxBufferedBytes, () =>
+    self.interruptUnsafe(self.id)
+  )
   const { close, send, sendApiError, sendError } = connection
   const withRef = Connection.withRef
   /** Frames refused over a limit since the last one that was not (sends: since the last accepted). */
@@ -157,13 +158,19 @@ export const run = Effect.fnUntraced(function* (
     })
 
   // The access token's expiry ends the session; re-authenticating starts the wait again.
-  const expiry = yield* FiberHandle.make<void>()
+  const clock = yield* Clock.Clock
+  let expiry: ReturnType<typeof setTimeout> | undefined
   const expireAt = (expiresAt: number) =>
-    Clock.currentTimeMillis.pipe(
-      Effect.flatMap((now) => Effect.sleep(Duration.millis(Math.max(0, expiresAt - now)))),
-      Effect.andThen(close(CloseCode.unauthorized, "token expired")),
-      FiberHandle.run(expiry)
-    )
+    Effect.sync(() => {
+      clearTimeout(expiry)
+      const wait = () => {
+        const left = expiresAt - clock.currentTimeMillisUnsafe()
+        if (left > 0) expiry = setTimeout(wait, Math.min(left, MaxTimerDelay))
+        else connection.closeUnsafe(CloseCode.unauthorized, "token expired")
+      }
+      wait()
+    })
+  yield* Effect.addFinalizer(() => Effect.sync(() => clearTimeout(expiry)))
   yield* expireAt(authenticated.value.expiresAt)
   yield* send(withRef({ type: "ready", userId: user.id, sessionId }, authFrame.value.ref))
 
@@ -314,24 +321,21 @@ export const run = Effect.fnUntraced(function* (
       // A send answers later, on its own fiber; any other frame has been answered.
       if (frame.success.type !== "send" && rateLimitedInARow === refusedBefore) rateLimitedInARow = 0
     })
-  const loop = Queue.take(inbound).pipe(
-    Effect.flatMap((input) => {
-      const traced = tracing()
-      return !traced
-        ? onInput(input, false)
-        : onInput(input, true).pipe(
-            Effect.withSpan(
-              "Session.frame",
-              { kind: "server", root: true, attributes: { "harmony.session.id": sessionId } },
-              noStackTrace
-            )
+  while (connection.closed() === undefined) {
+    // Done: the socket closed.
+    const input = yield* Effect.option(Queue.take(inbound))
+    if (input._tag === "None") return
+    const traced = tracing()
+    yield* !traced
+      ? onInput(input.value, false)
+      : onInput(input.value, true).pipe(
+          Effect.withSpan(
+            "Session.frame",
+            { kind: "server", root: true, attributes: { "harmony.session.id": sessionId } },
+            noStackTrace
           )
-    }),
-    Effect.forever,
-    Effect.catchIf(Cause.isDone, () => Effect.void)
-  )
-  const reader = yield* Effect.forkIn(loop, sessionScope)
-  yield* Effect.raceFirst(Fiber.await(reader), Deferred.await(connection.closed))
+        )
+  }
 })
 
 /** The `ref` of a frame that failed to decode, so its error can still answer it. */

@@ -4,7 +4,7 @@
  * `sinceSeq` on subscribe, live delivery from the chat's feed, and gaps in
  * the live stream filled from history.
  */
-import { Clock, Duration, Effect, Exit, Option, Schedule, Scope } from "effect"
+import { Clock, Duration, Effect, Fiber, Option, Schedule } from "effect"
 import type { CacheError } from "../ports/Cache.ts"
 import { memberRole } from "../messages/ChatRules.ts"
 import { Everyone, type FanoutItem, messageFrame } from "../messages/Fanout.ts"
@@ -34,11 +34,27 @@ export interface Subscriptions {
   readonly unsubscribe: (chatId: ChatId) => Effect.Effect<void>
 }
 
+/**
+ * One chat a session follows. An idle subscription is this object, its
+ * listener in the chat's feed and two closures: no fiber, no scope. A gap
+ * being filled from history has a fiber and a buffer, only while it lasts.
+ */
 interface Subscription {
-  readonly scope: Scope.Closeable
   lastDelivered: number
-  /** Set the moment a removal or deletion is written: nothing of the chat follows it, even before the scope closes. */
+  /** Set the moment it ends (unsubscribed, or a removal or deletion written): nothing of the chat follows. */
   ended: boolean
+  /** Takes the listener out of the chat's feed, once it is in. */
+  removeListener: Effect.Effect<void> | undefined
+  /** The gap being filled from history, and the live items held until it is. */
+  fill: { fiber: Fiber.Fiber<unknown> | undefined; readonly waiting: Array<FanoutItem> } | undefined
+}
+
+/** Stops a subscription: its gap fill (if any) and its listener. */
+const stop = (subscription: Subscription): Effect.Effect<void> => {
+  subscription.ended = true
+  const fiber = subscription.fill?.fiber
+  const removeListener = subscription.removeListener ?? Effect.void
+  return fiber === undefined ? removeListener : Effect.andThen(Fiber.interrupt(fiber), removeListener)
 }
 
 /** How often recovery asks the store again while it trails the live stream. */
@@ -67,7 +83,6 @@ export const make = Effect.fnUntraced(function* (
   }
 ) {
   const { recoveryDeadline, maxSubscriptions } = options
-  const sessionScope = yield* Effect.scope
   const runFork = Effect.runForkWith(yield* Effect.context<never>())
   const subscriptions = new Map<ChatId, Subscription>()
 
@@ -76,7 +91,7 @@ export const make = Effect.fnUntraced(function* (
       const subscription = subscriptions.get(chatId)
       if (subscription === undefined) return Effect.void
       subscriptions.delete(chatId)
-      return Scope.close(subscription.scope, Exit.void).pipe(Effect.andThen(services.presence.leave(user.id, chatId)))
+      return stop(subscription).pipe(Effect.andThen(services.presence.leave(user.id, chatId)))
     })
   // However the session ends, its presence in every chat ends with it.
   yield* Effect.addFinalizer(() => Effect.forEach([...subscriptions.keys()], unsubscribe, { discard: true }))
@@ -170,10 +185,14 @@ export const make = Effect.fnUntraced(function* (
       return yield* new RateLimited({ message, retryAfterSeconds: 0 })
     }
     yield* unsubscribe(chatId)
-    const scope = yield* Scope.fork(sessionScope, "sequential")
     // A client that has up to sinceSeq must never get those again (a new
     // owner replaying its partition re-publishes them).
-    const subscription: Subscription = { scope, lastDelivered: sinceSeq ?? 0, ended: false }
+    const subscription: Subscription = {
+      lastDelivered: sinceSeq ?? 0,
+      ended: false,
+      removeListener: undefined,
+      fill: undefined
+    }
     subscriptions.set(chatId, subscription)
     yield* services.presence.join(user.id, chatId)
 
@@ -183,8 +202,6 @@ export const make = Effect.fnUntraced(function* (
     // partition changed hands mid-stream, or the subscription started while
     // the store lagged): the gap is filled from history before going on,
     // and live items wait meanwhile.
-    let filling = false
-    const waiting: Array<FanoutItem> = []
     const fillGap = (upTo: number) => {
       const done = () => subscription.ended || subscription.lastDelivered >= upTo
       const take = (message: Message) => {
@@ -202,9 +219,9 @@ export const make = Effect.fnUntraced(function* (
         Effect.ensuring(
           Effect.sync(() => {
             // Filled or not (the client can still resubscribe with sinceSeq), live delivery resumes.
-            filling = false
-            const held = waiting.splice(0)
-            if (subscriptions.get(chatId) === subscription) for (const item of held) deliver(item)
+            const held = subscription.fill?.waiting ?? []
+            subscription.fill = undefined
+            for (const item of held) deliver(item)
           })
         )
       )
@@ -212,16 +229,17 @@ export const make = Effect.fnUntraced(function* (
     const deliver = (item: FanoutItem): void => {
       if (subscription.ended) return
       if (item.seq > 0) {
-        if (filling) {
-          waiting.push(item)
+        if (subscription.fill !== undefined) {
+          subscription.fill.waiting.push(item)
           return
         }
         if (item.seq <= subscription.lastDelivered) return
         if (item.seq > subscription.lastDelivered + 1 && subscription.lastDelivered > 0) {
-          filling = true
-          waiting.push(item)
-          // In the subscription's scope: unsubscribing stops the fill.
-          runFork(Effect.forkIn(fillGap(item.seq - 1), scope))
+          const fill: NonNullable<Subscription["fill"]> = { fiber: undefined, waiting: [item] }
+          subscription.fill = fill
+          // Unsubscribing (or the session ending) interrupts the fill.
+          const fiber = runFork(fillGap(item.seq - 1))
+          if (subscription.fill === fill) fill.fiber = fiber
           return
         }
         subscription.lastDelivered = item.seq
@@ -240,16 +258,13 @@ export const make = Effect.fnUntraced(function* (
     }
     // Live first, buffered until recovery is done, so nothing published
     // meanwhile is missed.
-    const pendingLive: Array<FanoutItem> = []
-    let recovering = true
-    const removeListener = yield* services.feeds.listen(chatId, (items) => {
-      if (recovering) {
-        pendingLive.push(...items)
-        return
-      }
-      for (const item of items) deliver(item)
+    let pendingLive: Array<FanoutItem> | undefined = []
+    subscription.removeListener = yield* services.feeds.listen(chatId, (items) => {
+      if (pendingLive !== undefined) pendingLive.push(...items)
+      else for (const item of items) deliver(item)
     })
-    yield* Scope.addFinalizer(scope, removeListener)
+    // Unsubscribed meanwhile: the listener goes at once.
+    if (subscriptions.get(chatId) !== subscription) yield* subscription.removeListener
 
     // Unknown when the store cannot be read: then the seqs alone decide.
     const epoch = Option.getOrUndefined(yield* Effect.option(services.history.epoch(chatId)))
@@ -278,9 +293,9 @@ export const make = Effect.fnUntraced(function* (
     // What the client has is not this chat's history: it goes on from the real lastSeq.
     if (recovery.reset) subscription.lastDelivered = recovery.lastSeq
     yield* connection.send({ type: "presence", chatId, online: yield* services.presence.online(chatId) })
-    for (const item of pendingLive) deliver(item)
-    pendingLive.length = 0
-    recovering = false
+    const held = pendingLive
+    pendingLive = undefined
+    for (const item of held) deliver(item)
   })
 
   return { subscribe, unsubscribe } satisfies Subscriptions as Subscriptions

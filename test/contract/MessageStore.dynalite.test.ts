@@ -7,6 +7,7 @@
  */
 import { mkdtemp, rm } from "node:fs/promises"
 import { createServer, type IncomingMessage } from "node:http"
+import { createRequire } from "node:module"
 import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -57,6 +58,26 @@ const rawPutItem = (endpoint: string, table: string, item: Record<string, unknow
     })
     if (!response.ok) throw new Error(`raw PutItem: ${response.status} ${await response.text()}`)
   })
+
+/** The iterators dynalite's LevelDB holds open, counted where abstract-level attaches and detaches them. */
+const openIterators = (() => {
+  const require = createRequire(createRequire(import.meta.url).resolve("dynalite"))
+  const fromClassic = createRequire(createRequire(require.resolve("level")).resolve("classic-level"))
+  const { AbstractLevel } = fromClassic("abstract-level") as {
+    AbstractLevel: { prototype: { attachResource(resource: unknown): void; detachResource(resource: unknown): void } }
+  }
+  const { attachResource, detachResource } = AbstractLevel.prototype
+  let open = 0
+  AbstractLevel.prototype.attachResource = function (resource) {
+    open++
+    return attachResource.call(this, resource)
+  }
+  AbstractLevel.prototype.detachResource = function (resource) {
+    open--
+    return detachResource.call(this, resource)
+  }
+  return () => open
+})()
 
 const adapterTable = uniqueName("adapter")
 const adapterLayer = Layer.unwrap(
@@ -110,6 +131,25 @@ layer(adapterLayer, { excludeTestServices: true })("DynamoMessageStore on dynali
       const error = yield* Effect.flip(store.latest(chatId, 10))
       assert.instanceOf(error, MessageStoreError)
       assert.include(error.message, "seq")
+    })
+  )
+
+  it.effect("reads close their LevelDB iterators, also those a Limit stops short", () =>
+    Effect.gen(function* () {
+      const store = yield* MessageStore
+      const chatId = ChatId.make(uniqueName("chat"))
+      yield* store.putBatch(messages(chatId, 5))
+      const before = openIterators()
+      for (let i = 0; i < 20; i++) {
+        assert.strictEqual((yield* store.latest(chatId, 1)).length, 1)
+        assert.strictEqual((yield* store.page(chatId, { limit: 10 })).length, 5)
+      }
+      // Closing is asynchronous: wait for it, with a generous deadline.
+      const closed = yield* Effect.sleep("20 millis").pipe(
+        Effect.repeat({ until: () => openIterators() <= before }),
+        Effect.timeoutOption("10 seconds")
+      )
+      assert.isTrue(closed._tag === "Some", `${openIterators() - before} iterators still open after 40 reads`)
     })
   )
 

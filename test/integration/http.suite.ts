@@ -997,7 +997,7 @@ export const httpSuite = (mode: "embedded" | "cluster") => {
         )
       })
 
-      it("GET /metrics answers 200 Prometheus text; GET /docs a page", async () => {
+      it("GET /metrics answers 200 Prometheus text; GET /docs a page and its script", async () => {
         const metrics = await http.get("/metrics")
         expectStatus(metrics, 200)
         expect(metrics.headers.get("content-type") ?? "").toMatch(/^text\/plain/)
@@ -1005,6 +1005,11 @@ export const httpSuite = (mode: "embedded" | "cluster") => {
         const docs = await http.get("/docs")
         expectStatus(docs, 200)
         expect(docs.headers.get("content-type") ?? "").toMatch(/^text\/html/)
+        // Scalar's script, read from effect's package when asked for.
+        const script = await http.get("/docs/scalar.js")
+        expectStatus(script, 200)
+        expect(script.headers.get("content-type") ?? "").toMatch(/^text\/javascript/)
+        expect(String(script.body)).toContain("createApiReference")
       })
     })
 

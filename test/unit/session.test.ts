@@ -124,6 +124,80 @@ describe("Session live delivery", () => {
       assert.deepStrictEqual(types, ["ready", "subscribed", "presence", "message 2", "member_removed", "pong"])
     }).pipe(Effect.scoped, Effect.provide(live))
   )
+
+  it.live("a gap in the live stream is filled from history before what follows it, then live goes on", () =>
+    Effect.gen(function* () {
+      const user = new User({ id: UserId.make(crypto.randomUUID()), username: "member", displayName: "member" })
+      const chatId = crypto.randomUUID() as ChatId
+      const stored = (seq: number) =>
+        new Message({
+          id: MessageId.make(`message-${seq}`),
+          chatId,
+          seq,
+          authorId: UserId.make("author"),
+          body: `message ${seq}`,
+          clientMsgId: `client-${seq}`,
+          createdAt: new Date().toISOString()
+        })
+      let reads = 0
+      const services: Session.SessionServices = {
+        accounts: standIn<Accounts["Service"]>("accounts", {
+          authenticateSession: () => Effect.succeed({ user, expiresAt: Date.now() + 3_600_000, familyId: undefined })
+        }),
+        membership: standIn<Membership["Service"]>("membership", {
+          roleOf: () => Effect.succeed(Option.some("member" as const))
+        }),
+        history: standIn<History["Service"]>("history", {
+          lastSeq: () => Effect.succeed(1),
+          epoch: () => Effect.succeed("epoch-1"),
+          // The store has 3 only on the second read: the fill asks again.
+          since: (_chatId, sinceSeq, untilSeq) =>
+            Effect.sync(() => {
+              reads++
+              const have = reads === 1 ? [2] : [2, 3, 4]
+              return have.filter((seq) => seq > sinceSeq && seq <= (untilSeq ?? 9)).map(stored)
+            })
+        }),
+        chats: standIn<Chats["Service"]>("chats"),
+        ingest: standIn<Ingest["Service"]>("ingest"),
+        fanout: yield* Fanout,
+        feeds: yield* ChatFeeds,
+        presence: yield* PresenceTracker,
+        register: () => () => {}
+      }
+      const { sent, socket } = recordingSocket()
+      const inbound = yield* Queue.unbounded<Session.Inbound, Cause.Done>()
+      yield* Session.run(socket, inbound, services, Session.defaultSessionOptions).pipe(
+        Effect.scoped,
+        Effect.forkScoped
+      )
+      const frame = (value: object) => Queue.offer(inbound, { _tag: "Text", text: JSON.stringify(value) })
+      yield* frame({ type: "auth", token: "token" })
+      yield* frame({ type: "subscribe", chatId, sinceSeq: 1 })
+      yield* awaitFrame(sent, "presence")
+
+      const pubsub = yield* PubSub
+      const publish = (seq: number) =>
+        pubsub.publish(channelOf(chatId), encodeItem({ seq, frame: messageFrame(stored(seq)) }))
+      // 2 live; 3 and 4 never reach this node; 5 and 6 arrive while the gap is filled.
+      yield* publish(2)
+      yield* publish(5)
+      yield* publish(6)
+      yield* Effect.gen(function* () {
+        while (sent.filter((f) => f.type === "message").length < 5) yield* Effect.sleep("5 millis")
+      }).pipe(Effect.timeout("10 seconds"))
+      yield* publish(7)
+      yield* frame({ type: "ping", ref: "last" })
+      yield* awaitFrame(sent, "pong")
+      yield* Effect.gen(function* () {
+        while (sent.filter((f) => f.type === "message").length < 6) yield* Effect.sleep("5 millis")
+      }).pipe(Effect.timeout("5 seconds"))
+
+      const seqs = sent.filter((f) => f.type === "message").map((f) => (f.message as Message).seq)
+      assert.deepStrictEqual(seqs, [2, 3, 4, 5, 6, 7])
+      assert.isAtLeast(reads, 2)
+    }).pipe(Effect.scoped, Effect.provide(live))
+  )
 })
 
 const awaitFrame = (sent: ReadonlyArray<{ readonly type: string }>, type: string) =>

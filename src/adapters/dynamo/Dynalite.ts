@@ -26,7 +26,28 @@ interface LevelDb {
 const requireCjs = createRequire(import.meta.url)
 const dynalite = requireCjs("dynalite") as (options: DynaliteOptions) => Server
 // The `level` dynalite itself resolves, so the probe below opens the store exactly as it will.
-const { Level } = createRequire(requireCjs.resolve("dynalite"))("level") as { Level: new (path: string) => LevelDb }
+const requireFromDynalite = createRequire(requireCjs.resolve("dynalite"))
+const { Level } = requireFromDynalite("level") as { Level: new (path: string) => LevelDb }
+
+/**
+ * dynalite reads LevelDB through streams that end (or stop at a query's
+ * Limit) by calling `iterator.return()`, which abstract-level 3's iterators
+ * do not have: every Query's iterator (a native LevelDB iterator holding a
+ * snapshot) stayed open until the store closed — one more per
+ * `History.lastSeq`, i.e. per subscribe. Closing is what `return` means for
+ * an iterator, so they get one.
+ */
+const iteratorBase = (): { prototype: { close(): Promise<void>; return?: () => Promise<void> } } => {
+  const fromLevel = createRequire(requireFromDynalite.resolve("level"))
+  const fromClassic = createRequire(fromLevel.resolve("classic-level"))
+  const { AbstractIterator } = fromClassic("abstract-level") as { AbstractIterator: { prototype: object } }
+  // The class all three iterator kinds (entries, keys, values) extend.
+  return { prototype: Object.getPrototypeOf(AbstractIterator.prototype) }
+}
+const { prototype: iterators } = iteratorBase()
+iterators.return ??= function (this: { close(): Promise<void> }) {
+  return this.close()
+}
 
 export class DynaliteError extends Schema.TaggedError<DynaliteError>()("DynaliteError", {
   message: Schema.String,
