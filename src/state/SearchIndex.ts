@@ -196,7 +196,7 @@ export class SearchIndex extends Context.Service<
           SELECT chat_id, seq, message_id, author_id, created_at, rank::text AS rank,
                  ts_headline('simple', translate(body, ${Start + Stop}, ''), (SELECT query FROM q),
                    'StartSel=' || chr(2) || ', StopSel=' || chr(3) ||
-                   ', MaxWords=24, MinWords=8, MaxFragments=2, FragmentDelimiter=" … "') AS snippet
+                   ', MaxWords=24, MinWords=8, ShortWord=0, MaxFragments=2, FragmentDelimiter=" … "') AS snippet
           FROM page ORDER BY rank DESC, chat_id, seq DESC`
         const more = found.length > query.limit
         const hits = found.slice(0, query.limit).map(
