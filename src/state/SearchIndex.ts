@@ -48,6 +48,9 @@ export type IndexedMessage = Pick<Message, "chatId" | "seq" | "id" | "authorId" 
   readonly body: string | null
 }
 
+/** A body up to this many characters is its own snippet; a longer one gives fragments around the matches. */
+const WholeBody = 200
+
 // The snippet's match markers; removed from bodies before highlighting, so they cannot be forged.
 const Start = "\u0002"
 const Stop = "\u0003"
@@ -195,8 +198,10 @@ export class SearchIndex extends Context.Service<
           )
           SELECT chat_id, seq, message_id, author_id, created_at, rank::text AS rank,
                  ts_headline('simple', translate(body, ${Start + Stop}, ''), (SELECT query FROM q),
-                   'StartSel=' || chr(2) || ', StopSel=' || chr(3) ||
-                   ', MaxWords=24, MinWords=8, ShortWord=0, MaxFragments=2, FragmentDelimiter=" … "') AS snippet
+                   'StartSel=' || chr(2) || ', StopSel=' || chr(3) || CASE WHEN length(body) <= ${WholeBody}
+                     THEN ', HighlightAll=true'
+                     ELSE ', MaxWords=24, MinWords=8, ShortWord=0, MaxFragments=2, FragmentDelimiter=" … "' END
+                 ) AS snippet
           FROM page ORDER BY rank DESC, chat_id, seq DESC`
         const more = found.length > query.limit
         const hits = found.slice(0, query.limit).map(
