@@ -7,7 +7,7 @@
  * ratios to the baselines. Results also go to bench/results/latest.{json,md}.
  *
  *   npm run bench -- [--mode cluster|embedded|both] [--baselines ws,socketio|none]
- *                    [--scenario latency|throughput|all|connections] [--rate 1000] [--chats 100] [--members 10]
+ *                    [--scenario latency|throughput|all|connections|search] [--rate 1000] [--chats 100] [--members 10]
  *                    [--duration 60] [--latency-duration 30] [--warmup 5] [--window 1]
  *                    [--body 100] [--quick] [--profile] [--kafka own|shared] [--server-dir DIR]
  *                    [--otel off|down|up|compare|LIST] [--otel-endpoint URL]
@@ -16,6 +16,10 @@
  * [--connect-concurrency 100] [--heap-snapshots] measures start-up, idle RSS and RSS per idle
  * connection, Harmony embedded beside raw `ws` (bench/connections.ts; its own
  * run, not combined with the other scenarios; cluster mode is not measured).
+ *
+ * --scenario search [--search-messages 1000000] [--search-seconds 30] [--search-concurrency 4]
+ * [--mode cluster|embedded|both] measures full-text search: queries/s and p99 over a seeded history,
+ * with the index's size on disk (bench/search.ts; its own run; cluster = Postgres, embedded = PGlite).
  *
  * --kafka own (default) starts a private Kafka broker for the cluster run (the
  * shared one's `actors` consumer group is joined by every Harmony node that
@@ -73,6 +77,7 @@ import {
 } from "./children.ts"
 import { checkOpenFileLimit, renderConnections, runConnections } from "./connections.ts"
 import { summarize } from "./profile.ts"
+import { renderSearch, runSearchBench, type SearchBenchResult } from "./search.ts"
 import { type RunInfo, render } from "./report.ts"
 
 // --- options ---------------------------------------------------------------------------------------
@@ -90,6 +95,9 @@ const { values: flags } = parseArgs({
     window: { type: "string" },
     body: { type: "string" },
     connections: { type: "string" },
+    "search-messages": { type: "string" },
+    "search-seconds": { type: "string" },
+    "search-concurrency": { type: "string" },
     starts: { type: "string" },
     settle: { type: "string" },
     "connect-concurrency": { type: "string" },
@@ -143,13 +151,14 @@ for (const name of baselines) {
   if (name !== "ws" && name !== "socketio") throw new Error(`bench: unknown baseline ${name} (ws, socketio or none)`)
 }
 const connectionsScenario = flags.scenario === "connections"
+const searchScenario = flags.scenario === "search"
 const scenarios: Array<ScenarioName> =
-  flags.scenario === "all" || connectionsScenario
+  flags.scenario === "all" || connectionsScenario || searchScenario
     ? ["latency", "throughput"]
     : flags.scenario === "latency" || flags.scenario === "throughput"
       ? [flags.scenario]
       : []
-if (scenarios.length === 0) throw new Error("bench: --scenario must be latency, throughput, all or connections")
+if (scenarios.length === 0) throw new Error("bench: --scenario must be latency, throughput, all, connections or search")
 if (flags.kafka !== "own" && flags.kafka !== "shared") throw new Error("bench: --kafka must be own or shared")
 const otelVariants: Array<OtelVariant> = (flags.otel === "compare" ? "off,down" : flags.otel)
   .split(",")
@@ -630,9 +639,49 @@ const connectionsMain = async () => {
   writeFileSync(join(resultsDir, "latest-connections.md"), `${report}\n`)
 }
 
+const searchMain = async () => {
+  const startedAt = new Date().toISOString()
+  const command = `npm run bench -- ${process.argv.slice(2).join(" ")}`
+  const machine = `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${execFileSync(nodeBin, ["--version"], { encoding: "utf8" }).trim()}, load average at start ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")}`
+  out(`bench: ${command}`)
+  out(`bench: ${machine}`)
+  const messages = int(flags["search-messages"], "BENCH_SEARCH_MESSAGES", quick ? 100_000 : 1_000_000)
+  const results: Array<SearchBenchResult> = []
+  for (const mode of modes) {
+    results.push(
+      await runSearchBench({
+        target: mode === "cluster" ? "postgres" : "pglite",
+        databaseUrl: process.env.DATABASE_URL,
+        messages,
+        chats: 2_000,
+        users: 2_000,
+        memberships: 20,
+        batch: 1_000,
+        seconds: int(flags["search-seconds"], "BENCH_SEARCH_SECONDS", quick ? 10 : 30),
+        concurrency: int(flags["search-concurrency"], "BENCH_SEARCH_CONCURRENCY", 4),
+        out
+      })
+    )
+  }
+  const report = renderSearch(results, [
+    `## search scenario, ${startedAt}`,
+    "",
+    `- command: \`${command}\``,
+    `- machine: ${machine}`,
+    `- ${messages.toLocaleString("en")} messages in 2,000 chats; 2,000 users, each a member of 20 chats; queries of one or two Zipf-drawn words, pages of 20`
+  ])
+  out(`\n${report}\n`)
+  writeFileSync(
+    join(resultsDir, `${runStamp}-search.json`),
+    `${JSON.stringify({ startedAt, command, machine, results }, null, 2)}\n`
+  )
+  writeFileSync(join(resultsDir, "latest-search.md"), `${report}\n`)
+}
+
 const main = async () => {
   mkdirSync(resultsDir, { recursive: true })
   if (connectionsScenario) return connectionsMain()
+  if (searchScenario) return searchMain()
   const targets: Array<Target> = [
     ...modes.flatMap((mode) => otelVariants.map((variant) => harmonyTarget(mode, variant))),
     ...baselines.map((name) => baselineTarget(name as "ws" | "socketio"))

@@ -38,6 +38,8 @@ import { Accounts } from "./state/Accounts.ts"
 import { Chats } from "./state/Chats.ts"
 import { Membership } from "./state/Membership.ts"
 import { RateLimits } from "./state/RateLimits.ts"
+import { SearchIndex } from "./state/SearchIndex.ts"
+import * as SearchIndexer from "./messages/SearchIndexer.ts"
 import { Outbox } from "./state/Outbox.ts"
 import { Tokens } from "./state/Tokens.ts"
 import { ChatFeeds } from "./gateway/ChatFeeds.ts"
@@ -141,11 +143,12 @@ const stateLayer = (config: HarmonyConfig) =>
         accessTokenTtl: config.accessTokenTtl,
         refreshTokenTtl: config.refreshTokenTtl
       })
-      return Layer.mergeAll(Accounts.layer, Membership.layer, RateLimits.layer(config.rateLimits)).pipe(
-        Layer.provideMerge(Chats.layer),
-        Layer.provideMerge(Outbox.layer),
-        Layer.provide(tokens)
-      )
+      return Layer.mergeAll(
+        Accounts.layer,
+        Membership.layer,
+        RateLimits.layer(config.rateLimits),
+        SearchIndex.layer
+      ).pipe(Layer.provideMerge(Chats.layer), Layer.provideMerge(Outbox.layer), Layer.provide(tokens))
     })
   )
 
@@ -158,7 +161,8 @@ const pathsLayer = (config: HarmonyConfig) =>
       pollInterval: config.mode._tag === "Cluster" ? Duration.seconds(1) : Duration.millis(100),
       batchSize: 500
     }),
-    EventConsumers.layer
+    EventConsumers.layer,
+    SearchIndexer.layer({ partitions: config.kafkaPartitions })
   ).pipe(
     Layer.provideMerge(Layer.mergeAll(Ingest.layerWith({ sendTimeout: config.sendTimeout }), History.layer)),
     Layer.provideMerge(Layer.mergeAll(PresenceTracker.layer({ ttl: config.presenceTtl }), ChatFeeds.layer)),

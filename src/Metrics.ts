@@ -39,6 +39,14 @@ export const consumerLag = Metric.gauge("harmony_consumer_lag_records", {
   description:
     "Records of a claimed partition past the consumer's processed position (the log end offset minus the committable offset), by group, topic and partition"
 })
+export const searchIndexLag = Metric.gauge("harmony_search_index_lag_seconds", {
+  description:
+    "Age of the oldest message the search indexer has received and not yet indexed (0 when caught up): how long a new message may be unsearchable"
+})
+export const searchIndexed = Metric.counter("harmony_search_indexed_messages_total", {
+  description: "Messages the search indexer read from the store and added to the search index",
+  incremental: true
+})
 export const actorsActive = Metric.gauge("harmony_actors_active", { description: "Chat actors active on this node" })
 export const actorMailboxDepth = Metric.gauge("harmony_actor_mailbox_depth", {
   description: "Records waiting in the mailboxes of this node's chat actors, all actors together"

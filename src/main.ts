@@ -1,7 +1,8 @@
 /**
  * The `harmony` binary: `harmony serve` runs every role of a node (embedded
  * when no service URLs are configured); `harmony migrate` applies the state
- * schema and exits. Configuration comes from the environment (docs: README).
+ * schema and exits; `harmony reindex` rebuilds the search index from the
+ * message store and exits. Configuration comes from the environment (docs: README).
  */
 // Subpaths, not the package index: the index loads every module of
 // platform-node, its Redis client's 650 modules among them.
@@ -12,6 +13,8 @@ import { Command } from "effect/cli"
 import * as App from "./App.ts"
 import * as Config from "./Config.ts"
 import * as Observability from "./Observability.ts"
+import * as SearchIndexer from "./messages/SearchIndexer.ts"
+import { SearchIndex } from "./state/SearchIndex.ts"
 
 const describeMode = (config: Config.HarmonyConfig) =>
   config.mode._tag === "Embedded"
@@ -43,9 +46,24 @@ const migrate = Command.make(
   }, Effect.scoped)
 ).pipe(Command.withDescription("Apply the state schema migrations and exit"))
 
+const reindex = Command.make(
+  "reindex",
+  {},
+  Effect.fn(function* () {
+    const config = yield* Config.load
+    yield* App.lockDataDir(config)
+    yield* Effect.logInfo(`rebuilding the search index from the message store in ${describeMode(config)}`)
+    const { chats, messages } = yield* SearchIndexer.reindex().pipe(
+      Effect.provide(SearchIndex.layer.pipe(Layer.provideMerge(App.sqlLayer(config)))),
+      Effect.provide(App.messageStoreLayer(config))
+    )
+    yield* Console.log(`reindex: done, ${messages} messages of ${chats} chats indexed`)
+  }, Effect.scoped)
+).pipe(Command.withDescription("Rebuild the search index from the message store and exit"))
+
 const harmony = Command.make("harmony").pipe(
   Command.withDescription("Harmony, a real-time chat engine"),
-  Command.withSubcommands([serve, migrate])
+  Command.withSubcommands([serve, migrate, reindex])
 )
 
 harmony.pipe(

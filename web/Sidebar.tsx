@@ -3,6 +3,7 @@ import { useEffect, useState } from "preact/hooks"
 import type { User } from "../src/client/index.ts"
 import { errorText, useStore } from "./hooks.ts"
 import type { ChatKind, Store } from "./store.ts"
+import { MessageSearch } from "./MessageSearch.tsx"
 import { UserSearch } from "./UserSearch.tsx"
 
 export function Sidebar({ store }: { store: Store }) {
@@ -16,6 +17,7 @@ export function Sidebar({ store }: { store: Store }) {
           New chat
         </button>
       </div>
+      <MessageSearch store={store} />
       <ul class="chat-list" data-testid="chat-list">
         {!store.chatsLoaded && <li class="muted pad">Loading…</li>}
         {store.sortedChats().map((entry) => {

@@ -41,6 +41,7 @@ export const promiseFacade = (
     addMembers: (chatId, userIds) => run(effect.addMembers(chatId, userIds)),
     removeMember: (chatId, userId) => run(effect.removeMember(chatId, userId)),
     history: (chatId, page) => run(effect.history(chatId, page)),
+    search: (query) => run(effect.search(query)),
     markRead: (chatId, seq) => run(effect.markRead(chatId, seq)),
     readPositions: (chatId) => run(effect.readPositions(chatId)),
     connect: () => run(effect.connect()),

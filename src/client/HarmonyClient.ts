@@ -256,6 +256,12 @@ export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffec
             })
           )
         ),
+    search: ({ chatId, ...rest }) =>
+      auth
+        .authed((api) =>
+          api.search.search({ query: chatId === undefined ? rest : { ...rest, chatId: asChatId(chatId) } })
+        )
+        .pipe(Effect.map((answer) => ({ hits: answer.hits, next: answer.nextBefore }))),
     // Over HTTP only: the server stores the position and itself tells the other
     // members' sessions (a `read` frame), so a socket frame too would tell them twice.
     markRead: (chatId, seq) =>

@@ -3,7 +3,7 @@
  * Promises (`HarmonyClient`) and as Effects (`HarmonyClientEffect`).
  */
 import type { Effect } from "effect"
-import type { Chat, ChatSummary, Message, ReadPosition, Session, User } from "../schema/Domain.ts"
+import type { Chat, ChatSummary, Message, ReadPosition, SearchHit, Session, User } from "../schema/Domain.ts"
 import type { HarmonyError } from "./HarmonyError.ts"
 
 /**
@@ -49,6 +49,24 @@ export interface HistoryPage {
   readonly messages: ReadonlyArray<Message>
   /** The cursor for the next page the same way (`before` or `after`), or null at the end. */
   readonly next: number | null
+}
+
+export interface SearchQuery {
+  /** Words, "quoted phrases", `or`, `-word` (1 to 200 characters). */
+  readonly q: string
+  /** Only this chat's messages. */
+  readonly chatId?: string
+  /** The previous page's `next`. */
+  readonly before?: string
+  /** Hits per page, 1 to 50 (default 20). */
+  readonly limit?: number
+}
+
+export interface SearchPage {
+  /** Best first; only from chats the caller is a member of. */
+  readonly hits: ReadonlyArray<SearchHit>
+  /** Pass as `before` for the next page; null on the last one. */
+  readonly next: string | null
 }
 
 export interface ClientEvents {
@@ -120,6 +138,8 @@ export interface HarmonyClientEffect {
   addMembers(chatId: string, userIds: ReadonlyArray<string>): Effect.Effect<Chat, HarmonyError>
   removeMember(chatId: string, userId: string): Effect.Effect<void, HarmonyError>
   history(chatId: string, page: HistoryQuery): Effect.Effect<HistoryPage, HarmonyError>
+  /** Full-text search over the messages of the caller's chats (`GET /v1/search`). */
+  search(query: SearchQuery): Effect.Effect<SearchPage, HarmonyError>
   markRead(chatId: string, seq: number): Effect.Effect<void, HarmonyError>
   /** Every member's read position (read receipts that survive a reload; live ones arrive as `read` events). */
   readPositions(chatId: string): Effect.Effect<ReadonlyArray<ReadPosition>, HarmonyError>
@@ -154,6 +174,8 @@ export interface HarmonyClient {
   addMembers(chatId: string, userIds: ReadonlyArray<string>): Promise<Chat>
   removeMember(chatId: string, userId: string): Promise<void>
   history(chatId: string, page: HistoryQuery): Promise<HistoryPage>
+  /** Full-text search over the messages of the caller's chats, best first (`GET /v1/search`). */
+  search(query: SearchQuery): Promise<SearchPage>
   /** HTTP `POST /read`: stores the position; the server sends the other members a `read` frame. */
   markRead(chatId: string, seq: number): Promise<void>
   /** Every member's read position (read receipts that survive a reload; live ones arrive as `read` events). */

@@ -16,10 +16,12 @@ export type {
   HistoryQuery,
   LoginInput,
   RegisterInput,
+  SearchPage,
+  SearchQuery,
   Status,
   StoredSession,
   SubscribeOptions,
   SubscribeResult
 } from "./Types.ts"
-export { Chat, ChatSummary, Member, Message, ReadPosition, Role, Session, User } from "../schema/Domain.ts"
+export { Chat, ChatSummary, Member, Message, ReadPosition, Role, SearchHit, Session, User } from "../schema/Domain.ts"
 export { ErrorCode } from "../schema/Errors.ts"

@@ -27,6 +27,7 @@ import {
   MessageId,
   Password,
   ReadPosition,
+  SearchHit,
   Seq,
   Session,
   User,
@@ -202,6 +203,48 @@ export class MessagesApi extends HttpApiGroup.make("messages")
   .prefix("/v1/chats")
   .annotateMerge(OpenApi.annotations({ title: "Messages", description: "History, sending, read positions" })) {}
 
+/** The longest search query, in characters (docs/protocol.md "Search"). */
+export const MaxSearchQuery = 200
+/** The most hits on one search page. */
+export const MaxSearchPage = 50
+
+export const SearchQuery = {
+  q: Schema.String.check(
+    Schema.isMinLength(1, { message: `q has 1 to ${MaxSearchQuery} characters` }),
+    Schema.isMaxLength(MaxSearchQuery, { message: `q has 1 to ${MaxSearchQuery} characters` }),
+    isStorableText
+  ),
+  chatId: Schema.optionalKey(ChatId),
+  before: Schema.optionalKey(Schema.String.check(Schema.isMaxLength(400))),
+  limit: Schema.optionalKey(
+    Schema.Int.check(
+      Schema.isBetween({ minimum: 1, maximum: MaxSearchPage }, { message: `limit is 1 to ${MaxSearchPage}` })
+    )
+  )
+}
+export const SearchPage = Schema.Struct({
+  hits: Schema.Array(SearchHit),
+  /** Pass as `before` for the next page; null on the last page. */
+  nextBefore: Schema.NullOr(Schema.String)
+})
+
+export class SearchApi extends HttpApiGroup.make("search")
+  .add(
+    HttpApiEndpoint.get("search", "/v1/search", {
+      query: SearchQuery,
+      success: SearchPage,
+      error: [BadRequestWire, NotFoundWire, RateLimitedWire, UnavailableWire]
+    })
+  )
+  .middleware(Authentication)
+  .annotateMerge(
+    OpenApi.annotations({
+      title: "Search",
+      description:
+        "Full-text search over the messages of the chats the caller is a member of at the moment of the query"
+    })
+  ) {}
+
 export class SystemApi extends HttpApiGroup.make("system")
   .add(
     HttpApiEndpoint.get("healthz", "/healthz", { success: Schema.Struct({ status: Schema.Literal("ok") }) }),
@@ -217,6 +260,7 @@ export class Api extends HttpApi.make("harmony")
   .add(MeApi)
   .add(ChatsApi)
   .add(MessagesApi)
+  .add(SearchApi)
   .add(SystemApi)
   .annotateMerge(
     OpenApi.annotations({

@@ -15,7 +15,8 @@ import { Readiness } from "./Readiness.ts"
 import { Fanout } from "../messages/Fanout.ts"
 import { History } from "../messages/History.ts"
 import { Ingest } from "../messages/Ingest.ts"
-import { markRead } from "../messages/ChatRules.ts"
+import { markRead, memberRole } from "../messages/ChatRules.ts"
+import { SearchIndex } from "../state/SearchIndex.ts"
 
 /** The client's address for per-address limits (the socket peer; no proxy headers are trusted). */
 const addressOf = (request: HttpServerRequest.HttpServerRequest) =>
@@ -160,6 +161,35 @@ const MessagesHandlers = HttpApiBuilder.group(
   })
 )
 
+/** The default search page size (docs/protocol.md "Search"). */
+const DefaultSearchPage = 20
+
+const SearchHandlers = HttpApiBuilder.group(
+  Api,
+  "search",
+  Effect.fn(function* (handlers) {
+    const index = yield* SearchIndex
+    const membership = yield* Membership
+    const limits = yield* RateLimits
+    return handlers.handleAll({
+      // Membership is checked again inside the query itself: hits come only
+      // from chats the caller is a member of when it runs.
+      search: ({ query }) =>
+        Effect.gen(function* () {
+          const user = yield* CurrentUser
+          yield* limits.take("search", user.id)
+          if (query.chatId !== undefined) yield* memberRole(membership, query.chatId, user.id)
+          return yield* index.search(user.id, {
+            q: query.q,
+            chatId: query.chatId,
+            before: query.before,
+            limit: query.limit ?? DefaultSearchPage
+          })
+        })
+    })
+  })
+)
+
 const SystemHandlers = HttpApiBuilder.group(
   Api,
   "system",
@@ -189,5 +219,6 @@ export const HandlersLive = Layer.mergeAll(
   MeHandlers,
   ChatsHandlers,
   MessagesHandlers,
+  SearchHandlers,
   SystemHandlers
 ).pipe(Layer.provide(AuthenticationLive))

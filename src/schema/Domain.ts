@@ -113,3 +113,17 @@ export class Message extends Schema.Class<Message>("harmony/Message")({
   clientMsgId: Schema.String,
   createdAt: Schema.String
 }) {}
+
+/** A search hit (GET /v1/search): where the message is, and a snippet with the matched words' ranges. */
+export const SearchHit = Schema.Struct({
+  chatId: ChatId,
+  seq: Seq,
+  id: MessageId,
+  authorId: UserId,
+  createdAt: Schema.String,
+  /** Part of the body around the matches (fragments joined by " … "), plain text. */
+  snippet: Schema.String,
+  /** [start, end) offsets into `snippet` (UTF-16 code units) of the matched words. */
+  highlights: Schema.Array(Schema.Tuple([Schema.Int, Schema.Int]))
+})
+export type SearchHit = typeof SearchHit.Type

@@ -11,7 +11,7 @@ import { rateLimited } from "../Metrics.ts"
 import { RateLimited } from "../schema/Errors.ts"
 import * as CacheBreaker from "./CacheBreaker.ts"
 
-export type Limit = "send" | "loginUser" | "loginAddress" | "register" | "refresh" | "createChat" | "write"
+export type Limit = "send" | "loginUser" | "loginAddress" | "register" | "refresh" | "createChat" | "write" | "search"
 
 export type RateLimitSettings = Record<Limit, TokenBucket>
 
@@ -22,7 +22,8 @@ export const defaultRateLimits: RateLimitSettings = {
   register: { capacity: 200, refillPerSecond: 20 },
   refresh: { capacity: 200, refillPerSecond: 20 },
   createChat: { capacity: 60, refillPerSecond: 1 },
-  write: { capacity: 300, refillPerSecond: 20 }
+  write: { capacity: 300, refillPerSecond: 20 },
+  search: { capacity: 30, refillPerSecond: 2 }
 }
 
 /** The environment variable that configures each limit (docs/operations.md). */
@@ -33,7 +34,8 @@ export const rateLimitVariables: Record<Limit, string> = {
   register: "RATE_LIMIT_REGISTER",
   refresh: "RATE_LIMIT_REFRESH",
   createChat: "RATE_LIMIT_CREATE_CHAT",
-  write: "RATE_LIMIT_WRITE"
+  write: "RATE_LIMIT_WRITE",
+  search: "RATE_LIMIT_SEARCH"
 }
 
 const describe: Record<Limit, string> = {
@@ -43,7 +45,8 @@ const describe: Record<Limit, string> = {
   register: "too many registrations from this address",
   refresh: "too many token refreshes from this address",
   createChat: "too many chats created",
-  write: "too many changes"
+  write: "too many changes",
+  search: "too many searches"
 }
 
 /** Why a bucket cannot be used, or undefined when it can (a zero refill would never refill). */

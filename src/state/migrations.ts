@@ -76,9 +76,30 @@ const v2 = Effect.gen(function* () {
   yield* sql`ALTER TABLE outbox ADD COLUMN attempted_at timestamptz`
 })
 
+// The search index (src/state/SearchIndex.ts), kept current by the search
+// indexer from the message store. A deleted message stays as a row without a
+// body, so a redelivered send cannot bring it back. Rows go with their chat.
+const v3 = Effect.gen(function* () {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`
+    CREATE TABLE search_messages (
+      chat_id text NOT NULL REFERENCES chats (id) ON DELETE CASCADE,
+      seq bigint NOT NULL,
+      message_id text NOT NULL,
+      author_id text NOT NULL,
+      created_at timestamptz NOT NULL,
+      body text,
+      tsv tsvector GENERATED ALWAYS AS (to_tsvector('simple', coalesce(body, ''))) STORED,
+      PRIMARY KEY (chat_id, seq)
+    )`
+  yield* sql`CREATE INDEX search_messages_tsv ON search_messages USING gin (tsv)`
+  yield* sql`CREATE INDEX search_messages_message ON search_messages (chat_id, message_id)`
+})
+
 export const migrations = Migrator.fromRecord({
   "1_state": v1,
-  "2_outbox_attempts": v2
+  "2_outbox_attempts": v2,
+  "3_search_index": v3
 })
 
 /** Runs pending migrations; answers the ones it applied. */

@@ -250,6 +250,27 @@ describe("web client (chromium)", () => {
     await shoot(bob, "06-bob-conversation")
   }, 120_000)
 
+  it("bob searches the messages of his chats: the hit shows the word highlighted and opens its chat", async () => {
+    onFailure()
+    await bob.locator("[data-testid=message-search]").fill("ship")
+    const hit = bob.locator(`[data-testid=message-result][data-chat-id="${chatId}"]`)
+    await until("bob sees the hit", async () => (await hit.count()) === 1)
+    expect(await hit.locator("mark").allTextContents()).toEqual(["ship"])
+    expect(await hit.locator(".snippet").textContent()).toBe("Let's ship the web client today.")
+    await shoot(bob, "06b-bob-searches-messages")
+    await bob.locator("[data-testid=message-search]").fill("nowordlikethis")
+    await until("no hits for a word nobody sent", async () =>
+      (await textOf(bob, "message-results")).includes("No messages found")
+    )
+    await bob.locator("[data-testid=message-search]").fill("ship")
+    await until("the hit is back", async () => (await hit.count()) === 1)
+    await hit.click()
+    await until("the hit's chat is open", () =>
+      bob.evaluate((id) => location.hash === `#chat=${encodeURIComponent(id)}`, chatId)
+    )
+    expect(await bob.locator("[data-testid=message-search]").inputValue()).toBe("")
+  }, 120_000)
+
   it("alice sees who is online and adds and removes a member", async () => {
     onFailure()
     const bobId = (await bob.locator("[data-testid=current-user]").getAttribute("data-user-id"))!

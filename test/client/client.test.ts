@@ -151,6 +151,34 @@ describe("client SDK", { timeout: 120_000 }, () => {
     })
   })
 
+  describe("search", () => {
+    it("finds a message of the caller's chats by a word, pages, and scopes to a chat; outsiders find nothing", async () => {
+      const owner = await account("srch")
+      const friend = await account("srch")
+      const outsider = await account("srch")
+      const chat = await groupOf(owner, friend)
+      const word = `kiwi${newId()
+        .replace(/[^a-z0-9]/gi, "")
+        .toLowerCase()}`
+      const first = await owner.client.send(chat.id, `a ${word} here`)
+      await owner.client.send(chat.id, `${word} and ${word} again`)
+      await waitUntilAsync("both indexed", async () => (await friend.client.search({ q: word })).hits.length === 2)
+      const page = await friend.client.search({ q: word, limit: 1 })
+      expect(page.hits).toHaveLength(1)
+      expect(page.next).not.toBeNull()
+      const rest = await friend.client.search({ q: word, limit: 1, before: page.next ?? "" })
+      expect(rest.next).toBeNull()
+      const [hit] = rest.hits
+      expect(hit).toMatchObject({ chatId: chat.id, id: first.id, authorId: owner.user.id, snippet: `a ${word} here` })
+      expect(hit?.highlights).toEqual([[2, 2 + word.length]])
+      expect((await friend.client.search({ q: word, chatId: chat.id })).hits).toHaveLength(2)
+      expect((await outsider.client.search({ q: word })).hits).toEqual([])
+      expect(await rejection(outsider.client.search({ q: word, chatId: chat.id }))).toMatchObject({
+        code: "not_found"
+      })
+    })
+  })
+
   describe("live", () => {
     it("delivers messages between two clients exactly once, in order, with acks", async () => {
       const alice = await account("ali")

@@ -970,6 +970,132 @@ export const httpSuite = (mode: "embedded" | "cluster") => {
       })
     })
 
+    describe.concurrent("search", () => {
+      /** A word nobody else sends. */
+      const wordOf = (label: string) => `${label}${run}${(counter++).toString(36)}`.toLowerCase()
+      const send = async (account: Account, chatId: string, body: string) => {
+        const reply = await http.post(
+          `/v1/chats/${chatId}/messages`,
+          { clientMsgId: randomUUID(), body },
+          { token: account.accessToken }
+        )
+        expectStatus(reply, 202)
+        return reply.body.id as string
+      }
+      const search = (account: Account, query: string) =>
+        http.get(`/v1/search?${query}`, { token: account.accessToken })
+      /** Searches until `done` holds for the hits (the index follows the store within a second or so). */
+      const searchUntil = async (account: Account, query: string, done: (hits: Array<any>) => boolean) => {
+        const deadline = Date.now() + 60_000
+        while (true) {
+          const reply = await search(account, query)
+          expectStatus(reply, 200)
+          if (done(reply.body.hits)) return reply.body
+          if (Date.now() > deadline) throw new Error(`search ${query}: not within 60 s; last ${reply.text}`)
+          await sleep(100)
+        }
+      }
+
+      it("a word sent a moment ago is found, with its chat, seq, author, time and a highlighted snippet", async () => {
+        const [ann, bob] = [await register("srch"), await register("srch")]
+        const chat = await createChat(ann, { name: "search", kind: "group", memberIds: [bob.id] })
+        const word = wordOf("w")
+        const id = await send(ann, chat.id, `meet me by the ${word} at noon`)
+        const page = await searchUntil(bob, `q=${word}`, (hits) => hits.length > 0)
+        expect(page).toEqual({
+          hits: [
+            {
+              chatId: chat.id,
+              seq: expect.any(Number),
+              id,
+              authorId: ann.id,
+              createdAt: expect.any(String),
+              snippet: `meet me by the ${word} at noon`,
+              highlights: [[15, 15 + word.length]]
+            }
+          ],
+          nextBefore: null
+        })
+        isoNow(page.hits[0].createdAt)
+        const history = await http.get(`/v1/chats/${chat.id}/messages?after=${page.hits[0].seq - 1}&limit=1`, {
+          token: bob.accessToken
+        })
+        expect(history.body.messages[0].id).toBe(id)
+        // Scoped to the chat: the same hit.
+        expect((await search(bob, `q=${word}&chatId=${chat.id}`)).body.hits.map((h: any) => h.id)).toEqual([id])
+      })
+
+      it("pages by the cursor in rank order, each hit once", async () => {
+        const ann = await register("srch")
+        const chat = await createChat(ann, { name: "pages", kind: "group", memberIds: [] })
+        const word = wordOf("p")
+        for (let i = 1; i <= 5; i++) await send(ann, chat.id, Array.from({ length: i }, () => word).join(" "))
+        await searchUntil(ann, `q=${word}`, (hits) => hits.length === 5)
+        const seqs: Array<number> = []
+        let before: string | null = null
+        do {
+          const reply = await search(ann, `q=${word}&limit=2${before === null ? "" : `&before=${before}`}`)
+          expectStatus(reply, 200)
+          expect(reply.body.hits.length).toBeLessThanOrEqual(2)
+          seqs.push(...reply.body.hits.map((h: any) => h.seq))
+          before = reply.body.nextBefore
+        } while (before !== null)
+        expect(new Set(seqs).size).toBe(5)
+        // The message with the word five times ranks first.
+        expect(seqs[0]).toBe(Math.max(...seqs))
+      })
+
+      it("a non-member learns nothing; a removed member stops seeing the chat's hits; 401 without a token", async () => {
+        const [ann, bob, eve] = [await register("srch"), await register("srch"), await register("srch")]
+        const chat = await createChat(ann, { name: "private", kind: "group", memberIds: [bob.id] })
+        const word = wordOf("s")
+        await send(ann, chat.id, `the ${word} is hidden`)
+        await searchUntil(bob, `q=${word}`, (hits) => hits.length === 1)
+        const outside = await search(eve, `q=${word}`)
+        expectStatus(outside, 200)
+        expect(outside.body).toEqual({ hits: [], nextBefore: null })
+        expectError(await search(eve, `q=${word}&chatId=${chat.id}`), 404, "not_found")
+        expectError(await search(eve, `q=${word}&chatId=nochat-${run}`), 404, "not_found")
+        expectNoContent(await http.delete(`/v1/chats/${chat.id}/members/${bob.id}`, { token: ann.accessToken }))
+        expect((await search(bob, `q=${word}`)).body).toEqual({ hits: [], nextBefore: null })
+        expectError(await search(bob, `q=${word}&chatId=${chat.id}`), 404, "not_found")
+        expectError(await http.get(`/v1/search?q=${word}`), 401, "unauthorized")
+        // The owner still finds it; once the chat is deleted, nobody does.
+        expect((await search(ann, `q=${word}`)).body.hits).toHaveLength(1)
+        expectNoContent(await http.delete(`/v1/chats/${chat.id}`, { token: ann.accessToken }))
+        expect((await search(ann, `q=${word}`)).body.hits).toEqual([])
+      })
+
+      it("bounds the query: q of 1 to 200 characters, limit 1 to 50, a cursor it gave out", async () => {
+        const ann = await register("srch")
+        expectError(await search(ann, "q="), 400, "bad_request")
+        expectError(await search(ann, ""), 400, "bad_request")
+        expectError(await search(ann, `q=${"a".repeat(201)}`), 400, "bad_request")
+        expectStatus(await search(ann, `q=${"a".repeat(200)}`), 200)
+        expectError(await search(ann, "q=x&limit=51"), 400, "bad_request")
+        expectError(await search(ann, "q=x&limit=0"), 400, "bad_request")
+        expectError(await search(ann, "q=x&before=garbage"), 400, "bad_request")
+        // Operators and punctuation are words, never SQL or a syntax error.
+        expectStatus(await search(ann, `q=${encodeURIComponent("'); DROP TABLE users; -- \\ & | ! :*")}`), 200)
+      })
+
+      it("is rate limited per user", async () => {
+        const ann = await register("srch")
+        const replies = await Promise.all(Array.from({ length: 80 }, () => search(ann, "q=anything")))
+        const limited = replies.filter((reply) => reply.status === 429)
+        expect(limited.length).toBeGreaterThan(0)
+        expectError(limited[0]!, 429, "rate_limited")
+        expect(replies.every((reply) => reply.status === 200 || reply.status === 429)).toBe(true)
+      })
+
+      it("reports the index lag on /metrics and documents the call in OpenAPI", async () => {
+        const metrics = await http.get("/metrics")
+        expect(metrics.text).toMatch(/^harmony_search_index_lag_seconds(\{[^}]*\})? \d/m)
+        const openapi = await http.get("/openapi.json")
+        expect(Object.keys(openapi.body.paths["/v1/search"] ?? {})).toEqual(["get"])
+      })
+    })
+
     describe.concurrent("system endpoints", () => {
       it("GET /healthz answers 200", async () => {
         const reply = await http.get("/healthz")

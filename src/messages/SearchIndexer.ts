@@ -1,0 +1,220 @@
+/**
+ * The search indexer: its own consumer group ("search-indexer") on
+ * `chat.messages`, keeping the full-text index (src/state/SearchIndex.ts)
+ * current, and `reindex`, which rebuilds that index from the message store.
+ *
+ * A record on the log has no seq yet (the chat's actor gives it one), so the
+ * indexer takes the messages from the store: for each chat in a batch it
+ * reads what the store holds past the index's highest seq for the chat and
+ * adds it, until every send of the batch is indexed — waiting, with backoff,
+ * for the persistence sink when it is behind. Only then is the batch's
+ * offset committed. Adding is idempotent by (chat, seq), so redelivery after
+ * a crash or a rebalance changes nothing. A send whose chat is gone is
+ * skipped: the actors drop those, and the chat's rows went with it.
+ *
+ * Edits and deletes, once the log carries them, are applied after their
+ * chat's catch-up, in log order: `SearchIndex.edit` replaces the indexed
+ * text, `SearchIndex.remove` drops it (see `decodeRecord`).
+ *
+ * Index lag (`harmony_search_index_lag_seconds`) is the age of the oldest
+ * record the indexer holds and has not indexed yet: 0 when it is caught up.
+ */
+import { Clock, Console, Effect, Layer, Metric, Schema, Stream } from "effect"
+import { SqlClient } from "effect/sql"
+import { consumerLag, registerGauge, searchIndexed, searchIndexLag } from "../Metrics.ts"
+import { EventLog, type LogRecord, type PartitionClaim } from "../ports/EventLog.ts"
+import { MessageStore } from "../ports/MessageStore.ts"
+import type { ChatId, Message } from "../schema/Domain.ts"
+import { SendRecordJson } from "../schema/Records.ts"
+import { MessagesTopic, topicRetry } from "../schema/Topics.ts"
+import { type IndexedMessage, SearchIndex } from "../state/SearchIndex.ts"
+import { backoff, retryForever } from "../Retry.ts"
+
+export const SearchIndexerGroup = "search-indexer"
+
+/** Messages read from the store per page (the store's most). */
+const PageSize = 100
+
+/** What the indexer does with a record of `chat.messages`. */
+export type IndexerRecord =
+  | { readonly _tag: "Send"; readonly chatId: ChatId; readonly id: string }
+  | { readonly _tag: "Skip"; readonly reason: string }
+
+const decodeSend = Schema.decodeUnknownOption(SendRecordJson)
+
+/**
+ * A record as the indexer needs it. The seam for edit and delete records:
+ * they decode here to `Edit { chatId, seq, body }` / `Delete { chatId, seq }`
+ * and are applied in `applyBatch` after the catch-ups.
+ */
+export const decodeRecord = (record: LogRecord): IndexerRecord => {
+  const send = decodeSend(new TextDecoder().decode(record.value))
+  return send._tag === "Some"
+    ? { _tag: "Send", chatId: send.value.chatId, id: send.value.id }
+    : { _tag: "Skip", reason: `undecodable record at ${record.partition}/${record.offset}` }
+}
+
+const toIndexed = (message: Message): IndexedMessage => ({
+  chatId: message.chatId,
+  seq: message.seq,
+  id: message.id,
+  authorId: message.authorId,
+  createdAt: message.createdAt,
+  body: message.body
+})
+
+class NotYetStored extends Schema.TaggedError<NotYetStored>()("NotYetStored", { chatId: Schema.String }) {}
+
+/** The sink usually persists within milliseconds: look again soon, then less often. */
+const storeWait = backoff("20 millis", "2 seconds")
+
+const chatExists = Effect.fnUntraced(function* (chatId: ChatId) {
+  const sql = yield* SqlClient.SqlClient
+  const rows = yield* sql`SELECT 1 FROM chats WHERE id = ${chatId}`
+  return rows.length > 0
+})
+
+/** Adds the store's messages of the chat past the index's highest seq; answers the ids it added. */
+const catchUpChat = Effect.fnUntraced(function* (chatId: ChatId) {
+  const store = yield* MessageStore
+  const index = yield* SearchIndex
+  const added = new Set<string>()
+  let after = yield* index.watermark(chatId)
+  while (true) {
+    const page = yield* store.page(chatId, { after, limit: PageSize })
+    yield* index.add(page.map(toIndexed))
+    for (const message of page) added.add(message.id)
+    yield* Metric.update(searchIndexed, page.length)
+    const last = page.at(-1)
+    if (page.length < PageSize || last === undefined) return added
+    after = last.seq
+  }
+})
+
+/** Indexes the chat until it holds every one of `ids` (or the chat is gone). */
+const indexChat = (chatId: ChatId, ids: ReadonlyArray<string>) =>
+  Effect.gen(function* () {
+    const index = yield* SearchIndex
+    const held = yield* index.holds(chatId, ids)
+    if (ids.every((id) => held.has(id))) return
+    if (!(yield* chatExists(chatId))) return
+    const added = yield* catchUpChat(chatId)
+    if (ids.every((id) => held.has(id) || added.has(id))) return
+    return yield* new NotYetStored({ chatId })
+  }).pipe(
+    Effect.tapError((error) => Effect.logDebug(`search indexer: chat ${chatId} waits for the store`, error)),
+    Effect.retry({ schedule: storeWait, while: (error) => error._tag === "NotYetStored" }),
+    Effect.tapError((error) => Effect.logWarning(`search indexer: chat ${chatId} failed, retrying`, error)),
+    Effect.retry(retryForever),
+    Effect.orDie
+  )
+
+/** Indexes one batch of a partition's records. */
+export const applyBatch = Effect.fnUntraced(function* (records: ReadonlyArray<LogRecord>) {
+  const sends = new Map<ChatId, Array<string>>()
+  for (const record of records) {
+    const decoded = decodeRecord(record)
+    if (decoded._tag === "Skip") {
+      yield* Effect.logError(`search indexer: ${decoded.reason}, skipped`)
+      continue
+    }
+    const ids = sends.get(decoded.chatId)
+    if (ids === undefined) sends.set(decoded.chatId, [decoded.id])
+    else ids.push(decoded.id)
+  }
+  for (const [chatId, ids] of sends) yield* indexChat(chatId, ids)
+  // Edits and deletes are applied here, in log order, once they are on the log.
+})
+
+/** `pending`: the oldest unindexed record's timestamp per claimed partition (absent: caught up). */
+const onClaim = (pending: Map<number, number>) => (claim: PartitionClaim) =>
+  Effect.gen(function* () {
+    let position: number | undefined
+    yield* registerGauge(consumerLag, () => (position === undefined ? 0 : Math.max(0, claim.endOffset() - position)), {
+      group: SearchIndexerGroup,
+      topic: claim.topic,
+      partition: String(claim.partition)
+    })
+    yield* Effect.addFinalizer(() => Effect.sync(() => pending.delete(claim.partition)))
+    yield* claim.records.pipe(
+      Stream.runForEachArray((records) =>
+        Effect.gen(function* () {
+          const first = records[0]
+          const last = records.at(-1)
+          if (first === undefined || last === undefined) return
+          position ??= first.offset
+          pending.set(claim.partition, first.timestamp)
+          yield* applyBatch(records)
+          pending.delete(claim.partition)
+          yield* claim.commit(last.offset + 1).pipe(
+            Effect.tap(() =>
+              Effect.sync(() => {
+                position = last.offset + 1
+              })
+            ),
+            Effect.catchTag("EventLogError", (error) => Effect.logWarning("search indexer: commit failed", error))
+          )
+        })
+      )
+    )
+  }).pipe(
+    Effect.scoped,
+    Effect.catchCause((cause) => Effect.logError(`search indexer: partition ${claim.partition} failed`, cause))
+  )
+
+/** Joins the indexer group on `chat.messages` for the node's lifetime. */
+export const layer = (options: { readonly partitions: number }) =>
+  Layer.effectDiscard(
+    Effect.gen(function* () {
+      const log = yield* EventLog
+      yield* log.createTopic(MessagesTopic, options.partitions).pipe(Effect.retry(topicRetry))
+      const pending = new Map<number, number>()
+      const context = yield* Effect.context<MessageStore | SearchIndex | SqlClient.SqlClient>()
+      yield* registerGauge(searchIndexLag, () => {
+        let oldest = Number.POSITIVE_INFINITY
+        for (const timestamp of pending.values()) oldest = Math.min(oldest, timestamp)
+        return oldest === Number.POSITIVE_INFINITY ? 0 : Math.max(0, (Date.now() - oldest) / 1000)
+      })
+      yield* log.consume({
+        group: SearchIndexerGroup,
+        topic: MessagesTopic,
+        onClaim: (claim) => onClaim(pending)(claim).pipe(Effect.provideContext(context))
+      })
+      yield* Effect.logInfo(`search indexer: joined ${SearchIndexerGroup} on ${MessagesTopic}`)
+    })
+  )
+
+/**
+ * Rebuilds the index from the message store: every chat, every message as
+ * the store holds it now, rows the store no longer holds dropped. Safe while
+ * nodes run (the indexer's writes are idempotent); progress goes to stdout.
+ */
+export const reindex = Effect.fn("SearchIndexer.reindex")(function* () {
+  const sql = yield* SqlClient.SqlClient
+  const store = yield* MessageStore
+  const index = yield* SearchIndex
+  const chats = yield* sql<{ id: ChatId }>`SELECT id FROM chats ORDER BY id`
+  const started = yield* Clock.currentTimeMillis
+  let messages = 0
+  let done = 0
+  for (const { id: chatId } of chats) {
+    let after = 0
+    while (true) {
+      const page = yield* store.page(chatId, { after, limit: PageSize }).pipe(Effect.retry(retryForever))
+      yield* index.replace(page.map(toIndexed))
+      messages += page.length
+      const last = page.at(-1)
+      if (last !== undefined) after = last.seq
+      if (page.length < PageSize) break
+    }
+    yield* index.dropAfter(chatId, after)
+    done++
+    if (done % 100 === 0 || done === chats.length) {
+      const seconds = ((yield* Clock.currentTimeMillis) - started) / 1000
+      yield* Console.log(
+        `reindex: ${done}/${chats.length} chats, ${messages} messages (${Math.round(messages / Math.max(seconds, 0.001))}/s)`
+      )
+    }
+  }
+  return { chats: chats.length, messages }
+})
