@@ -9,7 +9,8 @@
  * FULL, not NORMAL: once a batch is written the log's offsets move past it
  * and retention may delete its records, so nothing could rebuild a batch
  * that a power cut took from an unsynced WAL — and the chat's actor would
- * then hand its seqs out again. A batch is one transaction and one fsync.
+ * then hand its seqs out again. Writes are group-committed: the batches
+ * queued while one transaction ran share the next one, and its fsync.
  *
  * Every call runs synchronously on the event loop: SQLite answers a keyed
  * read in microseconds, which is far cheaper than a hop to a thread.
@@ -18,7 +19,7 @@ import { randomBytes } from "node:crypto"
 import { mkdirSync } from "node:fs"
 import { join } from "node:path"
 import { DatabaseSync, type StatementSync } from "node:sqlite"
-import { Effect, Layer, Schema, type Scope } from "effect"
+import { Cause, Deferred, Effect, Fiber, Layer, Queue, Schema, type Scope } from "effect"
 import { MessageStore, MessageStoreError, type PageQuery } from "../../ports/MessageStore.ts"
 import { type ChatId, Message } from "../../schema/Domain.ts"
 
@@ -47,6 +48,11 @@ export interface Writer {
   readonly messages: (messages: ReadonlyArray<Message>) => void
   readonly epoch: (chatId: ChatId, epoch: string) => void
   readonly note: (key: string, value: string) => void
+}
+
+interface PendingBatch {
+  readonly messages: ReadonlyArray<Message>
+  readonly done: Deferred.Deferred<void, MessageStoreError>
 }
 
 const schema = `
@@ -145,10 +151,37 @@ export const make = Effect.fnUntraced(function* (
       )
     )
 
+  // Group commit: the batches of every partition's sink that queued while
+  // the last write ran go in one transaction, so they share one fsync.
+  const pending = yield* Queue.unbounded<PendingBatch, Cause.Done>()
+  const flush = (batches: ReadonlyArray<PendingBatch>) => {
+    const count = batches.reduce((sum, batch) => sum + batch.messages.length, 0)
+    const exit = Effect.runSyncExit(
+      attempt(`writing ${count} messages`, () =>
+        atomically(() => {
+          for (const batch of batches) writer.messages(batch.messages)
+        })
+      )
+    )
+    for (const batch of batches) Deferred.doneUnsafe(batch.done, exit)
+  }
+  const flusher = yield* Queue.takeAll(pending).pipe(
+    Effect.map(flush),
+    Effect.forever,
+    Effect.catchIf(Cause.isDone, () => Effect.void),
+    Effect.forkScoped
+  )
+  // Closing: what is queued is still written, then the database closes.
+  yield* Effect.addFinalizer(() => Queue.end(pending).pipe(Effect.andThen(Fiber.join(flusher))))
+
   // Duplicates within a batch and across batches replace each other: one copy per (chatId, seq).
   const putBatch = Effect.fn("MessageStore.putBatch")(function* (messages: ReadonlyArray<Message>) {
     if (messages.length === 0) return
-    yield* attempt(`writing ${messages.length} messages`, () => atomically(() => writer.messages(messages)))
+    const done = yield* Deferred.make<void, MessageStoreError>()
+    if (!(yield* Queue.offer(pending, { messages, done }))) {
+      return yield* new MessageStoreError({ message: `message store ${path} is closed` })
+    }
+    yield* Deferred.await(done)
   })
 
   const page = Effect.fn("MessageStore.page")(function* (chatId: ChatId, pageQuery: PageQuery) {
