@@ -12,8 +12,9 @@
  * then hand its seqs out again. Writes are group-committed: the batches
  * queued while one transaction ran share the next one, and its fsync.
  *
- * Every call runs synchronously on the event loop: SQLite answers a keyed
- * read in microseconds, which is far cheaper than a hop to a thread.
+ * Writes commit on a worker thread (SqliteWriter.ts), so no fsync holds
+ * the event loop; reads run on the event loop, where SQLite answers a keyed
+ * read in microseconds, far less than a hop to a thread would cost.
  */
 import { randomBytes } from "node:crypto"
 import { mkdirSync } from "node:fs"
@@ -22,6 +23,7 @@ import { DatabaseSync, type StatementSync } from "node:sqlite"
 import { Cause, Deferred, Effect, Fiber, Layer, Queue, Schema, type Scope } from "effect"
 import { MessageStore, MessageStoreError, type PageQuery } from "../../ports/MessageStore.ts"
 import { type ChatId, Message } from "../../schema/Domain.ts"
+import * as SqliteWriter from "./SqliteWriter.ts"
 
 export interface Options {
   /** The directory of the store's database (created when missing). */
@@ -65,6 +67,13 @@ const schema = `
   CREATE TABLE IF NOT EXISTS notes (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 `
 
+const putSql = `INSERT OR REPLACE INTO messages (chat_id, seq, id, author_id, body, client_msg_id, created_at)
+  VALUES (?, ?, ?, ?, ?, ?, ?)`
+const createEpochSql = "INSERT OR IGNORE INTO epochs (chat_id, epoch) VALUES (?, ?)"
+const deleteSomeSql =
+  "DELETE FROM messages WHERE chat_id = ? AND seq IN (SELECT seq FROM messages WHERE chat_id = ? LIMIT ?)"
+const deleteEpochSql = "DELETE FROM epochs WHERE chat_id = ?"
+
 const columns = `chat_id AS chatId, seq, id, author_id AS authorId, body, client_msg_id AS clientMsgId, created_at AS createdAt`
 
 /** Rows deleted per transaction by deleteChat, so a huge chat never holds the event loop for long. */
@@ -93,38 +102,17 @@ export const make = Effect.fnUntraced(function* (
   )
 
   const statements = {
-    put: db.prepare(
-      `INSERT OR REPLACE INTO messages (chat_id, seq, id, author_id, body, client_msg_id, created_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?)`
-    ),
+    put: db.prepare(putSql),
     after: db.prepare(`SELECT ${columns} FROM messages WHERE chat_id = ? AND seq > ? ORDER BY seq LIMIT ?`),
     before: db.prepare(`SELECT ${columns} FROM messages WHERE chat_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?`),
     latest: db.prepare(`SELECT ${columns} FROM messages WHERE chat_id = ? ORDER BY seq DESC LIMIT ?`),
     readEpoch: db.prepare("SELECT epoch FROM epochs WHERE chat_id = ?"),
     putEpoch: db.prepare("INSERT OR REPLACE INTO epochs (chat_id, epoch) VALUES (?, ?)"),
-    createEpoch: db.prepare("INSERT OR IGNORE INTO epochs (chat_id, epoch) VALUES (?, ?)"),
-    deleteSome: db.prepare(
-      "DELETE FROM messages WHERE chat_id = ? AND seq IN (SELECT seq FROM messages WHERE chat_id = ? LIMIT ?)"
-    ),
-    deleteEpoch: db.prepare("DELETE FROM epochs WHERE chat_id = ?"),
     any: db.prepare("SELECT EXISTS (SELECT 1 FROM messages) OR EXISTS (SELECT 1 FROM epochs) AS found"),
     readNote: db.prepare("SELECT value FROM notes WHERE key = ?"),
     putNote: db.prepare("INSERT OR REPLACE INTO notes (key, value) VALUES (?, ?)"),
     ping: db.prepare("SELECT 1")
   } satisfies Record<string, StatementSync>
-
-  /** Runs `run` in one synchronous transaction. */
-  const atomically = <A>(run: () => A): A => {
-    db.exec("BEGIN IMMEDIATE")
-    try {
-      const result = run()
-      db.exec("COMMIT")
-      return result
-    } catch (error) {
-      if (db.isTransaction) db.exec("ROLLBACK")
-      throw error
-    }
-  }
 
   const writer: Writer = {
     messages: (messages) => {
@@ -151,22 +139,33 @@ export const make = Effect.fnUntraced(function* (
       )
     )
 
+  // Writes commit on a thread of their own (SqliteWriter.ts), so the fsync never holds the event loop.
+  const sqliteWriter = yield* SqliteWriter.make(path)
+  const write = (operation: string, steps: ReadonlyArray<SqliteWriter.Step>) =>
+    sqliteWriter.run(steps).pipe(Effect.mapError(fail(operation)))
+
   // Group commit: the batches of every partition's sink that queued while
   // the last write ran go in one transaction, so they share one fsync.
   const pending = yield* Queue.unbounded<PendingBatch, Cause.Done>()
   const flush = (batches: ReadonlyArray<PendingBatch>) => {
-    const count = batches.reduce((sum, batch) => sum + batch.messages.length, 0)
-    const exit = Effect.runSyncExit(
-      attempt(`writing ${count} messages`, () =>
-        atomically(() => {
-          for (const batch of batches) writer.messages(batch.messages)
+    const steps: Array<SqliteWriter.Step> = []
+    for (const batch of batches) {
+      for (const m of batch.messages) {
+        steps.push([putSql, [m.chatId, m.seq, m.id, m.authorId, m.body, m.clientMsgId, m.createdAt]])
+      }
+    }
+    return write(`writing ${steps.length} messages`, steps).pipe(
+      Effect.asVoid,
+      Effect.exit,
+      Effect.tap((exit) =>
+        Effect.sync(() => {
+          for (const batch of batches) Deferred.doneUnsafe(batch.done, exit)
         })
       )
     )
-    for (const batch of batches) Deferred.doneUnsafe(batch.done, exit)
   }
   const flusher = yield* Queue.takeAll(pending).pipe(
-    Effect.map(flush),
+    Effect.flatMap(flush),
     Effect.forever,
     Effect.catchIf(Cause.isDone, () => Effect.void),
     Effect.forkScoped
@@ -198,21 +197,28 @@ export const make = Effect.fnUntraced(function* (
 
   // Created with the chat's history and deleted with it: a wiped store means new epochs.
   const epoch = Effect.fn("MessageStore.epoch")(function* (chatId: ChatId) {
-    return yield* attempt(`reading the epoch of chat ${chatId}`, () => {
-      const known = statements.readEpoch.get(chatId)
-      if (known !== undefined) return String(known.epoch)
-      statements.createEpoch.run(chatId, randomBytes(6).toString("base64url"))
-      return String(statements.readEpoch.get(chatId)?.epoch)
+    const operation = `reading the epoch of chat ${chatId}`
+    const read = attempt(operation, () => {
+      const row = statements.readEpoch.get(chatId)
+      return row === undefined ? undefined : String(row.epoch)
     })
+    const known = yield* read
+    if (known !== undefined) return known
+    // Concurrent callers may both create one: the first wins, and both read it back.
+    yield* write(operation, [[createEpochSql, [chatId, randomBytes(6).toString("base64url")]]])
+    const created = yield* read
+    if (created !== undefined) return created
+    return yield* new MessageStoreError({ message: `the epoch of chat ${chatId} vanished while being created` })
   })
 
   // Round by round, each its own transaction; the epoch goes last, so a repeat after a failure finishes the job.
   const deleteChat = Effect.fn("MessageStore.deleteChat")(function* (chatId: ChatId) {
     const operation = `deleting chat ${chatId}`
-    while ((yield* attempt(operation, () => statements.deleteSome.run(chatId, chatId, deleteRound))).changes > 0) {
-      yield* Effect.yieldNow
-    }
-    yield* attempt(operation, () => statements.deleteEpoch.run(chatId))
+    let deleted: number
+    do {
+      deleted = (yield* write(operation, [[deleteSomeSql, [chatId, chatId, deleteRound]]]))[0] ?? 0
+    } while (deleted > 0)
+    yield* write(operation, [[deleteEpochSql, [chatId]]])
   })
 
   const ping = attempt("ping", () => statements.ping.get()).pipe(Effect.asVoid, Effect.withSpan("MessageStore.ping"))
