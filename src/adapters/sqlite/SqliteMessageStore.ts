@@ -40,6 +40,8 @@ export interface SqliteMessageStore extends Readonly<MessageStore["Service"]> {
   /**
    * Runs `body` in one transaction (everything it writes lands, or none of
    * it): `write` stores messages and epochs without a transaction of its own.
+   * It runs on the event loop's connection, for work before the store serves
+   * (the import at start): the writer thread would wait for it meanwhile.
    */
   readonly transaction: <A, E, R>(
     body: (write: Writer) => Effect.Effect<A, E, R>
