@@ -25,7 +25,6 @@ import { HandlersLive } from "./http/Handlers.ts"
 import { Readiness } from "./http/Readiness.ts"
 import * as WebClient from "./http/WebClient.ts"
 import { Cache } from "./ports/Cache.ts"
-import * as Dynalite from "./adapters/dynamo/Dynalite.ts"
 import * as DynamoMessageStore from "./adapters/dynamo/DynamoMessageStore.ts"
 import { EventLog } from "./ports/EventLog.ts"
 import * as Memory from "./adapters/memory/Memory.ts"
@@ -33,6 +32,7 @@ import { MessageStore } from "./ports/MessageStore.ts"
 import { migrate } from "./state/migrations.ts"
 import * as Sql from "./adapters/sql/Sql.ts"
 import * as DataDirLock from "./adapters/sqlite/DataDirLock.ts"
+import * as EmbeddedMessageStore from "./adapters/sqlite/EmbeddedMessageStore.ts"
 import * as SqliteEventLog from "./adapters/sqlite/SqliteEventLog.ts"
 import { Accounts } from "./state/Accounts.ts"
 import { Chats } from "./state/Chats.ts"
@@ -67,7 +67,7 @@ export const sqlLayer = (config: HarmonyConfig) =>
     )
   )
 
-/** The MessageStore port: DynamoDB, or dynalite in-process with its data under the data directory. */
+/** The MessageStore port: DynamoDB, or SQLite in-process with its data under the data directory. */
 export const messageStoreLayer = (config: HarmonyConfig) =>
   config.mode._tag === "Cluster"
     ? DynamoMessageStore.layer({
@@ -75,7 +75,7 @@ export const messageStoreLayer = (config: HarmonyConfig) =>
         region: config.awsRegion,
         table: config.messagesTable
       })
-    : Dynalite.embeddedLayer({ path: join(config.mode.dataDir, "dynamo"), table: config.messagesTable })
+    : EmbeddedMessageStore.layer({ dataDir: config.mode.dataDir, table: config.messagesTable })
 
 // The cluster-only adapters are imported when cluster mode builds them:
 // an embedded node never loads kafkajs or ioredis (~180 modules).

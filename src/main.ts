@@ -18,7 +18,7 @@ import { SearchIndex } from "./state/SearchIndex.ts"
 
 const describeMode = (config: Config.HarmonyConfig) =>
   config.mode._tag === "Embedded"
-    ? `embedded mode (data in ${config.mode.dataDir}): PGlite over pglite-socket, durable event log (SQLite), dynalite, in-process cache`
+    ? `embedded mode (data in ${config.mode.dataDir}): PGlite over pglite-socket, durable event log and message store (SQLite), in-process cache`
     : `cluster mode: Postgres, Kafka ${config.mode.services.kafkaBrokers.join(",")}, Redis, DynamoDB ${config.mode.services.dynamodbEndpoint}`
 
 const serve = Command.make(

@@ -1,8 +1,8 @@
 /**
  * The MessageStore port: the durable home of sequenced messages, keyed by
- * (chatId, seq). DynamoDB in cluster mode, the same adapter against an
- * in-process DynamoDB-compatible server (dynalite) in embedded mode
- * (DynamoMessageStore.ts). Both pass test/contract/MessageStore.contract.ts.
+ * (chatId, seq). DynamoDB in cluster mode (DynamoMessageStore.ts, also run
+ * against dynalite in tests), SQLite in embedded mode (SqliteMessageStore.ts).
+ * All pass test/contract/MessageStore.contract.ts.
  */
 import { Context, Schema } from "effect"
 import type { Effect } from "effect"

@@ -1,6 +1,6 @@
 /**
  * Lost history, in both modes: a chat's messages vanish from the message
- * store while the node is down (embedded: its dynalite directory is wiped;
+ * store while the node is down (embedded: its SQLite store is deleted;
  * cluster: the chat's items are deleted from DynamoDB, as a recreated table
  * would leave them). The chat's stream restarts with a new epoch; a client
  * that resubscribes with the seqs of the old one is answered recovered:false,
@@ -82,7 +82,7 @@ for (const mode of ["embedded", "cluster"] as const) {
       // Persisted before the node stops (SIGTERM drains the sink), so there is history to lose.
       await harmony.stop()
 
-      if (dataDir !== undefined) rmSync(join(dataDir, "dynamo"), { recursive: true, force: true })
+      if (dataDir !== undefined) rmSync(join(dataDir, "messages"), { recursive: true, force: true })
       else await wipeChatInDynamo(chat.id)
 
       harmony = await start()

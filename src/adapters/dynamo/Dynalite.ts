@@ -1,7 +1,8 @@
 /**
- * The embedded DynamoDB: dynalite (a DynamoDB-compatible HTTP server on
- * LevelDB) listening on loopback, so embedded mode runs the very adapter
- * cluster mode does (DynamoMessageStore.ts).
+ * An in-process DynamoDB: dynalite (a DynamoDB-compatible HTTP server on
+ * LevelDB) listening on loopback. Tests run DynamoMessageStore against it;
+ * embedded mode opens it only to move the history of earlier versions
+ * (kept in `<dataDir>/dynamo`) into its SQLite store (EmbeddedMessageStore.ts).
  */
 import type { Server } from "node:http"
 import type { AddressInfo } from "node:net"
@@ -128,7 +129,7 @@ export const layer = (options: { readonly path?: string | undefined }): Layer.La
     })
   )
 
-/** The MessageStore of embedded mode: DynamoMessageStore on a private dynalite. */
+/** DynamoMessageStore on a private dynalite (in memory unless `path` is given). */
 export const embeddedLayer = (options: {
   readonly path?: string | undefined
   readonly table: string

@@ -18,6 +18,7 @@ import {
   PutItemCommand,
   QueryCommand,
   type QueryCommandInput,
+  ScanCommand,
   type TableDescription,
   type WriteRequest
 } from "@aws-sdk/client-dynamodb"
@@ -33,8 +34,7 @@ import {
   SchemaTransformation,
   Semaphore
 } from "effect"
-import { Message } from "../../schema/Domain.ts"
-import type { ChatId } from "../../schema/Domain.ts"
+import { ChatId, Message } from "../../schema/Domain.ts"
 import { MessageStore, MessageStoreError, type PageQuery } from "../../ports/MessageStore.ts"
 
 export interface Options {
@@ -542,3 +542,69 @@ export const layer = (options: Options): Layer.Layer<MessageStore, MessageStoreE
       return MessageStore.of({ putBatch, page, latest, epoch, deleteChat, ping })
     })
   )
+
+/** One page of a whole-table scan: its messages, and the epochs it met. */
+export interface TablePage {
+  readonly messages: ReadonlyArray<Message>
+  readonly epochs: ReadonlyArray<readonly [ChatId, string]>
+}
+
+const EpochItem = Schema.Struct({
+  chatId: Schema.Struct({ S: Schema.String.check(Schema.isEndingWith("#epoch")) }),
+  seq: Schema.Struct({ N: Schema.Literal("0") }),
+  epoch: Schema.Struct({ S: Schema.String })
+})
+const decodeEpochItem = Schema.decodeUnknownEffect(EpochItem)
+
+/**
+ * Hands every item of the table to `onPage`, a page (at most 1 MB) at a
+ * time, decoded: how embedded mode moves its old dynalite data into its
+ * SQLite store (DynaliteImport.ts). An item that is neither a message nor
+ * an epoch fails the scan rather than being left behind.
+ */
+export const scanTable = <E, R>(
+  options: Options,
+  onPage: (page: TablePage) => Effect.Effect<void, E, R>
+): Effect.Effect<void, MessageStoreError | E, R> =>
+  Effect.gen(function* () {
+    const client = yield* Effect.acquireRelease(
+      Effect.sync(() => new DynamoDBClient(clientConfig(options))),
+      (client) => Effect.sync(() => client.destroy())
+    )
+    const malformed = (error: Schema.SchemaError) =>
+      new MessageStoreError({
+        message: `Scan on ${options.table}: an item is malformed: ${error.message}`,
+        cause: error
+      })
+    let startKey: Item | undefined
+    do {
+      const output = yield* Effect.tryPromise({
+        try: (abortSignal) =>
+          client.send(
+            new ScanCommand({ TableName: options.table, ConsistentRead: true, ExclusiveStartKey: startKey }),
+            {
+              abortSignal
+            }
+          ),
+        catch: (cause) => new MessageStoreError({ message: `Scan on ${options.table}: ${describeError(cause)}`, cause })
+      }).pipe(
+        // No table, no items.
+        Effect.catchIf(
+          (error) => errorName(error.cause) === "ResourceNotFoundException",
+          () => Effect.succeed({ Items: [], LastEvaluatedKey: undefined })
+        )
+      )
+      const messages: Array<Message> = []
+      const epochs: Array<readonly [ChatId, string]> = []
+      for (const item of output.Items ?? []) {
+        if (item.chatId?.S?.endsWith("#epoch") === true) {
+          const decoded = yield* decodeEpochItem(item).pipe(Effect.mapError(malformed))
+          epochs.push([ChatId.make(decoded.chatId.S.slice(0, -"#epoch".length)), decoded.epoch.S])
+        } else {
+          messages.push(yield* decodeItem(item).pipe(Effect.mapError(malformed)))
+        }
+      }
+      yield* onPage({ messages, epochs })
+      startKey = output.LastEvaluatedKey
+    } while (startKey !== undefined)
+  }).pipe(Effect.scoped)

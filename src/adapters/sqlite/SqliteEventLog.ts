@@ -8,7 +8,9 @@
  * single writer fiber, which takes everything queued, writes it in one
  * transaction — one fsync — and only then answers each waiting caller. A
  * `produce` therefore answers once its records are durable, and concurrent
- * sends share the flush instead of paying one each.
+ * sends share the flush instead of paying one each. The transaction commits
+ * on a thread of its own (SqliteWriter.ts), so the event loop goes on
+ * serving sockets while the disk syncs; reads run on the event loop.
  *
  * Crashes: SQLite's WAL keeps a transaction only with its commit frame (and
  * checksums every frame), so a write torn by `kill -9` or a power cut is
@@ -21,6 +23,7 @@ import { join } from "node:path"
 import { DatabaseSync, type StatementSync } from "node:sqlite"
 import { EventLog, EventLogError, type LogRecord } from "../../ports/EventLog.ts"
 import * as LocalEventLog from "../local/LocalEventLog.ts"
+import * as SqliteWriter from "./SqliteWriter.ts"
 
 export interface SqliteEventLogOptions extends LocalEventLog.LocalEventLogOptions {
   /** The directory of the log's database (created when missing). */
@@ -70,6 +73,13 @@ const schema = `
   ) WITHOUT ROWID;
 `
 
+const insertSql =
+  "INSERT INTO records (topic, partition, offset, key, value, headers, timestamp) VALUES (?, ?, ?, ?, ?, ?, ?)"
+const commitSql =
+  "INSERT INTO offsets (grp, topic, partition, next) VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET next = excluded.next"
+const createTopicSql = "INSERT OR IGNORE INTO topics (name, partitions) VALUES (?, ?)"
+const trimSql = "DELETE FROM records WHERE topic = ? AND partition = ? AND offset < ?"
+
 const partitionKey = (topic: string, partition: number) => `${topic}\u0000${partition}`
 
 const failure = (message: string) => (cause: unknown) => new EventLogError({ message, cause })
@@ -108,23 +118,15 @@ export const make = Effect.fnUntraced(function* (
   const retain = options.retain ?? 10_000
 
   const statements = {
-    insert: db.prepare(
-      "INSERT INTO records (topic, partition, offset, key, value, headers, timestamp) VALUES (?, ?, ?, ?, ?, ?, ?)"
-    ),
     read: db.prepare(
       "SELECT offset, key, value, headers, timestamp FROM records WHERE topic = ? AND partition = ? AND offset >= ? ORDER BY offset LIMIT ?"
     ),
-    commit: db.prepare(
-      "INSERT INTO offsets (grp, topic, partition, next) VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET next = excluded.next"
-    ),
-    createTopic: db.prepare("INSERT OR IGNORE INTO topics (name, partitions) VALUES (?, ?)"),
     committed: db.prepare("SELECT partition, next FROM offsets WHERE grp = ? AND topic = ?"),
     // Partitions every group of their topic has committed on, and how far the slowest one is.
     retainable: db.prepare(
       `SELECT o.topic, o.partition, MIN(o.next) AS floor FROM offsets o GROUP BY o.topic, o.partition
        HAVING COUNT(*) = (SELECT COUNT(DISTINCT g.grp) FROM offsets g WHERE g.topic = o.topic) AND MIN(o.next) > ?`
-    ),
-    trim: db.prepare("DELETE FROM records WHERE topic = ? AND partition = ? AND offset < ?")
+    )
   } satisfies Record<string, StatementSync>
 
   // What the database holds, read once: the writer keeps it current.
@@ -148,23 +150,32 @@ export const make = Effect.fnUntraced(function* (
     )
   }
 
-  /** Applies one job inside the open transaction; answers its offsets, or stages topic ends in `staged`. */
-  const apply = (job: Job, staged: Map<string, number>, timestamp: number): ReadonlyArray<number> => {
+  // Transactions commit on a thread of their own (SqliteWriter.ts): the
+  // fsync that every ack waits for does not hold the event loop meanwhile.
+  const sqliteWriter = yield* SqliteWriter.make(path)
+
+  /** The statements of one job; answers its offsets, staging topic ends in `staged`. */
+  const apply = (
+    job: Job,
+    steps: Array<SqliteWriter.Step>,
+    staged: Map<string, number>,
+    timestamp: number
+  ): ReadonlyArray<number> => {
     switch (job._tag) {
       case "Append":
         return job.records.map((record) => {
           const key = partitionKey(job.topic, record.partition)
           const offset = staged.get(key) ?? ends.get(key) ?? 0
           const headers = Object.keys(record.headers).length === 0 ? null : JSON.stringify(record.headers)
-          statements.insert.run(job.topic, record.partition, offset, record.key, record.value, headers, timestamp)
+          steps.push([insertSql, [job.topic, record.partition, offset, record.key, record.value, headers, timestamp]])
           staged.set(key, offset + 1)
           return offset
         })
       case "Commit":
-        statements.commit.run(job.group, job.topic, job.partition, job.next)
+        steps.push([commitSql, [job.group, job.topic, job.partition, job.next]])
         return []
       case "CreateTopic":
-        statements.createTopic.run(job.topic, job.partitions)
+        steps.push([createTopicSql, [job.topic, job.partitions]])
         return []
     }
   }
@@ -173,22 +184,13 @@ export const make = Effect.fnUntraced(function* (
   const flush = (jobs: ReadonlyArray<Job>) =>
     Effect.gen(function* () {
       const staged = new Map<string, number>()
+      const steps: Array<SqliteWriter.Step> = []
+      const timestamp = Date.now()
+      const results = jobs.map((job) => apply(job, steps, staged, timestamp))
       const exit = yield* Effect.exit(
-        Effect.try({
-          try: () => {
-            const timestamp = Date.now()
-            db.exec("BEGIN IMMEDIATE")
-            try {
-              const results = jobs.map((job) => apply(job, staged, timestamp))
-              db.exec("COMMIT")
-              return results
-            } catch (error) {
-              if (db.isTransaction) db.exec("ROLLBACK")
-              throw error
-            }
-          },
-          catch: failure(`event log ${path}: writing ${jobs.length} requests failed`)
-        })
+        sqliteWriter
+          .run(steps)
+          .pipe(Effect.mapError(failure(`event log ${path}: writing ${jobs.length} requests failed`)))
       )
       if (Exit.isFailure(exit)) {
         yield* Effect.logError(`event log ${path}: a write failed; its senders get an error`, exit.cause)
@@ -201,7 +203,7 @@ export const make = Effect.fnUntraced(function* (
         if (job._tag === "CreateTopic") topics.set(job.topic, job.partitions)
       }
       jobs.forEach((job, i) => {
-        Deferred.doneUnsafe(job.done, Exit.succeed(exit.value[i]!))
+        Deferred.doneUnsafe(job.done, Exit.succeed(results[i]!))
       })
     })
 
@@ -227,13 +229,21 @@ export const make = Effect.fnUntraced(function* (
 
   // Retention: records every group has committed past, beyond the newest `retain`, go.
   const trim = Effect.try({
-    try: () => {
-      for (const row of statements.retainable.all(retain)) {
-        statements.trim.run(row.topic, row.partition, Number(row.floor) - retain)
-      }
-    },
+    try: () =>
+      statements.retainable
+        .all(retain)
+        .map(
+          (row): SqliteWriter.Step => [trimSql, [String(row.topic), Number(row.partition), Number(row.floor) - retain]]
+        ),
     catch: failure(`event log ${path}: retention failed`)
-  }).pipe(Effect.catchCause((cause) => Effect.logWarning("event log retention failed; retrying later", cause)))
+  }).pipe(
+    Effect.flatMap((steps) =>
+      steps.length === 0
+        ? Effect.void
+        : sqliteWriter.run(steps).pipe(Effect.mapError(failure(`event log ${path}: retention failed`)))
+    ),
+    Effect.catchCause((cause) => Effect.logWarning("event log retention failed; retrying later", cause))
+  )
   yield* trim.pipe(Effect.repeat(Schedule.spaced(options.retentionInterval ?? Duration.seconds(30))), Effect.forkScoped)
 
   const storage: LocalEventLog.LogStorage = {
