@@ -247,7 +247,12 @@ export const make = Effect.fnUntraced(function* (
         pendingLive.push(...items)
         return
       }
-      for (const item of items) deliver(item)
+      const all = () => {
+        for (const item of items) deliver(item)
+      }
+      // A batch of frames to one socket leaves in one write.
+      if (items.length > 1) connection.corked(all)
+      else all()
     })
     yield* Scope.addFinalizer(scope, removeListener)
 
