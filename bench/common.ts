@@ -3,6 +3,7 @@
  * (bench/load.ts): the configuration the runner hands over, the results the
  * generator reports back over IPC, and a small log-bucket latency histogram.
  */
+import type { StageSummary } from "./stages.ts"
 
 export type TargetKind = "harmony" | "ws" | "socketio"
 export type ScenarioName = "latency" | "throughput"
@@ -96,6 +97,8 @@ export interface ScenarioResult {
   readonly cpu: CpuUsage
   /** CLOCK_MONOTONIC (µs) at the start and end of sending: the window to cut a server CPU profile to. */
   readonly monotonicUs: readonly [number, number]
+  /** Harmony: each stage of the message path over the measured window (bench/stages.ts). */
+  readonly stages?: ReadonlyArray<StageSummary> | undefined
 }
 
 /** CLOCK_MONOTONIC in microseconds (the clock V8's CPU profiles use on Linux). */

@@ -21,6 +21,7 @@ import {
   type VerifyResult
 } from "./common.ts"
 import { type CpuSnapshot, snapshot, usageBetween } from "./cpu.ts"
+import { type StageHistograms, scrapeStages, stageOrder, stagesBetween } from "./stages.ts"
 import { type Account, makeHarmonyHttp, mapConcurrent } from "./harmony-http.ts"
 import { type Connection, connector, type Member } from "./transports.ts"
 
@@ -305,7 +306,8 @@ const main = async (config: LoadConfig) => {
     sendEnd: number,
     persistedBase: number,
     offeredRate: number | null,
-    window: readonly [number, number]
+    window: readonly [number, number],
+    stagesBefore: Promise<StageHistograms | undefined> | undefined
   ): Promise<ScenarioResult> => {
     const acceptedCount = m.acked
     // The drain (acks, deliveries) and the wait for persistence run side by side, each timed on its own.
@@ -313,6 +315,8 @@ const main = async (config: LoadConfig) => {
     await waitFor(() => inflight() === 0 && owed() === 0, config.drainSeconds)
     const cpu: CpuUsage = usageBetween(cpuStart, snapshot(cpuGroups))
     const persistedAt = await persisted
+    // After the drain and persistence: every stage of the window's messages has been observed.
+    const stages = isHarmony ? stagesBetween(await stagesBefore, await scrapeStages(config.url), stageOrder) : undefined
     let persistedPerSecond: number | null = null
     let persistLagSeconds: number | null = null
     if (persistedAt !== undefined) {
@@ -348,7 +352,8 @@ const main = async (config: LoadConfig) => {
       closes: m.closes,
       schedulerLagMaxMs: m.schedulerLagMaxMs,
       cpu,
-      monotonicUs: window
+      monotonicUs: window,
+      ...(stages === undefined ? {} : { stages })
     }
     log(
       `${scenario} done: accepted ${result.acceptedPerSecond.toFixed(0)}/s, deliveries ${result.deliveriesPerSecond.toFixed(0)}/s, ` +
@@ -371,6 +376,7 @@ const main = async (config: LoadConfig) => {
     const stop = startProgress(scenario, persistedBase)
     const monotonicStart = monotonicUs()
     let sendEnd: number
+    let stagesBefore: Promise<StageHistograms | undefined> | undefined
     if (scenario === "latency") {
       // Fixed rate: send i goes to chat i mod chats, from its members in turn.
       m.windowStart = m.start + config.warmupSeconds * 1000
@@ -378,6 +384,7 @@ const main = async (config: LoadConfig) => {
       m.windowEnd = end
       let index = 0
       for (let now = performance.now(); now < end; now = performance.now()) {
+        if (isHarmony && stagesBefore === undefined && now >= m.windowStart) stagesBefore = scrapeStages(config.url)
         const due = Math.floor(((now - m.start) / 1000) * config.rate)
         if (index < due)
           m.schedulerLagMaxMs = Math.max(m.schedulerLagMaxMs, now - (m.start + (index * 1000) / config.rate))
@@ -392,6 +399,7 @@ const main = async (config: LoadConfig) => {
       // As fast as acks come: every connection keeps `window` sends in flight.
       m.windowStart = m.start
       m.windowEnd = m.start + config.throughputSeconds * 1000
+      if (isHarmony) stagesBefore = scrapeStages(config.url)
       throughputRunning = true
       for (const conn of conns) for (let w = 0; w < config.window; w++) send(conn)
       await sleep(config.throughputSeconds * 1000)
@@ -405,7 +413,8 @@ const main = async (config: LoadConfig) => {
       sendEnd,
       persistedBase,
       scenario === "latency" ? config.rate : null,
-      [monotonicStart, monotonicUs()]
+      [monotonicStart, monotonicUs()],
+      stagesBefore
     )
     stop()
     results.push(result)

@@ -80,6 +80,28 @@ export const render = (info: RunInfo, targets: ReadonlyArray<TargetResult>): str
       )
     }
   }
+  // Where a message's time goes: each stage's p50 / p99 over the window, from the server's /metrics.
+  const staged = targets.flatMap((target) =>
+    target.scenarios.filter((s) => (s.stages?.length ?? 0) > 0).map((s) => [target, s] as const)
+  )
+  if (staged.length > 0) {
+    lines.push(
+      "",
+      "Per stage (harmony_message_stage_seconds over the measured window; p50 / p99 ms, observations):",
+      ""
+    )
+    const names = [...new Set(staged.flatMap(([, s]) => (s.stages ?? []).map((stage) => stage.stage)))]
+    lines.push(`| target | scenario | ${names.join(" | ")} |`)
+    lines.push(`| --- | --- | ${names.map(() => "---").join(" | ")} |`)
+    for (const [target, s] of staged) {
+      const cells = names.map((name) => {
+        const stage = s.stages?.find((candidate) => candidate.stage === name)
+        return stage === undefined ? "–" : `${ms(stage.p50)} / ${ms(stage.p99)} (${stage.count})`
+      })
+      lines.push(`| ${target.label} | ${s.scenario} | ${cells.join(" | ")} |`)
+    }
+  }
+
   const notes = targets.flatMap((target) => target.notes.map((note) => `- ${target.label}: ${note}`))
   if (notes.length > 0) lines.push("", ...notes)
 

@@ -8,7 +8,7 @@
  * positions) are read when metrics are collected (`Metric.registerUnsafe`)
  * rather than updated on every change.
  */
-import { Effect, Metric } from "effect"
+import { type Context, Effect, Metric } from "effect"
 import type { Scope } from "effect"
 
 // --- the message path -------------------------------------------------------------------------
@@ -34,6 +34,72 @@ export const sendToDeliver = Metric.histogram("harmony_send_to_deliver_seconds",
     "Seconds from a send's acceptance at the gateway to its live delivery on a client socket (one observation per socket write)",
   boundaries: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 })
+/**
+ * Where a message's time goes, stage by stage: each stage is the time
+ * between two timestamps carried along the message's path (Kafka headers,
+ * the fanout envelope), observed once per message where the stage ends.
+ * Stages, in path order:
+ *
+ * - `admit`: the send reaches Ingest → queued for the log (rate limit, membership)
+ * - `produce_wait`: queued → its produce request starts (waiting for the one in flight)
+ * - `produce`: produce request → the log's acknowledgement (the ack follows at once)
+ * - `log`: produce request → the record reaches its partition runner (broker, fetch)
+ * - `route`: at the partition runner → sequenced by the chat's actor (mailbox hand-off)
+ * - `publish`: sequenced → its fanout publish is issued
+ * - `fanout`: publish issued → received by a delivering node (pub/sub)
+ * - `deliver`: received → written to every local subscriber's socket (once per node)
+ * - `persist`: sequenced → in the message store (not on the live path)
+ *
+ * Timestamps are wall-clock milliseconds with a fraction (`stampNow`): stages
+ * that cross nodes include the nodes' clock offset.
+ */
+export const messageStage = Metric.histogram("harmony_message_stage_seconds", {
+  description: "Seconds a message spends in each stage of its path, by stage (see docs/observability.md)",
+  boundaries: [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+    0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10
+  ]
+})
+export type Stage =
+  | "admit"
+  | "produce_wait"
+  | "produce"
+  | "log"
+  | "route"
+  | "publish"
+  | "fanout"
+  | "deliver"
+  | "persist"
+export const stages: ReadonlyArray<Stage> = [
+  "admit",
+  "produce_wait",
+  "produce",
+  "log",
+  "route",
+  "publish",
+  "fanout",
+  "deliver",
+  "persist"
+]
+const stageSeries = new Map<Stage, Metric.Histogram<number>>(
+  stages.map((stage) => [stage, Metric.withAttributes(messageStage, { stage })])
+)
+/** The `harmony_message_stage_seconds` series of a stage. */
+export const stageMetric = (stage: Stage): Metric.Histogram<number> => stageSeries.get(stage) ?? messageStage
+/** The Kafka header of a send record carrying when its produce request started (a `stampNow` timestamp). */
+export const ProducedAtHeader = "harmony-produced-at"
+/** Now, in milliseconds since the epoch with a sub-millisecond fraction: the stages' timestamps. */
+export const stampNow = (): number => performance.timeOrigin + performance.now()
+/** Observes `stage` as the time from `since` (a `stampNow` timestamp) to `now`, when `since` is known. */
+export const observeStage = (
+  stage: Stage,
+  since: number | undefined,
+  now: number,
+  context: Context.Context<never>
+): void => {
+  if (since === undefined || !Number.isFinite(since)) return
+  stageMetric(stage).updateUnsafe(Math.max(0, now - since) / 1000, context)
+}
 /** Attributes: group, topic, partition. */
 export const consumerLag = Metric.gauge("harmony_consumer_lag_records", {
   description:

@@ -96,3 +96,13 @@ export const syncSpans: Effect.Effect<SyncSpans | undefined> = Effect.gen(functi
 /** `span` when it is sampled (its trace is exported), else undefined: no child spans under an unsampled parent. */
 export const sampled = <S extends Tracer.AnySpan>(span: S | undefined): S | undefined =>
   span?.sampled ? span : undefined
+
+/**
+ * For `Effect.fnUntraced` on the hot path, in place of `Effect.fn(name)`: a
+ * span named `name` only while spans can leave the process (no span, and no
+ * call-site stack capture, per call otherwise).
+ */
+export const spanWhenExported =
+  (gate: ExportGate, name: string) =>
+  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+    gate.open() ? Effect.withSpan(effect, name, { captureStackTrace: false }) : effect

@@ -13,6 +13,7 @@
 import { Context, Deferred, Effect, Fiber, FiberSet, Layer, Stream } from "effect"
 import type { CacheError } from "../ports/Cache.ts"
 import type { ChatId } from "../schema/Domain.ts"
+import { observeStage, stampNow } from "../Metrics.ts"
 import { parseTraceparent, sampled, type SyncSpans, syncSpans } from "../Tracing.ts"
 import { Fanout, type FanoutItem } from "../messages/Fanout.ts"
 
@@ -46,8 +47,19 @@ export class ChatFeeds extends Context.Service<
       const feeds = new Map<ChatId, Feed>()
       const spans = yield* syncSpans
 
+      const context = yield* Effect.context<never>()
       const dispatch = (feed: Feed, batch: ReadonlyArray<FanoutItem>) => {
         for (const listener of feed.listeners) listener(batch)
+        observeDelivered(batch)
+      }
+      /** The `fanout` and `deliver` stages of each message, once per node: its sockets are all written now. */
+      const observeDelivered = (batch: ReadonlyArray<FanoutItem>) => {
+        const now = stampNow()
+        for (const item of batch) {
+          if (item.seq === 0) continue
+          observeStage("fanout", item.publishedAt, item.receivedAt ?? now, context)
+          observeStage("deliver", item.receivedAt, now, context)
+        }
       }
       const dispatchTraced = (spans: SyncSpans, chatId: ChatId, feed: Feed, batch: ReadonlyArray<FanoutItem>) => {
         const started: Array<ReturnType<SyncSpans["start"]>> = []
@@ -69,6 +81,7 @@ export class ChatFeeds extends Context.Service<
         } finally {
           for (const span of started) spans.end(span)
         }
+        observeDelivered(batch)
       }
 
       const open = (chatId: ChatId, feed: Feed) =>

@@ -32,20 +32,25 @@ export class Closed {
 export const withRef = <F extends ServerFrame>(frame: F, ref: string | undefined): F =>
   ref === undefined ? frame : { ...frame, ref }
 
+/** ws sends a Buffer as a binary frame unless told otherwise. */
+const textFrame = { binary: false } as const
+
 export interface Connection {
   /** How the session closed the socket, once it did. */
   readonly closed: () => Closed | undefined
   readonly close: (code: number, reason: string) => Effect.Effect<void>
   /** `close`, from outside any fiber (a timer's callback). */
   readonly closeUnsafe: (code: number, reason: string) => void
-  /** Writes a text frame; answers whether it was written (not when the socket is gone or the client too slow). */
-  readonly write: (text: string) => boolean
+  /** Writes a text frame (a string, or its UTF-8); answers whether it was written (not when the socket is gone or the client too slow). */
+  readonly write: (text: string | Buffer) => boolean
   readonly send: (frame: ServerFrame) => Effect.Effect<void>
   /** An error frame to the client, counted by its contract code. */
   readonly sendError: (code: string, message: string, ref: string | undefined) => Effect.Effect<void>
   readonly sendApiError: (error: ApiError, ref: string | undefined) => Effect.Effect<void>
   /** A live message: counted, its send→deliver latency observed, traced under its delivery on this node. */
   readonly writeLive: (item: FanoutItem) => void
+  /** Runs `writes` with the socket corked: the frames they write leave in one system call. */
+  readonly corked: (writes: () => void) => void
 }
 
 /**
@@ -70,14 +75,14 @@ export const make = Effect.fnUntraced(function* (
     onClosed()
   }
 
-  const write = (text: string): boolean => {
+  const write = (text: string | Buffer): boolean => {
     if (socket.readyState !== socket.OPEN) return false
     if (socket.bufferedAmount > maxBufferedBytes) {
       slowConsumerDisconnects.updateUnsafe(1, context)
       closeNow(CloseCode.tooSlow, "too slow: outbound queue overflowed")
       return false
     }
-    socket.send(text)
+    socket.send(text, textFrame)
     return true
   }
 
@@ -100,7 +105,8 @@ export const make = Effect.fnUntraced(function* (
             parent: item.span,
             attributes: { "harmony.session.id": sessionId, "harmony.seq": item.seq }
           })
-    const written = write(item.frame)
+    // The bytes shared by every socket of the node: ws frames them without copying or encoding.
+    const written = write(item.frameBytes ?? item.frame)
     if (span !== undefined) spans?.end(span)
     if (!written) return
     messagesDelivered.updateUnsafe(1, context)
@@ -109,8 +115,22 @@ export const make = Effect.fnUntraced(function* (
     }
   }
 
+  // ws keeps its net.Socket in `_socket` (no public cork): frames written
+  // while it is corked go out in one writev when it is uncorked.
+  const corked = (writes: () => void) => {
+    const raw = (socket as unknown as { _socket?: { cork(): void; uncork(): void } | null })._socket
+    if (raw == null) return writes()
+    raw.cork()
+    try {
+      writes()
+    } finally {
+      raw.uncork()
+    }
+  }
+
   return {
     closed: () => closed,
+    corked,
     close: (code, reason) => Effect.sync(() => closeNow(code, reason)),
     closeUnsafe: closeNow,
     write,

@@ -260,8 +260,16 @@ export const make = Effect.fnUntraced(function* (
     // meanwhile is missed.
     let pendingLive: Array<FanoutItem> | undefined = []
     subscription.removeListener = yield* services.feeds.listen(chatId, (items) => {
-      if (pendingLive !== undefined) pendingLive.push(...items)
-      else for (const item of items) deliver(item)
+      if (pendingLive !== undefined) {
+        pendingLive.push(...items)
+        return
+      }
+      const all = () => {
+        for (const item of items) deliver(item)
+      }
+      // A batch of frames to one socket leaves in one write.
+      if (items.length > 1) connection.corked(all)
+      else all()
     })
     // Unsubscribed meanwhile: the listener goes at once.
     if (subscriptions.get(chatId) !== subscription) yield* subscription.removeListener

@@ -4,19 +4,21 @@
  * with local subscribers to the chat holds one subscription to that channel
  * (the PubSub port ref-counts it) and hands the frame to each session as is.
  *
- * The payload is `<seq> <from> <sentAt> <traceparent> [<ends>] <frame>`:
- * sessions drop a seq they already delivered (a message re-published after a
- * replay) without parsing the frame. Frames that are not messages (typing,
- * read, membership signals) carry seq 0 and, in `from`, the user they come
- * from ("-" for none), so a user's own signals are not echoed to them. Only
- * a frame that ends subscriptions has `ends`: the removed member's id
- * (`member_removed`), or "*" for everyone (`chat_deleted`) — so a payload
- * without it is the one nodes before it wrote, and either reads the other's
- * messages. `sentAt`
- * (milliseconds since the epoch, when the gateway accepted the send) feeds
- * the send→deliver latency where the message is delivered; `traceparent`
- * (W3C) continues the message's trace on every delivering node. Either is
- * "-" when absent.
+ * A payload holds one item, or several of one chat separated by newlines (a
+ * chat actor's batch goes out as one publish); each item is
+ * `<seq> <from> <stamps> <traceparent> [<ends>] <frame>` (frames are JSON,
+ * which never holds a raw newline): sessions drop a seq they already
+ * delivered (a message re-published after a replay) without parsing the
+ * frame. Frames that are not messages (typing, read, membership signals)
+ * carry seq 0 and, in `from`, the user they come from ("-" for none), so a
+ * user's own signals are not echoed to them. Only a frame that ends
+ * subscriptions has `ends`: the removed member's id (`member_removed`), or
+ * "*" for everyone (`chat_deleted`). `stamps` is `<sentAt>` or
+ * `<sentAt>,<publishedAt>`: when the gateway accepted the send (milliseconds
+ * since the epoch; it feeds the send→deliver latency where the message is
+ * delivered) and when its publish was issued (the `fanout` stage of
+ * `harmony_message_stage_seconds`). `traceparent` (W3C) continues the
+ * message's trace on every delivering node. Either is "-" when absent.
  */
 import { Context, Effect, Layer, Stream } from "effect"
 import type { Scope, Tracer } from "effect"
@@ -24,6 +26,7 @@ import type { CacheError } from "../ports/Cache.ts"
 import { PubSub } from "../ports/PubSub.ts"
 import type { ChatId, Message } from "../schema/Domain.ts"
 import { encodeMessageFrame, encodeServerFrame, type ServerFrame } from "../schema/ServerFrames.ts"
+import { observeStage, stampNow } from "../Metrics.ts"
 import { traceparentOf } from "../Tracing.ts"
 
 export interface FanoutItem {
@@ -35,8 +38,14 @@ export interface FanoutItem {
   readonly ends?: string | undefined
   /** The text frame to send, already serialized. */
   readonly frame: string
+  /** The frame as UTF-8, made once per node for all its sockets (live items only). */
+  readonly frameBytes?: Buffer | undefined
   /** A message's: when its send was accepted (milliseconds since the epoch). */
   readonly sentAt?: number | undefined
+  /** A message's: when its publish was issued (`stampNow`). */
+  readonly publishedAt?: number | undefined
+  /** When this node received it (`stampNow`). */
+  readonly receivedAt?: number | undefined
   /** The W3C context of the span that published it, when traced. */
   readonly traceparent?: string | undefined
   /** Where it is delivered, when traced: the span of its delivery to this node's sessions. */
@@ -64,11 +73,24 @@ export const signalItem = (from: string | undefined, frame: ServerFrame): Fanout
 const orDash = (value: string | number | undefined) => (value === undefined ? "-" : value)
 const dashless = (field: string) => (field === "-" ? undefined : field)
 
-export const encodeItem = (item: FanoutItem): string =>
-  `${item.seq} ${orDash(item.from)} ${orDash(item.sentAt)} ${orDash(item.traceparent)} ${item.ends === undefined ? "" : `${item.ends} `}${item.frame}`
+const stampsOf = (item: FanoutItem) =>
+  item.sentAt === undefined
+    ? "-"
+    : item.publishedAt === undefined
+      ? `${item.sentAt}`
+      : `${item.sentAt},${item.publishedAt}`
 
-/** The fields before the frame, up to the frame's `{` (four, or five with `ends`). */
-export const decodeItem = (payload: string): FanoutItem | undefined => {
+export const encodeItem = (item: FanoutItem): string =>
+  `${item.seq} ${orDash(item.from)} ${stampsOf(item)} ${orDash(item.traceparent)} ${item.ends === undefined ? "" : `${item.ends} `}${item.frame}`
+
+const stamp = (field: string | undefined) => {
+  if (field === undefined || field === "") return undefined
+  const number = Number(field)
+  return Number.isFinite(number) ? number : undefined
+}
+
+/** One item: the fields before the frame, up to the frame's `{` (four, or five with `ends`). */
+export const decodeItem = (payload: string, receivedAt?: number, withBytes = false): FanoutItem | undefined => {
   const fields: Array<string> = []
   let start = 0
   while (payload[start] !== "{") {
@@ -78,17 +100,35 @@ export const decodeItem = (payload: string): FanoutItem | undefined => {
     start = space + 1
   }
   if (fields.length < 4) return undefined
-  const [seq, from, sentAt, traceparent, ends] = fields.map(dashless)
+  const [seq, from, stamps, traceparent, ends] = fields.map(dashless)
   const number = Number(seq)
   if (!Number.isSafeInteger(number)) return undefined
+  const comma = stamps === undefined ? -1 : stamps.indexOf(",")
+  const frame = payload.slice(start)
   return {
     seq: number,
     from,
     ends,
-    sentAt: sentAt === undefined ? undefined : Number(sentAt),
+    sentAt: comma < 0 ? stamp(stamps) : stamp(stamps?.slice(0, comma)),
+    publishedAt: comma < 0 ? undefined : stamp(stamps?.slice(comma + 1)),
+    receivedAt,
     traceparent,
-    frame: payload.slice(start)
+    ...(withBytes ? { frame, frameBytes: Buffer.from(frame) } : { frame })
   }
+}
+
+/** Every item of a payload, in order, each with its frame's bytes; undecodable ones are dropped. */
+export const decodeItems = (payload: string, receivedAt?: number): Array<FanoutItem> => {
+  const items: Array<FanoutItem> = []
+  let start = 0
+  while (start < payload.length) {
+    const end = payload.indexOf("\n", start)
+    const item = decodeItem(end < 0 ? payload.slice(start) : payload.slice(start, end), receivedAt, true)
+    if (item !== undefined) items.push(item)
+    if (end < 0) break
+    start = end + 1
+  }
+  return items
 }
 
 export class Fanout extends Context.Service<
@@ -97,10 +137,13 @@ export class Fanout extends Context.Service<
     /**
      * Publishes messages on their chats' channels. `parents[i]`, when given,
      * is the span of `messages[i]`'s sequencing: its publish is traced under it.
+     * Untraced, a chat's messages go out in one publish. `sequencedAt`
+     * (`stampNow`) feeds the `publish` stage.
      */
     readonly publishMessages: (
       messages: ReadonlyArray<Message>,
-      parents?: ReadonlyArray<Tracer.AnySpan | undefined>
+      parents?: ReadonlyArray<Tracer.AnySpan | undefined>,
+      sequencedAt?: number
     ) => Effect.Effect<void, CacheError>
     /** Publishes a frame that is not a message (seq 0) on a chat's channel, from a user or from nobody. */
     readonly publishFrame: (
@@ -116,17 +159,16 @@ export class Fanout extends Context.Service<
     Fanout,
     Effect.gen(function* () {
       const pubsub = yield* PubSub
-      const publish = (message: Message, traceparent: string | undefined) => {
+      const context = yield* Effect.context<never>()
+      const itemOf = (message: Message, traceparent: string | undefined, publishedAt: number) => {
         const sentAt = Date.parse(message.createdAt)
-        return pubsub.publish(
-          channelOf(message.chatId),
-          encodeItem({
-            seq: message.seq,
-            frame: messageFrame(message),
-            sentAt: Number.isFinite(sentAt) ? sentAt : undefined,
-            traceparent
-          })
-        )
+        return encodeItem({
+          seq: message.seq,
+          frame: messageFrame(message),
+          sentAt: Number.isFinite(sentAt) ? sentAt : undefined,
+          publishedAt,
+          traceparent
+        })
       }
       /** A message's publish, as a producer span under its sequencing; its context travels in the envelope. */
       const publishTraced = (message: Message, parent: Tracer.AnySpan) =>
@@ -142,24 +184,45 @@ export class Fanout extends Context.Service<
               "harmony.seq": message.seq
             }
           },
-          (span) => publish(message, traceparentOf(span))
+          (span) => pubsub.publish(channelOf(message.chatId), itemOf(message, traceparentOf(span), stampNow()))
         )
+      /** One publish per chat: its messages' items, newline-separated, in order. */
+      const publishBatched = (messages: ReadonlyArray<Message>, sequencedAt: number | undefined) =>
+        Effect.suspend(() => {
+          const publishedAt = stampNow()
+          const byChat = new Map<string, Array<string>>()
+          for (const message of messages) {
+            observeStage("publish", sequencedAt, publishedAt, context)
+            const items = byChat.get(message.chatId)
+            const item = itemOf(message, undefined, publishedAt)
+            if (items === undefined) byChat.set(message.chatId, [item])
+            else items.push(item)
+          }
+          return Effect.forEach(byChat, ([chatId, items]) => pubsub.publish(channelOf(chatId), items.join("\n")), {
+            concurrency: "unbounded",
+            discard: true
+          })
+        })
       return Fanout.of({
-        publishMessages: (messages, parents) =>
-          Effect.forEach(
-            messages,
-            (message, index) => {
-              const parent = parents?.[index]
-              return parent === undefined ? publish(message, undefined) : publishTraced(message, parent)
-            },
-            { concurrency: "unbounded", discard: true }
-          ),
+        publishMessages: (messages, parents, sequencedAt) =>
+          parents === undefined || parents.every((parent) => parent === undefined)
+            ? publishBatched(messages, sequencedAt)
+            : Effect.forEach(
+                messages,
+                (message, index) => {
+                  const parent = parents[index]
+                  return parent === undefined
+                    ? pubsub.publish(channelOf(message.chatId), itemOf(message, undefined, stampNow()))
+                    : publishTraced(message, parent)
+                },
+                { concurrency: "unbounded", discard: true }
+              ),
         publishFrame: (chatId, from, frame) => pubsub.publish(channelOf(chatId), encodeItem(signalItem(from, frame))),
         subscribe: (chatId) =>
           Effect.map(pubsub.subscribe(channelOf(chatId)), (payloads) =>
             payloads.pipe(
-              Stream.map(decodeItem),
-              Stream.filter((item): item is FanoutItem => item !== undefined)
+              Stream.map((payload) => decodeItems(payload, stampNow())),
+              Stream.flattenIterable
             )
           )
       })

@@ -10,15 +10,28 @@
  * header, and each produce request is a span (`Ingest.produceBatch`) linking
  * the sends it carries.
  */
-import { Clock, Context, Deferred, Duration, Effect, Exit, Layer, Metric, Option, Queue, type Tracer } from "effect"
-import { messagesAccepted } from "../Metrics.ts"
+import {
+  Clock,
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Layer,
+  Metric,
+  Option,
+  Queue,
+  Schedule,
+  type Tracer
+} from "effect"
+import { messagesAccepted, observeStage, ProducedAtHeader, stampNow } from "../Metrics.ts"
 import { EventLog, EventLogError, type ProduceRecord } from "../ports/EventLog.ts"
 import type { ChatId, MessageId, UserId } from "../schema/Domain.ts"
 import { type NotFound, type RateLimited, Unavailable } from "../schema/Errors.ts"
 import { encodeSendRecord, messageIdOf } from "../schema/Records.ts"
 import { Membership } from "../state/Membership.ts"
 import { RateLimits } from "../state/RateLimits.ts"
-import { ExportGate, sampled, TraceparentHeader, traceparentOf } from "../Tracing.ts"
+import { ExportGate, sampled, spanWhenExported, TraceparentHeader, traceparentOf } from "../Tracing.ts"
 import { MessagesTopic } from "../schema/Topics.ts"
 import { memberRole } from "./ChatRules.ts"
 
@@ -29,6 +42,12 @@ export interface Accepted {
 
 interface Pending {
   readonly record: ProduceRecord
+  /** The record's headers, stamped with the produce request's start. */
+  readonly headers: Record<string, string>
+  /** When the send was queued (`stampNow`). */
+  readonly queuedAt: number
+  /** When it is answered `unavailable` if the log has not taken it (the Clock's milliseconds). */
+  readonly deadline: number
   /** The record's size on the wire, roughly. */
   readonly size: number
   readonly done: Deferred.Deferred<void, EventLogError>
@@ -88,11 +107,23 @@ export class Ingest extends Context.Service<
         // come later) instead of the node buffering without limit.
         const queue = yield* Queue.bounded<Pending>(MaxQueued)
         const gate = yield* ExportGate
+        const context = yield* Effect.context<never>()
 
         const produceRequest = (chunk: ReadonlyArray<Pending>) => {
-          const request = log.produce(
-            MessagesTopic,
-            chunk.map((pending) => pending.record)
+          const startedAt = stampNow()
+          const records: Array<ProduceRecord> = []
+          for (const pending of chunk) {
+            observeStage("produce_wait", pending.queuedAt, startedAt, context)
+            pending.headers[ProducedAtHeader] = String(startedAt)
+            records.push(pending.record)
+          }
+          const request = log.produce(MessagesTopic, records).pipe(
+            Effect.tap(() =>
+              Effect.sync(() => {
+                const now = stampNow()
+                for (let i = 0; i < chunk.length; i++) observeStage("produce", startedAt, now, context)
+              })
+            )
           )
           const links: Array<Tracer.SpanLink> = []
           for (const pending of chunk)
@@ -111,16 +142,42 @@ export class Ingest extends Context.Service<
             })
           )
         }
+        /**
+         * The sends waiting for the log, oldest first. One sweeper answers those
+         * past their deadline `unavailable`: no timer or fiber per send.
+         */
+        const outstanding = new Set<Pending>()
+        const timedOut = new EventLogError({
+          message: `the log did not take the send within ${Duration.format(sendTimeout)}`
+        })
+        const answer = (pending: Pending, outcome: Exit.Exit<void, EventLogError>) => {
+          outstanding.delete(pending)
+          Deferred.doneUnsafe(pending.done, outcome)
+        }
+        const sweep = Effect.flatMap(Clock.currentTimeMillis, (now) =>
+          Effect.sync(() => {
+            // Every send has the same timeout, so deadlines come in insertion order.
+            for (const pending of outstanding) {
+              if (pending.deadline > now) break
+              answer(pending, Exit.fail(timedOut))
+            }
+          })
+        )
+        const sweepEvery = Duration.millis(Math.min(250, Math.max(10, Duration.toMillis(sendTimeout) / 10)))
+        yield* sweep.pipe(Effect.repeat(Schedule.spaced(sweepEvery)), Effect.forkScoped)
+
         const produce = (all: ReadonlyArray<Pending>) => {
           // Sends already answered (timed out while queued) are not produced late.
           const chunk = all.filter((pending) => !Deferred.isDoneUnsafe(pending.done))
           if (chunk.length === 0) return Effect.void
           return produceRequest(chunk).pipe(
             Effect.exit,
-            Effect.flatMap((exit) => {
-              const outcome = Exit.asVoid(exit)
-              return Effect.forEach(chunk, (pending) => Deferred.done(pending.done, outcome))
-            })
+            Effect.flatMap((exit) =>
+              Effect.sync(() => {
+                const outcome = Exit.asVoid(exit)
+                for (const pending of chunk) answer(pending, outcome)
+              })
+            )
           )
         }
         yield* Queue.takeBetween(queue, 1, MaxBatch).pipe(
@@ -129,65 +186,92 @@ export class Ingest extends Context.Service<
           Effect.forkScoped
         )
 
-        const send = Effect.fn("Ingest.send")(function* (
-          authorId: UserId,
-          chatId: ChatId,
-          clientMsgId: string,
-          body: string
-        ) {
-          yield* limits.take("send", authorId)
-          yield* memberRole(membership, chatId, authorId)
-          const id = messageIdOf(chatId, authorId, clientMsgId)
-          const sentAt = new Date(yield* Clock.currentTimeMillis).toISOString()
-          const done = yield* Deferred.make<void, EventLogError>()
-          const value = encodeSendRecord({ id, chatId, authorId, clientMsgId, body, sentAt })
-          const size = Buffer.byteLength(value) + chatId.length + 64
-          const traced =
-            gate.open() && sampled(Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))) !== undefined
-          const enqueue = traced
-            ? Effect.useSpan(
-                "Ingest.produce",
-                {
-                  kind: "producer",
-                  attributes: {
-                    "messaging.system": "kafka",
-                    "messaging.destination.name": MessagesTopic,
-                    "harmony.message.id": id
+        /**
+         * Queues the send and waits for the log's answer, bounded by its
+         * deadline: the sweeper's when the queue has room, a timeout of its own
+         * when the sender must wait for room (the log is not keeping up).
+         */
+        const enqueueAndWait = (pending: Pending) =>
+          Effect.suspend(() => {
+            if (Queue.offerUnsafe(queue, pending)) {
+              outstanding.add(pending)
+              return Deferred.await(pending.done)
+            }
+            return Queue.offer(queue, pending).pipe(
+              Effect.andThen(Deferred.await(pending.done)),
+              Effect.timeoutOrElse({
+                duration: sendTimeout,
+                orElse: () => Deferred.fail(pending.done, timedOut).pipe(Effect.andThen(Effect.fail(timedOut)))
+              })
+            )
+          })
+
+        const send = Effect.fnUntraced(
+          function* (authorId: UserId, chatId: ChatId, clientMsgId: string, body: string) {
+            const arrivedAt = stampNow()
+            yield* limits.take("send", authorId)
+            yield* memberRole(membership, chatId, authorId)
+            const id = messageIdOf(chatId, authorId, clientMsgId)
+            const acceptedAt = yield* Clock.currentTimeMillis
+            const sentAt = new Date(acceptedAt).toISOString()
+            const done = yield* Deferred.make<void, EventLogError>()
+            const value = encodeSendRecord({ id, chatId, authorId, clientMsgId, body, sentAt })
+            const size = Buffer.byteLength(value) + chatId.length + 64
+            const queuedAt = stampNow()
+            observeStage("admit", arrivedAt, queuedAt, context)
+            const traced =
+              gate.open() && sampled(Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))) !== undefined
+            const deadline = acceptedAt + Duration.toMillis(sendTimeout)
+            const enqueue = traced
+              ? Effect.useSpan(
+                  "Ingest.produce",
+                  {
+                    kind: "producer",
+                    attributes: {
+                      "messaging.system": "kafka",
+                      "messaging.destination.name": MessagesTopic,
+                      "harmony.message.id": id
+                    }
+                  },
+                  (span) => {
+                    const headers = { [TraceparentHeader]: traceparentOf(span) }
+                    return enqueueAndWait({
+                      record: { key: chatId, value, headers },
+                      headers,
+                      queuedAt,
+                      deadline,
+                      size: size + 64,
+                      done,
+                      span
+                    })
                   }
-                },
-                (span) =>
-                  Queue.offer(queue, {
-                    record: { key: chatId, value, headers: { [TraceparentHeader]: traceparentOf(span) } },
-                    size: size + 64,
-                    done,
-                    span
-                  }).pipe(Effect.andThen(Deferred.await(done)))
-              )
-            : Queue.offer(queue, { record: { key: chatId, value }, size, done }).pipe(
-                Effect.andThen(Deferred.await(done))
-              )
-          yield* enqueue.pipe(
+                )
+              : Effect.suspend(() => {
+                  const headers: Record<string, string> = {}
+                  return enqueueAndWait({
+                    record: { key: chatId, value, headers },
+                    headers,
+                    queuedAt,
+                    deadline,
+                    size,
+                    done
+                  })
+                })
             // Bounded, however the log fares: a send not taken in time is answered
             // `unavailable` (it may still be written; the client sends it again
             // with the same clientMsgId, which is stored once).
-            Effect.timeoutOrElse({
-              duration: sendTimeout,
-              orElse: () => {
-                const error = new EventLogError({
-                  message: `the log did not take the send within ${Duration.format(sendTimeout)}`
-                })
-                return Deferred.fail(done, error).pipe(Effect.andThen(Effect.fail(error)))
-              }
-            }),
-            Effect.catchTag("EventLogError", (error) =>
-              Effect.logWarning("produce failed: the send is not acknowledged", error).pipe(
-                Effect.andThen(Effect.fail(new Unavailable({ message: "the message log is unavailable, try again" })))
+            yield* enqueue.pipe(
+              Effect.catchTag("EventLogError", (error) =>
+                Effect.logWarning("produce failed: the send is not acknowledged", error).pipe(
+                  Effect.andThen(Effect.fail(new Unavailable({ message: "the message log is unavailable, try again" })))
+                )
               )
             )
-          )
-          yield* Metric.update(messagesAccepted, 1)
-          return { id, clientMsgId }
-        })
+            yield* Metric.update(messagesAccepted, 1)
+            return { id, clientMsgId }
+          },
+          spanWhenExported(gate, "Ingest.send")
+        )
 
         return Ingest.of({ send })
       })

@@ -21,6 +21,8 @@ export type SendRecord = typeof SendRecord.Type
 
 export const SendRecordJson = Schema.fromJsonString(SendRecord)
 export const decodeSendRecord = Schema.decodeUnknownEffect(SendRecordJson)
+/** Synchronous, for the partition runner's loop. */
+export const decodeSendRecordOption = Schema.decodeUnknownOption(SendRecordJson)
 export const encodeSendRecord = Schema.encodeSync(SendRecordJson)
 
 /** The message id of a send: the same for every retry of it. */

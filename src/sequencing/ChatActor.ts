@@ -14,8 +14,8 @@
  * When tracing, each record's sequencing is a span (`ChatActor.sequence`)
  * under its receipt from the log, and its fanout publish a child of that.
  */
-import { Cause, type Duration, Effect, Metric, Queue, type Tracer } from "effect"
-import { messagesSequenced } from "../Metrics.ts"
+import { Cause, Clock, type Context, Duration, Effect, Metric, Queue, type Tracer } from "effect"
+import { messagesSequenced, observeStage, stampNow } from "../Metrics.ts"
 import { MessageStore } from "../ports/MessageStore.ts"
 import type { ChatId, Message } from "../schema/Domain.ts"
 import type { SendRecord } from "../schema/Records.ts"
@@ -31,6 +31,8 @@ export interface Envelope {
   readonly _tag: "Record"
   readonly record: SendRecord
   readonly offset: number
+  /** When its partition runner got it from the log (`stampNow`). */
+  readonly receivedAt: number
   /** The record's receipt from the log, when tracing. */
   readonly span?: Tracer.AnySpan | undefined
 }
@@ -40,7 +42,12 @@ export interface Deleted {
   readonly _tag: "Deleted"
 }
 
-export type Mail = Envelope | Deleted
+/** Nothing came for a while (its host's idle sweep): the actor passivates if it is still idle. */
+export interface Idle {
+  readonly _tag: "Idle"
+}
+
+export type Mail = Envelope | Deleted | Idle
 
 export interface ActorOptions extends SequencerOptions {
   readonly mailboxSize: number
@@ -64,6 +71,10 @@ export interface ChatActorHandle {
   /** Messages sequenced but not yet persisted. */
   unpersisted: number
   deleted: boolean
+  /** When the actor last took a record or signal from its mailbox (the Clock's milliseconds). */
+  lastActive: number
+  /** An `Idle` mail is waiting in the mailbox. */
+  idleQueued: boolean
   /** The batch being processed: if the actor dies on it, its successor processes it again. */
   inFlight: ReadonlyArray<Mail>
 }
@@ -76,6 +87,8 @@ export interface ActorContext {
   readonly partition: number
   /** Per-message spans, when tracing. */
   readonly spans: SyncSpans | undefined
+  /** Where the stage metrics are updated. */
+  readonly metrics: Context.Context<never>
   /** Removes the actor from its registry if it may passivate now (synchronously, so no record slips in between). */
   readonly passivate: (handle: ChatActorHandle) => boolean
 }
@@ -112,17 +125,21 @@ export const run = Effect.fnUntraced(function* (handle: ChatActorHandle, context
   const exists = yield* recordLastSeq(handle.chatId, sequencer.lastSeq).pipe(Effect.retry(retryForever), Effect.orDie)
   if (!exists) handle.deleted = true
   if (handle.inFlight.length > 0) yield* process(handle, sequencer, handle.inFlight, context)
+  const idleMillis = Duration.toMillis(context.options.idleTimeout)
+  // No timer per take: the host's sweep mails an idle actor `Idle` (ChatActors.ts).
   while (true) {
     const batch = yield* Queue.takeBetween(handle.mailbox, 1, context.options.mailboxSize).pipe(
-      Effect.timeoutOption(context.options.idleTimeout),
       Effect.catchIf(Cause.isDone, () => Effect.succeed(undefined))
     )
     if (batch === undefined) return
-    if (batch._tag === "None") {
-      if (context.passivate(handle)) return
+    const now = yield* Clock.currentTimeMillis
+    handle.idleQueued = false
+    if (batch.every((mail) => mail._tag === "Idle")) {
+      if (now - handle.lastActive >= idleMillis && context.passivate(handle)) return
       continue
     }
-    yield* process(handle, sequencer, batch.value, context)
+    handle.lastActive = now
+    yield* process(handle, sequencer, batch, context)
   }
 })
 
@@ -135,6 +152,7 @@ const process = Effect.fnUntraced(function* (
   handle.inFlight = mail
   const batch: Array<Envelope> = []
   for (const item of mail) {
+    if (item._tag === "Idle") continue
     if (item._tag === "Deleted") handle.deleted = true
     else if (handle.deleted) context.tracker.complete(item.offset)
     else batch.push(item)
@@ -173,7 +191,7 @@ const sequence = Effect.fnUntraced(function* (
     if (outcome._tag === "New") {
       published.push(outcome.message)
       parents?.push(span)
-      persist.push({ message: outcome.message, offset, onPersisted, span })
+      persist.push({ message: outcome.message, offset, onPersisted, span, sequencedAt: 0 })
     } else {
       // Already sequenced (a retried send or a replayed record): publish the
       // earlier copy again — sessions drop seqs they delivered — so a message
@@ -186,7 +204,10 @@ const sequence = Effect.fnUntraced(function* (
       context.tracker.complete(offset)
     }
   }
-  yield* context.fanout.publishMessages(published, parents).pipe(
+  const sequencedAt = stampNow()
+  for (const envelope of batch) observeStage("route", envelope.receivedAt, sequencedAt, context.metrics)
+  for (const item of persist) item.sequencedAt = sequencedAt
+  yield* context.fanout.publishMessages(published, parents, sequencedAt).pipe(
     // A failed publish (pub/sub unreachable) is left to history recovery; a
     // defect kills the actor, and its successor publishes the batch again.
     Effect.catch((error) =>

@@ -8,7 +8,7 @@
  * on and its mailbox intact — so its records are neither lost nor doubled
  * and the partition keeps committing.
  */
-import { Cause, Effect, FiberMap, Metric, Queue, Schedule } from "effect"
+import { Cause, Clock, Duration, Effect, FiberMap, Metric, Queue, Schedule } from "effect"
 import type { Scope, Tracer } from "effect"
 import type { SqlClient } from "effect/sql"
 import { actorRestarts } from "../Metrics.ts"
@@ -20,8 +20,16 @@ import { ActiveChats } from "./ActiveChats.ts"
 import * as ChatActor from "./ChatActor.ts"
 
 export interface ChatActors {
-  /** Routes a record to its chat's actor, activating it; waits while the mailbox is full. `span`: its receipt, when tracing. */
-  readonly route: (record: SendRecord, offset: number, span?: Tracer.AnySpan) => Effect.Effect<void>
+  /**
+   * Routes a record to its chat's actor, activating it; waits while the mailbox is full.
+   * `receivedAt`: when the runner got it (`stampNow`); `span`: its receipt, when tracing.
+   */
+  readonly route: (record: SendRecord, offset: number, receivedAt: number, span?: Tracer.AnySpan) => Effect.Effect<void>
+  /**
+   * Hands a record to its chat's active actor at once, when its mailbox has
+   * room; answers false otherwise (then `route` it).
+   */
+  readonly routeNow: (record: SendRecord, offset: number, receivedAt: number) => boolean
   /** Tells the chat's actor, if active, that its chat was deleted. */
   readonly deleted: (chatId: ChatId) => Effect.Effect<void>
   /** Ends every mailbox and waits for the actors to process what they hold. */
@@ -30,6 +38,8 @@ export interface ChatActors {
   readonly handles: () => Iterable<ChatActor.ChatActorHandle>
   readonly size: () => number
 }
+
+const idle: ChatActor.Idle = { _tag: "Idle" }
 
 /** A dying actor is restarted after a pause that grows while it keeps dying. */
 const restartDelay = backoff("50 millis", "5 seconds")
@@ -110,6 +120,8 @@ export const make = Effect.fnUntraced(function* (
       epoch: undefined,
       unpersisted: 0,
       deleted: false,
+      lastActive: yield* Clock.currentTimeMillis,
+      idleQueued: false,
       inFlight: []
     }
     handles.set(chatId, handle)
@@ -118,8 +130,13 @@ export const make = Effect.fnUntraced(function* (
     return handle
   })
 
-  const route = Effect.fnUntraced(function* (record: SendRecord, offset: number, span?: Tracer.AnySpan) {
-    const envelope: ChatActor.Envelope = { _tag: "Record", record, offset, span }
+  const route = Effect.fnUntraced(function* (
+    record: SendRecord,
+    offset: number,
+    receivedAt: number,
+    span?: Tracer.AnySpan
+  ) {
+    const envelope: ChatActor.Envelope = { _tag: "Record", record, offset, receivedAt, span }
     const current = handles.get(record.chatId)
     if (current !== undefined && (yield* Queue.offer(current.mailbox, envelope))) return
     // No actor, or it passivated just now: a fresh one takes the record.
@@ -127,8 +144,14 @@ export const make = Effect.fnUntraced(function* (
     yield* Queue.offer(handle.mailbox, envelope)
   })
 
+  const routeNow = (record: SendRecord, offset: number, receivedAt: number) => {
+    const current = handles.get(record.chatId)
+    return current !== undefined && Queue.offerUnsafe(current.mailbox, { _tag: "Record", record, offset, receivedAt })
+  }
+
   const actors: ChatActors = {
     route,
+    routeNow,
     deleted: (chatId) => {
       const handle = handles.get(chatId)
       // Forked: a full mailbox must not hold up the signals of other chats.
@@ -144,6 +167,18 @@ export const make = Effect.fnUntraced(function* (
     handles: () => handles.values(),
     size: () => handles.size
   }
+  // One sweep for the partition's actors instead of a timer per mailbox take:
+  // an actor idle for its timeout is mailed `Idle`, and decides itself.
+  const idleMillis = Duration.toMillis(context.options.idleTimeout)
+  const sweep = Effect.flatMap(Clock.currentTimeMillis, (now) =>
+    Effect.sync(() => {
+      for (const handle of handles.values()) {
+        if (handle.idleQueued || now - handle.lastActive < idleMillis) continue
+        if (Queue.sizeUnsafe(handle.mailbox) === 0) handle.idleQueued = Queue.offerUnsafe(handle.mailbox, idle)
+      }
+    })
+  )
+  yield* sweep.pipe(Effect.repeat(Schedule.spaced(Duration.millis(Math.max(1, idleMillis / 2)))), Effect.forkIn(scope))
   yield* (yield* ActiveChats).add(actors)
   return actors
 })

@@ -17,10 +17,10 @@ import type { SqlClient } from "effect/sql"
 import type { ActiveChats } from "./ActiveChats.ts"
 import * as ChatActors from "./ChatActors.ts"
 import type { ActorOptions } from "./ChatActor.ts"
-import type { PartitionClaim } from "../ports/EventLog.ts"
+import type { LogRecord, PartitionClaim } from "../ports/EventLog.ts"
 import type { MessageStore } from "../ports/MessageStore.ts"
-import { consumerLag, registerGauge } from "../Metrics.ts"
-import { decodeSendRecord } from "../schema/Records.ts"
+import { consumerLag, observeStage, ProducedAtHeader, registerGauge, stampNow } from "../Metrics.ts"
+import { decodeSendRecordOption as decodeSendRecord } from "../schema/Records.ts"
 import { parseTraceparent, sampled, syncSpans, TraceparentHeader } from "../Tracing.ts"
 import type { Fanout } from "../messages/Fanout.ts"
 import { OffsetTracker } from "./OffsetTracker.ts"
@@ -72,13 +72,15 @@ export const run = (
       batchSize: options.batchSize
     }).pipe(Scope.provide(workers))
     const spans = yield* syncSpans
+    const context = yield* Effect.context<never>()
     const actors = yield* ChatActors.make({
       options: options.actors,
       fanout,
       sink,
       tracker,
       partition: claim.partition,
-      spans
+      spans,
+      metrics: context
     }).pipe(Scope.provide(workers))
 
     let committed: number | undefined
@@ -98,40 +100,62 @@ export const run = (
     yield* registerLag(claim, tracker)
 
     const decoder = new TextDecoder()
-    const consume = claim.records.pipe(
-      Stream.runForEach((record) => {
-        const receive = (span: Tracer.Span | undefined) =>
+    /** The record's send, or undefined (logged, and completed: nothing to persist) when it is not one. */
+    const decode = (record: LogRecord) => {
+      const decoded = decodeSendRecord(decoder.decode(record.value))
+      if (decoded._tag === "Some" && decoded.value.chatId === record.key) return decoded.value
+      tracker.complete(record.offset)
+      return undefined
+    }
+    const undecodable = (record: LogRecord) =>
+      Effect.logError(`partition ${claim.partition}: skipping undecodable record at offset ${record.offset}`)
+    /** One record, traced: a consumer span under its producer's, the actor sequencing it under that. */
+    const receiveTraced = (record: LogRecord, receivedAt: number, parent: Tracer.AnySpan) =>
+      Effect.useSpan(
+        "PartitionRunner.consume",
+        {
+          parent,
+          kind: "consumer",
+          attributes: {
+            "messaging.system": "kafka",
+            "messaging.destination.name": claim.topic,
+            "messaging.destination.partition.id": String(claim.partition),
+            "messaging.kafka.offset": record.offset,
+            "messaging.consumer.group.name": ActorsGroup
+          }
+        },
+        (span) =>
           Effect.gen(function* () {
             yield* tracker.awaitCapacity(inFlightLimit)
             tracker.register(record.offset)
-            const decoded = yield* decodeSendRecord(decoder.decode(record.value)).pipe(Effect.option)
-            if (decoded._tag === "None" || decoded.value.chatId !== record.key) {
-              yield* Effect.logError(
-                `partition ${claim.partition}: skipping undecodable record at offset ${record.offset}`
-              )
-              tracker.complete(record.offset)
-              return
+            const send = decode(record)
+            if (send === undefined) return yield* undecodable(record)
+            yield* actors.route(send, record.offset, receivedAt, span)
+          }).pipe(Effect.withParentSpan(span, { captureStackTrace: false }))
+      )
+    // A fetched chunk at a time: most records go to their actor's mailbox
+    // synchronously, with no fiber step of their own.
+    const consume = claim.records.pipe(
+      Stream.runForEachArray((records) =>
+        Effect.gen(function* () {
+          const receivedAt = stampNow()
+          const tracing = spans?.active() === true
+          for (const record of records) {
+            observeStage("log", Number(record.headers[ProducedAtHeader]), receivedAt, context)
+            const parent = tracing ? sampled(parseTraceparent(record.headers[TraceparentHeader])) : undefined
+            if (parent !== undefined) {
+              yield* receiveTraced(record, receivedAt, parent)
+              continue
             }
-            yield* actors.route(decoded.value, record.offset, span)
-          })
-        const parent = spans?.active() ? sampled(parseTraceparent(record.headers[TraceparentHeader])) : undefined
-        if (parent === undefined) return receive(undefined)
-        return Effect.useSpan(
-          "PartitionRunner.consume",
-          {
-            parent,
-            kind: "consumer",
-            attributes: {
-              "messaging.system": "kafka",
-              "messaging.destination.name": claim.topic,
-              "messaging.destination.partition.id": String(claim.partition),
-              "messaging.kafka.offset": record.offset,
-              "messaging.consumer.group.name": ActorsGroup
-            }
-          },
-          (span) => receive(span).pipe(Effect.withParentSpan(span, { captureStackTrace: false }))
-        )
-      })
+            if (tracker.inFlight >= inFlightLimit) yield* tracker.awaitCapacity(inFlightLimit)
+            tracker.register(record.offset)
+            const send = decode(record)
+            if (send === undefined) yield* undecodable(record)
+            else if (!actors.routeNow(send, record.offset, receivedAt))
+              yield* actors.route(send, record.offset, receivedAt)
+          }
+        })
+      )
     )
     // Revoked or stopping: everything routed gets sequenced and persisted
     // before the final commit, so the next owner starts exactly after it —

@@ -15,7 +15,7 @@
  * many traces) linking the sequencing spans of the messages it carries.
  */
 import { Cause, Effect, Fiber, Metric, Queue } from "effect"
-import { messagesPersisted, sinkBatchSize, sinkRetries } from "../Metrics.ts"
+import { messagesPersisted, observeStage, sinkBatchSize, sinkRetries, stampNow } from "../Metrics.ts"
 import type { Scope, Tracer } from "effect"
 import { SqlClient } from "effect/sql"
 import { MessageStore } from "../ports/MessageStore.ts"
@@ -31,6 +31,8 @@ export interface SinkItem {
   readonly onPersisted: () => void
   /** The message's sequencing span, when tracing: the write links it. */
   readonly span?: Tracer.AnySpan | undefined
+  /** When it was sequenced (`stampNow`). */
+  sequencedAt: number
 }
 
 export interface SinkOptions {
@@ -57,6 +59,7 @@ export const make = Effect.fnUntraced(function* (
   const store = yield* MessageStore
   const sql = yield* SqlClient.SqlClient
   const queue = yield* Queue.bounded<SinkItem, Cause.Done>(options.backlog)
+  const context = yield* Effect.context<never>()
 
   const write = Effect.fnUntraced(function* (batch: ReadonlyArray<SinkItem>) {
     yield* Metric.update(sinkBatchSize, batch.length)
@@ -74,9 +77,11 @@ export const make = Effect.fnUntraced(function* (
     // Recorded before the offsets complete: once they are committed, nothing
     // replays these messages, and nothing else would record their seqs.
     yield* recordLastSeqs(batch)
+    const now = stampNow()
     for (const item of batch) {
       options.tracker.complete(item.offset)
       item.onPersisted()
+      observeStage("persist", item.sequencedAt, now, context)
     }
     yield* Metric.update(messagesPersisted, batch.length)
   })

@@ -14,6 +14,7 @@ import type { ChatId, Role, UserId } from "../schema/Domain.ts"
 import type { Unavailable } from "../schema/Errors.ts"
 import * as CacheBreaker from "./CacheBreaker.ts"
 import { Chats } from "./Chats.ts"
+import { ExportGate, spanWhenExported } from "../Tracing.ts"
 
 export const roleKey = (chatId: string, userId: string) => `harmony:role:${chatId}:${userId}`
 const NotMember = "-"
@@ -49,30 +50,36 @@ export class Membership extends Context.Service<
       const chats = yield* Chats
       const breaker = CacheBreaker.make({ what: "membership lookups" })
 
-      const roleOf = Effect.fn("Membership.roleOf")(function* (chatId: ChatId, userId: UserId) {
-        const key = roleKey(chatId, userId)
-        const cached = yield* breaker.run(cache.get(key)).pipe(
-          Effect.map((value) => (value === undefined ? undefined : decode(value))),
-          Effect.catchTag("CacheError", (error) =>
-            breaker
-              .warn("reading Postgres", error)
-              .pipe(
-                Effect.andThen(Metric.update(Metric.withAttributes(cacheLookups, { result: "error" }), 1)),
-                Effect.as(undefined)
-              )
+      const gate = yield* ExportGate
+      const lookups = {
+        hit: Metric.withAttributes(cacheLookups, { result: "hit" }),
+        miss: Metric.withAttributes(cacheLookups, { result: "miss" }),
+        error: Metric.withAttributes(cacheLookups, { result: "error" })
+      }
+      const roleOf = Effect.fnUntraced(
+        function* (chatId: ChatId, userId: UserId) {
+          const key = roleKey(chatId, userId)
+          const cached = yield* breaker.run(cache.get(key)).pipe(
+            Effect.map((value) => (value === undefined ? undefined : decode(value))),
+            Effect.catchTag("CacheError", (error) =>
+              breaker
+                .warn("reading Postgres", error)
+                .pipe(Effect.andThen(Metric.update(lookups.error, 1)), Effect.as(undefined))
+            )
           )
-        )
-        if (cached !== undefined) {
-          yield* Metric.update(Metric.withAttributes(cacheLookups, { result: "hit" }), 1)
-          return cached
-        }
-        yield* Metric.update(Metric.withAttributes(cacheLookups, { result: "miss" }), 1)
-        const role = yield* chats.roleOf(chatId, userId)
-        yield* breaker
-          .run(cache.setIfAbsent(key, encode(role), MembershipTtl))
-          .pipe(Effect.catchTag("CacheError", (error) => Effect.logDebug("membership not cached", error)))
-        return role
-      })
+          if (cached !== undefined) {
+            yield* Metric.update(lookups.hit, 1)
+            return cached
+          }
+          yield* Metric.update(lookups.miss, 1)
+          const role = yield* chats.roleOf(chatId, userId)
+          yield* breaker
+            .run(cache.setIfAbsent(key, encode(role), MembershipTtl))
+            .pipe(Effect.catchTag("CacheError", (error) => Effect.logDebug("membership not cached", error)))
+          return role
+        },
+        spanWhenExported(gate, "Membership.roleOf")
+      )
 
       const refresh = Effect.fn("Membership.refresh")(function* (chatId: ChatId, userId: UserId) {
         const role = yield* chats.roleOf(chatId, userId)

@@ -10,6 +10,7 @@ import { Cache, type TokenBucket } from "../ports/Cache.ts"
 import { rateLimited } from "../Metrics.ts"
 import { RateLimited } from "../schema/Errors.ts"
 import * as CacheBreaker from "./CacheBreaker.ts"
+import { ExportGate, spanWhenExported } from "../Tracing.ts"
 
 export type Limit = "send" | "loginUser" | "loginAddress" | "register" | "refresh" | "createChat" | "write" | "search"
 
@@ -78,24 +79,28 @@ export class RateLimits extends Context.Service<
         const cache = yield* Cache
         // Fail-open without waiting: a cache that is down or silent is skipped (issue 11).
         const breaker = CacheBreaker.make({ what: "rate limits" })
-        const take = Effect.fn("RateLimits.take")(function* (limit: Limit, key: string) {
-          const result = yield* breaker
-            .run(cache.take(`harmony:rate:${limit}:${key}`, settings[limit]))
-            .pipe(
-              Effect.catchTag("CacheError", (error) =>
-                breaker
-                  .warn("not checked, the request goes through", error)
-                  .pipe(Effect.as({ allowed: true, retryAfterMs: 0 }))
+        const gate = yield* ExportGate
+        const take = Effect.fnUntraced(
+          function* (limit: Limit, key: string) {
+            const result = yield* breaker
+              .run(cache.take(`harmony:rate:${limit}:${key}`, settings[limit]))
+              .pipe(
+                Effect.catchTag("CacheError", (error) =>
+                  breaker
+                    .warn("not checked, the request goes through", error)
+                    .pipe(Effect.as({ allowed: true, retryAfterMs: 0 }))
+                )
               )
-            )
-          if (result.allowed) return
-          yield* Metric.update(Metric.withAttributes(rateLimited, { limit }), 1)
-          const retryAfterSeconds = Math.max(1, Math.ceil(result.retryAfterMs / 1000))
-          return yield* new RateLimited({
-            message: `${describe[limit]}; retry in ${retryAfterSeconds} s`,
-            retryAfterSeconds
-          })
-        })
+            if (result.allowed) return
+            yield* Metric.update(Metric.withAttributes(rateLimited, { limit }), 1)
+            const retryAfterSeconds = Math.max(1, Math.ceil(result.retryAfterMs / 1000))
+            return yield* new RateLimited({
+              message: `${describe[limit]}; retry in ${retryAfterSeconds} s`,
+              retryAfterSeconds
+            })
+          },
+          spanWhenExported(gate, "RateLimits.take")
+        )
         const giveBack = (limit: Limit, key: string) =>
           cache.take(`harmony:rate:${limit}:${key}`, settings[limit], -1).pipe(
             Effect.asVoid,

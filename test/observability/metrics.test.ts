@@ -215,7 +215,7 @@ const metricsSuite = (mode: "embedded" | "cluster") =>
         expect(text.includes(`# HELP ${name} `), `HELP for ${name}`).toBe(true)
       }
       // Bounded labels: none is an id of any kind.
-      const allowed = new Set(["code", "transport", "result", "limit", "group", "topic", "partition", "le"])
+      const allowed = new Set(["code", "transport", "result", "limit", "group", "topic", "partition", "stage", "le"])
       for (const sample of ours) {
         for (const [label, value] of Object.entries(sample.labels)) {
           expect(allowed.has(label), `label ${label} of ${sample.name}`).toBe(true)

@@ -4,7 +4,7 @@
  * `ends` (four fields, then the frame) still reads right.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { decodeItem, encodeItem, Everyone, signalItem } from "../../src/messages/Fanout.ts"
+import { decodeItem, decodeItems, encodeItem, Everyone, signalItem } from "../../src/messages/Fanout.ts"
 import type { ChatId, UserId } from "../../src/schema/Domain.ts"
 
 const chatId = "c1" as ChatId
@@ -13,8 +13,30 @@ const frame = JSON.stringify({ type: "message", message: { body: "a body with sp
 
 describe("fanout envelope", () => {
   it("round-trips a message with its delivery data", () => {
-    const item = { seq: 7, frame, sentAt: 1_700_000_000_000, traceparent: "00-0af7-b7ad-01" }
-    assert.deepStrictEqual(decodeItem(encodeItem(item)), { ...item, from: undefined, ends: undefined })
+    const item = {
+      seq: 7,
+      frame,
+      sentAt: 1_700_000_000_000,
+      publishedAt: 1_700_000_000_012.25,
+      traceparent: "00-0af7-b7ad-01"
+    }
+    assert.deepStrictEqual(decodeItem(encodeItem(item), 1_700_000_000_013.5), {
+      ...item,
+      from: undefined,
+      ends: undefined,
+      receivedAt: 1_700_000_000_013.5
+    })
+  })
+
+  it("carries a chat's batch in one payload, in order", () => {
+    const items = [1, 2, 3].map((seq) => ({ seq, frame: frame.replace("spaces", `seq ${seq}`), sentAt: seq }))
+    const payload = items.map(encodeItem).join("\n")
+    const decoded = decodeItems(payload)
+    assert.deepStrictEqual(
+      decoded.map((item) => [item.seq, item.frame, item.sentAt]),
+      items.map((item) => [item.seq, item.frame, item.sentAt])
+    )
+    assert.deepStrictEqual(decodeItems(`garbage\n${encodeItem(items[0]!)}`).length, 1)
   })
 
   it("carries whom a signal ends as data", () => {
@@ -35,6 +57,8 @@ describe("fanout envelope", () => {
       from: undefined,
       ends: undefined,
       sentAt: 12,
+      publishedAt: undefined,
+      receivedAt: undefined,
       traceparent: undefined,
       frame
     })
