@@ -65,6 +65,7 @@ export class Gateway extends Context.Service<
           fanout: yield* Fanout,
           feeds: yield* ChatFeeds,
           presence: yield* PresenceTracker,
+          pubsub: yield* PubSub,
           register: (userId, familyId, socket) => {
             if ((byUser.get(userId)?.size ?? 0) >= limits.maxSocketsPerUser) return undefined
             const forgetUser = addTo(byUser, userId, socket)

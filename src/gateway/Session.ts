@@ -31,6 +31,7 @@ import type { Fanout } from "../messages/Fanout.ts"
 import type { History } from "../messages/History.ts"
 import type { Ingest } from "../messages/Ingest.ts"
 import { sessionsOpen } from "../Metrics.ts"
+import type { PubSub } from "../ports/PubSub.ts"
 import type { ChatId, UserId } from "../schema/Domain.ts"
 import { Unavailable } from "../schema/Errors.ts"
 import { type ClientFrame, CloseCode, decodeClientFrame } from "../schema/Protocol.ts"
@@ -42,6 +43,7 @@ import type { ChatFeeds } from "./ChatFeeds.ts"
 import * as Connection from "./Connection.ts"
 import type { PresenceTracker } from "./PresenceTracker.ts"
 import * as Subscriptions from "./Subscriptions.ts"
+import * as UserChannel from "./UserChannel.ts"
 import { defaultFrameLimits, defaultGatewayLimits, type FrameLimits, frameBucketsOf } from "./Limits.ts"
 
 export { Closed } from "./Connection.ts"
@@ -91,6 +93,7 @@ export interface SessionServices {
   readonly fanout: Fanout["Service"]
   readonly feeds: ChatFeeds["Service"]
   readonly presence: PresenceTracker["Service"]
+  readonly pubsub: PubSub["Service"]
   /**
    * Tells the gateway whose session this is and of which login, so it can
    * end a closed account's or an ended login's sessions; answers how to
@@ -165,9 +168,10 @@ export const run = Effect.fnUntraced(function* (
       FiberHandle.run(expiry)
     )
   yield* expireAt(authenticated.value.expiresAt)
-  yield* send(withRef({ type: "ready", userId: user.id, sessionId }, authFrame.value.ref))
-
   const subscriptions = yield* Subscriptions.make(user, connection, services, options)
+  // Live before `ready`: everything of the user's own channel after it reaches this session.
+  yield* UserChannel.start(user, connection, services, subscriptions.has)
+  yield* send(withRef({ type: "ready", userId: user.id, sessionId }, authFrame.value.ref))
 
   // --- frames ---------------------------------------------------------------
   const sendPermits = yield* Semaphore.make(options.maxInFlightSends)

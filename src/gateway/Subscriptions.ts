@@ -32,6 +32,8 @@ export interface Subscriptions {
     ref: string | undefined
   ) => Effect.Effect<void, NotFound | RateLimited | Unavailable | CacheError>
   readonly unsubscribe: (chatId: ChatId) => Effect.Effect<void>
+  /** Whether the session follows the chat now (then it gets the chat's messages, not `unread`). */
+  readonly has: (chatId: ChatId) => boolean
 }
 
 interface Subscription {
@@ -283,5 +285,6 @@ export const make = Effect.fnUntraced(function* (
     recovering = false
   })
 
-  return { subscribe, unsubscribe } satisfies Subscriptions as Subscriptions
+  const has = (chatId: ChatId) => subscriptions.has(chatId)
+  return { subscribe, unsubscribe, has } satisfies Subscriptions as Subscriptions
 })

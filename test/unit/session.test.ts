@@ -75,11 +75,12 @@ describe("Session live delivery", () => {
           epoch: () => Effect.succeed("epoch-1"),
           since: () => Effect.succeed([])
         }),
-        chats: standIn<Chats["Service"]>("chats"),
+        chats: standIn<Chats["Service"]>("chats", { listForUser: () => Effect.succeed([]) }),
         ingest: standIn<Ingest["Service"]>("ingest"),
         fanout: yield* Fanout,
         feeds: yield* ChatFeeds,
         presence: yield* PresenceTracker,
+        pubsub: yield* PubSub,
         register: () => () => {}
       }
       const { sent, socket } = recordingSocket()
