@@ -3,8 +3,9 @@
  * members' chat lists, on their user channels (src/messages/UserChannel.ts).
  * Frames carry the chat as it is when the event is handled, read from
  * Postgres; an event handled again (after a crash or a rebalance) sends its
- * frames again, which clients apply idempotently. A chat that is gone, or a
- * member who left meanwhile, gets nothing: the later event says so.
+ * frames again, which clients apply idempotently. A chat that is gone, a
+ * member who left meanwhile, or one removed and added again, gets nothing
+ * for the older event: the later one says so.
  */
 import { Effect, Option } from "effect"
 import { PubSub } from "../ports/PubSub.ts"
@@ -50,7 +51,12 @@ export const userChannelHandler = Effect.gen(function* () {
       case "member.added":
         return added(event.chatId, event.userId)
       case "member.removed":
-        return publishToUsers(pubsub, [event.userId], { type: "chat_removed", chatId: event.chatId })
+        // A member again by now (an old event handled again): their list keeps the chat.
+        return Effect.flatMap(chats.roleOf(event.chatId, event.userId), (role) =>
+          Option.isSome(role)
+            ? Effect.void
+            : publishToUsers(pubsub, [event.userId], { type: "chat_removed", chatId: event.chatId })
+        )
       case "chat.deleted":
         return publishToUsers(pubsub, event.memberIds, { type: "chat_deleted", chatId: event.chatId })
       case "chat.renamed":
