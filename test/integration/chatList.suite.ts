@@ -259,6 +259,14 @@ export const chatListSuite = (mode: "embedded" | "cluster") => {
         expectStatus(await http.delete(`/v1/chats/${chatId}`, { token: member.accessToken }), 204)
       })
 
+      it("the role change is in the OpenAPI document", async () => {
+        const reply = await http.get("/openapi.json")
+        expectStatus(reply, 200)
+        const operation = reply.body.paths["/v1/chats/{chatId}/members/{userId}"]?.patch
+        expect(operation, JSON.stringify(Object.keys(reply.body.paths))).toBeDefined()
+        expect(JSON.stringify(operation.requestBody)).toContain("role")
+      })
+
       it("only the owner changes roles; strangers learn nothing; bad roles and self-demotion are refused", async () => {
         const { chatId, owner, admin, member, member2 } = await team()
         const stranger = await register("s")
