@@ -42,6 +42,7 @@ import { RateLimits } from "./state/RateLimits.ts"
 import { Outbox } from "./state/Outbox.ts"
 import { Tokens } from "./state/Tokens.ts"
 import { ChatFeeds } from "./gateway/ChatFeeds.ts"
+import { UnreadFeeds } from "./gateway/UnreadFeeds.ts"
 import * as EventConsumers from "./relay/EventConsumers.ts"
 import { Fanout } from "./messages/Fanout.ts"
 import { History } from "./messages/History.ts"
@@ -147,6 +148,7 @@ const pathsLayer = (config: HarmonyConfig) =>
     EventConsumers.layer
   ).pipe(
     Layer.provideMerge(Layer.mergeAll(Ingest.layerWith({ sendTimeout: config.sendTimeout }), History.layer)),
+    Layer.provideMerge(UnreadFeeds.layer),
     Layer.provideMerge(Layer.mergeAll(PresenceTracker.layer({ ttl: config.presenceTtl }), ChatFeeds.layer)),
     Layer.provideMerge(Layer.mergeAll(Fanout.layer, ActiveChats.layer))
   )

@@ -44,6 +44,7 @@ import * as Connection from "./Connection.ts"
 import type { PresenceTracker } from "./PresenceTracker.ts"
 import * as Subscriptions from "./Subscriptions.ts"
 import * as UserChannel from "./UserChannel.ts"
+import type { UnreadFeeds } from "./UnreadFeeds.ts"
 import { defaultFrameLimits, defaultGatewayLimits, type FrameLimits, frameBucketsOf } from "./Limits.ts"
 
 export { Closed } from "./Connection.ts"
@@ -94,6 +95,7 @@ export interface SessionServices {
   readonly feeds: ChatFeeds["Service"]
   readonly presence: PresenceTracker["Service"]
   readonly pubsub: PubSub["Service"]
+  readonly unread: UnreadFeeds["Service"]
   /**
    * Tells the gateway whose session this is and of which login, so it can
    * end a closed account's or an ended login's sessions; answers how to

@@ -4,12 +4,12 @@
  * (src/messages/UserChannel.ts) go to the socket as they are, and `unread`
  * tells the session of messages in its chats that it is not subscribed to.
  *
- * Unread costs a message nothing on its way: each of the user's chats gets a
- * listener on the node's chat feed (ChatFeeds: one pub/sub subscription per
- * chat per node, whoever listens), so a message reaches the local sessions
- * of its members with the fanout that already carries it — per batch of a
- * chat's messages, one check and at most one small write per session not
- * subscribed to it. Which chats are the user's comes from Postgres once, at
+ * Unread costs a message little on its way: the session watches each of its
+ * user's chats through the node's UnreadFeeds (per chat, one listener on
+ * the chat feed that already carries its messages, and the set of local
+ * sessions watching it, told after the subscribed sessions got the
+ * messages) — per coalesced batch, one check and at most one small write per
+ * session not subscribed to the chat. Which chats are the user's comes from Postgres once, at
  * authentication, and then from the channel's own `chat_added`,
  * `chat_removed` and `chat_deleted`.
  */
@@ -20,13 +20,13 @@ import type { ChatId, User } from "../schema/Domain.ts"
 import { UserChannelFrame } from "../schema/ServerFrames.ts"
 import type { Chats } from "../state/Chats.ts"
 import { retryForever } from "../Retry.ts"
-import type { ChatFeeds } from "./ChatFeeds.ts"
+import type { UnreadFeeds } from "./UnreadFeeds.ts"
 import type { Connection } from "./Connection.ts"
 
 export interface UserChannelServices {
   readonly pubsub: PubSub["Service"]
   readonly chats: Chats["Service"]
-  readonly feeds: ChatFeeds["Service"]
+  readonly unread: UnreadFeeds["Service"]
 }
 
 /** Chats of one session that get `unread` frames: a user in more gets them for this many (docs/protocol.md). */
@@ -74,11 +74,8 @@ export const start = Effect.fnUntraced(function* (
       watches.set(chatId, entry)
       const prefix = `{"type":"unread","chatId":${JSON.stringify(chatId)},"lastSeq":`
       let last = 0
-      const listen = services.feeds.listen(chatId, (items) => {
-        if (entry.closed || isSubscribed(chatId)) return
-        let seq = last
-        for (const item of items) if (item.seq > seq) seq = item.seq
-        if (seq === last) return
+      const listen = services.unread.watch(chatId, (seq) => {
+        if (entry.closed || seq <= last || isSubscribed(chatId)) return
         last = seq
         connection.write(`${prefix}${seq}}`)
       })

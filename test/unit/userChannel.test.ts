@@ -15,6 +15,7 @@ import { type Cause, Effect, Layer, Option, Queue } from "effect"
 import type { WebSocket } from "ws"
 import * as Memory from "../../src/adapters/memory/Memory.ts"
 import { ChatFeeds } from "../../src/gateway/ChatFeeds.ts"
+import { UnreadFeeds } from "../../src/gateway/UnreadFeeds.ts"
 import { PresenceTracker } from "../../src/gateway/PresenceTracker.ts"
 import * as Session from "../../src/gateway/Session.ts"
 import { channelOf, encodeItem, Fanout, messageFrame } from "../../src/messages/Fanout.ts"
@@ -46,7 +47,8 @@ const recordingSocket = () => {
   return { sent, socket: socket as unknown as WebSocket }
 }
 
-const live = Layer.mergeAll(ChatFeeds.layer, PresenceTracker.layer()).pipe(
+const live = UnreadFeeds.layer.pipe(
+  Layer.provideMerge(Layer.mergeAll(ChatFeeds.layer, PresenceTracker.layer())),
   Layer.provideMerge(Fanout.layer),
   Layer.provideMerge(Memory.layer)
 )
@@ -96,6 +98,7 @@ describe("Session user channel", () => {
         feeds: yield* ChatFeeds,
         presence: yield* PresenceTracker,
         pubsub: yield* PubSub,
+        unread: yield* UnreadFeeds,
         register: () => () => {}
       }
       const pubsub = yield* PubSub
