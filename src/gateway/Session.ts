@@ -172,7 +172,7 @@ export const run = Effect.fnUntraced(function* (
   yield* expireAt(authenticated.value.expiresAt)
   const subscriptions = yield* Subscriptions.make(user, connection, services, options)
   // Live before `ready`: everything of the user's own channel after it reaches this session.
-  yield* UserChannel.start(user, connection, services, subscriptions.has)
+  yield* UserChannel.start(user, connection, services, subscriptions)
   yield* send(withRef({ type: "ready", userId: user.id, sessionId }, authFrame.value.ref))
 
   // --- frames ---------------------------------------------------------------

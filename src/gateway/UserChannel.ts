@@ -51,8 +51,14 @@ export const start = Effect.fnUntraced(function* (
   user: User,
   connection: Connection,
   services: UserChannelServices,
-  isSubscribed: (chatId: ChatId) => boolean
+  subscriptions: {
+    /** Whether the session follows the chat (then it gets its messages, not `unread`). */
+    readonly has: (chatId: ChatId) => boolean
+    /** Whether the session's subscription to the chat says `chat_deleted` itself (or said it lately). */
+    readonly tells: (chatId: ChatId) => boolean
+  }
 ) {
+  const isSubscribed = subscriptions.has
   const scope = yield* Effect.scope
   const watches = new Map<ChatId, Watch>()
   yield* Effect.addFinalizer(() => Effect.forEach([...watches.keys()], (chatId) => unwatch(chatId), { discard: true }))
@@ -101,7 +107,8 @@ export const start = Effect.fnUntraced(function* (
     Effect.suspend(() => {
       const frame = decodeFrame(payload)
       if (frame._tag === "None") return Effect.logWarning("user channel: undecodable frame ignored")
-      connection.write(payload)
+      // A subscribed session hears of the deletion from its subscription: once is enough.
+      if (!(frame.value.type === "chat_deleted" && subscriptions.tells(frame.value.chatId))) connection.write(payload)
       switch (frame.value.type) {
         case "chat_added":
           return Effect.asVoid(watch(frame.value.chat.id))

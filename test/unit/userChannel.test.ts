@@ -18,7 +18,7 @@ import { ChatFeeds } from "../../src/gateway/ChatFeeds.ts"
 import { UnreadFeeds } from "../../src/gateway/UnreadFeeds.ts"
 import { PresenceTracker } from "../../src/gateway/PresenceTracker.ts"
 import * as Session from "../../src/gateway/Session.ts"
-import { channelOf, encodeItem, Fanout, messageFrame } from "../../src/messages/Fanout.ts"
+import { channelOf, encodeItem, Fanout, messageFrame, signalItem } from "../../src/messages/Fanout.ts"
 import type { History } from "../../src/messages/History.ts"
 import type { Ingest } from "../../src/messages/Ingest.ts"
 import { publishToUsers } from "../../src/messages/UserChannel.ts"
@@ -172,6 +172,16 @@ describe("Session user channel", () => {
       // Another user's channel is not this session's.
       yield* publishToUsers(pubsub, [UserId.make(crypto.randomUUID())], { type: "chat_removed", chatId: joined })
       yield* barrier
+      // Subscribed to a chat that is deleted: told once, whichever path is first.
+      yield* frame({ type: "subscribe", chatId: joined, ref: "sub-joined" })
+      yield* awaitFrame(sent, (f) => f.type === "presence" && f.chatId === joined)
+      yield* publishToUsers(pubsub, [user.id], { type: "chat_deleted", chatId: joined })
+      yield* barrier
+      yield* pubsub.publish(
+        channelOf(joined),
+        encodeItem(signalItem(undefined, { type: "chat_deleted", chatId: joined }))
+      )
+      yield* barrier
 
       const seen = sent
         .filter((f) => f.type !== "pong")
@@ -192,7 +202,10 @@ describe("Session user channel", () => {
         "unread known 4",
         "chat_added",
         "unread joined 1",
-        "chat_removed"
+        "chat_removed",
+        "subscribed",
+        "presence",
+        "chat_deleted"
       ])
     }).pipe(Effect.scoped, Effect.provide(live))
   )
