@@ -72,10 +72,10 @@ export const start = Effect.fnUntraced(function* (
       return watch.remove ?? Effect.void
     })
 
-  /** Listens to the chat's feed for `unread`; answers whether the feed was joined (false: retrying meanwhile). */
+  /** Watches the chat for `unread`; a feed that cannot be joined now is retried in the background. */
   const watch = (chatId: ChatId) =>
     Effect.suspend(() => {
-      if (watches.has(chatId) || watches.size >= MaxUnreadChats) return Effect.succeed(true)
+      if (watches.has(chatId) || watches.size >= MaxUnreadChats) return Effect.void
       const entry: Watch = { remove: undefined, closed: false }
       watches.set(chatId, entry)
       const prefix = `{"type":"unread","chatId":${JSON.stringify(chatId)},"lastSeq":`
@@ -93,11 +93,10 @@ export const start = Effect.fnUntraced(function* (
             })
       return listen.pipe(
         Effect.flatMap(joined),
-        Effect.as(true),
         Effect.catchTag("CacheError", (error) =>
           Effect.logWarning("unread: chat feed not joined, retrying", error).pipe(
             Effect.andThen(listen.pipe(Effect.retry(retryForever), Effect.flatMap(joined), Effect.forkIn(scope))),
-            Effect.as(false)
+            Effect.asVoid
           )
         )
       )
@@ -111,7 +110,7 @@ export const start = Effect.fnUntraced(function* (
       if (!(frame.value.type === "chat_deleted" && subscriptions.tells(frame.value.chatId))) connection.write(payload)
       switch (frame.value.type) {
         case "chat_added":
-          return Effect.asVoid(watch(frame.value.chat.id))
+          return watch(frame.value.chat.id)
         case "chat_removed":
         case "chat_deleted":
           return unwatch(frame.value.chatId)
