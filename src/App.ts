@@ -43,6 +43,7 @@ import * as SearchIndexer from "./messages/SearchIndexer.ts"
 import { Outbox } from "./state/Outbox.ts"
 import { Tokens } from "./state/Tokens.ts"
 import { ChatFeeds } from "./gateway/ChatFeeds.ts"
+import { UnreadFeeds } from "./gateway/UnreadFeeds.ts"
 import * as EventConsumers from "./relay/EventConsumers.ts"
 import { Fanout } from "./messages/Fanout.ts"
 import { History } from "./messages/History.ts"
@@ -165,6 +166,7 @@ const pathsLayer = (config: HarmonyConfig) =>
     SearchIndexer.layer({ partitions: config.kafkaPartitions })
   ).pipe(
     Layer.provideMerge(Layer.mergeAll(Ingest.layerWith({ sendTimeout: config.sendTimeout }), History.layer)),
+    Layer.provideMerge(UnreadFeeds.layer),
     Layer.provideMerge(Layer.mergeAll(PresenceTracker.layer({ ttl: config.presenceTtl }), ChatFeeds.layer)),
     Layer.provideMerge(Layer.mergeAll(Fanout.layer, ActiveChats.layer))
   )

@@ -1,4 +1,4 @@
-/** A chat's members: who is online, their roles; add and remove (owners and admins), leave, delete. */
+/** A chat's members: who is online, their roles; add and remove (owners and admins), roles and hand-over (the owner), leave, delete. */
 import { useState } from "preact/hooks"
 import { errorText, useStore } from "./hooks.ts"
 import type { Store } from "./store.ts"
@@ -36,7 +36,10 @@ export function Members({ store, chatId }: { store: Store; chatId: string }) {
         {members.map((member) => {
           const online = store.isOnline(chatId, member.userId)
           const self = member.userId === me
-          const removable = chat.kind === "group" && !self && manager && member.role !== "owner"
+          // The owner removes anyone; an admin removes members (docs/protocol.md "Roles").
+          const removable =
+            chat.kind === "group" && !self && (entry.role === "owner" || (manager && member.role === "member"))
+          const owner = chat.kind === "group" && !self && entry.role === "owner"
           return (
             <li key={member.userId} data-testid="member" data-user-id={member.userId} data-online={online}>
               <i
@@ -46,6 +49,31 @@ export function Members({ store, chatId }: { store: Store; chatId: string }) {
               />
               <span class="member-name">{self ? `${store.user?.displayName} (you)` : store.nameOf(member.userId)}</span>
               {member.role !== "member" && <small class="role">{member.role}</small>}
+              {owner && (
+                <button
+                  type="button"
+                  class="link"
+                  data-testid="member-role"
+                  onClick={() =>
+                    attempt(() => store.setRole(chatId, member.userId, member.role === "admin" ? "member" : "admin"))
+                  }
+                >
+                  {member.role === "admin" ? "Make member" : "Make admin"}
+                </button>
+              )}
+              {owner && (
+                <button
+                  type="button"
+                  class="link"
+                  data-testid="member-make-owner"
+                  onClick={() => {
+                    if (confirm("Hand this chat over? You will be an admin."))
+                      attempt(() => store.setRole(chatId, member.userId, "owner"))
+                  }}
+                >
+                  Make owner
+                </button>
+              )}
               {removable && (
                 <button
                   type="button"

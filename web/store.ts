@@ -4,7 +4,9 @@
  * loaded on demand), typing, presence, read positions, and what the user is
  * sending. Components read it directly and re-render on `subscribe`.
  *
- * Every chat in the list is subscribed, so unread counts move live; the SDK
+ * The list follows the user's own channel (`chat_added`, `chat_updated`,
+ * `chat_removed`, `chat_deleted`, `unread`) and is reloaded only when the
+ * socket (re)opens. Every chat in the list is subscribed, so unread counts move live; the SDK
  * resubscribes from the last seq it delivered after a reconnect, and the
  * timeline keys messages by seq, so a message delivered twice shows once and
  * a hole (a gap the server could not fill) is fetched from history.
@@ -60,7 +62,6 @@ export interface Timeline {
 
 const sessionKey = "harmony.session"
 const directoryKey = "harmony.users"
-const refreshEvery = 4_000
 const typingFor = 4_000
 
 /*
@@ -191,9 +192,12 @@ export class Store {
     const c = this.client
     this.stops.push(
       c.on("status", (status) => {
+        const reopened = status === "open" && this.status !== "open" && this.chatsLoaded
         this.status = status
         // Who is online is known again from the presence frames of the resubscriptions.
         if (status !== "open") this.online.clear()
+        // The user's channel does not replay what happened while the socket was down: the list does.
+        if (reopened) void this.refreshChats()
         this.changed()
       }),
       c.on("message", (message) => this.onMessage(message)),
@@ -211,9 +215,17 @@ export class Store {
         this.onlineIn(chatId).delete(userId)
         this.changed()
       }),
-      c.on("member_added", ({ chatId }) => {
-        void this.loadDetails(chatId)
-        void this.refreshChats()
+      c.on("member_added", ({ chatId }) => void this.loadDetails(chatId)),
+      // The chat list, live from the user's own channel.
+      c.on("chat_added", ({ chat, lastSeq, lastReadSeq }) => this.onChatAdded(chat, lastSeq, lastReadSeq)),
+      c.on("chat_updated", ({ chat }) => this.onChatUpdated(chat)),
+      c.on("chat_removed", ({ chatId }) => this.forget(chatId, "You were removed from a chat")),
+      c.on("unread", ({ chatId, lastSeq }) => {
+        const entry = this.chats.get(chatId)
+        if (entry === undefined || lastSeq <= entry.lastSeq) return
+        entry.lastSeq = lastSeq
+        entry.activity = Date.now()
+        this.changed()
       }),
       c.on("member_removed", ({ chatId, userId }) => {
         if (userId === this.user?.id) this.forget(chatId, "You were removed from a chat")
@@ -235,15 +247,11 @@ export class Store {
         else if (error.code !== "network") this.say(error.message)
       })
     )
-    const timer = setInterval(() => void this.refreshChats(), refreshEvery)
     const onVisible = () => {
       if (document.visibilityState === "visible" && this.activeChatId !== undefined) this.markRead(this.activeChatId)
     }
     document.addEventListener("visibilitychange", onVisible)
-    this.stops.push(
-      () => clearInterval(timer),
-      () => document.removeEventListener("visibilitychange", onVisible)
-    )
+    this.stops.push(() => document.removeEventListener("visibilitychange", onVisible))
     this.changed()
     // The socket opens now, not at the first subscription: presence and the status are live at once.
     this.client.connect().catch(() => {
@@ -289,6 +297,40 @@ export class Store {
     }
     for (const id of [...this.chats.keys()]) if (!seen.has(id) && !stale(id)) this.forget(id)
     this.chatsLoaded = true
+    this.changed()
+  }
+
+  private onChatAdded(chat: Chat, lastSeq: number, lastReadSeq: number) {
+    this.touched.set(chat.id, performance.now())
+    this.details.set(chat.id, chat)
+    const role = chat.members.find((member) => member.userId === this.user?.id)?.role ?? "member"
+    const entry = this.chats.get(chat.id)
+    if (entry === undefined) {
+      this.chats.set(chat.id, {
+        id: chat.id,
+        name: chat.name,
+        kind: chat.kind,
+        role,
+        lastSeq,
+        lastReadSeq,
+        activity: Date.now()
+      })
+    } else {
+      entry.name = chat.name
+      entry.role = role
+      entry.lastSeq = Math.max(entry.lastSeq, lastSeq)
+      entry.lastReadSeq = Math.max(entry.lastReadSeq, lastReadSeq)
+    }
+    this.ensureSubscribed(chat.id)
+    this.changed()
+  }
+
+  private onChatUpdated(chat: Chat) {
+    const entry = this.chats.get(chat.id)
+    if (entry === undefined) return
+    this.details.set(chat.id, chat)
+    entry.name = chat.name
+    entry.role = chat.members.find((member) => member.userId === this.user?.id)?.role ?? entry.role
     this.changed()
   }
 
@@ -458,6 +500,11 @@ export class Store {
     await this.client.removeMember(chatId, userId)
     if (userId === this.user?.id) this.forget(chatId)
     else await this.loadDetails(chatId)
+  }
+
+  /** Owner only: `owner` hands the chat over (we become an admin). */
+  async setRole(chatId: ChatId, userId: UserId, role: Role) {
+    this.onChatUpdated(await this.client.setRole(chatId, userId, role))
   }
 
   async deleteChat(chatId: ChatId) {

@@ -40,6 +40,7 @@ export const promiseFacade = (
     deleteChat: (chatId) => run(effect.deleteChat(chatId)),
     addMembers: (chatId, userIds) => run(effect.addMembers(chatId, userIds)),
     removeMember: (chatId, userId) => run(effect.removeMember(chatId, userId)),
+    setRole: (chatId, userId, role) => run(effect.setRole(chatId, userId, role)),
     history: (chatId, page) => run(effect.history(chatId, page)),
     search: (query) => run(effect.search(query)),
     markRead: (chatId, seq) => run(effect.markRead(chatId, seq)),

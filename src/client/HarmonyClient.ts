@@ -133,6 +133,16 @@ export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffec
           subscriptions.drop(frame.chatId, new HarmonyError({ code: "not_found", message: "removed from the chat" }))
         }
         return events.emit("member_removed", { chatId: frame.chatId, userId: frame.userId })
+      // The user's own channel (docs/protocol.md "The user's own channel").
+      case "chat_added":
+        return events.emit("chat_added", { chat: frame.chat, lastSeq: frame.lastSeq, lastReadSeq: frame.lastReadSeq })
+      case "chat_removed":
+        subscriptions.drop(frame.chatId, new HarmonyError({ code: "not_found", message: "removed from the chat" }))
+        return events.emit("chat_removed", { chatId: frame.chatId })
+      case "chat_updated":
+        return events.emit("chat_updated", { chat: frame.chat })
+      case "unread":
+        return events.emit("unread", { chatId: frame.chatId, lastSeq: frame.lastSeq })
       case "member_added":
       case "join":
       case "leave":
@@ -245,6 +255,10 @@ export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffec
       auth
         .authed((api) => api.chats.removeMember({ params: { chatId: asChatId(chatId), userId: asUserId(userId) } }))
         .pipe(Effect.asVoid),
+    setRole: (chatId, userId, role) =>
+      auth.authed((api) =>
+        api.chats.setRole({ params: { chatId: asChatId(chatId), userId: asUserId(userId) }, payload: { role } })
+      ),
     history: (chatId, page) =>
       auth
         .authed((api) => api.messages.history({ ...chatParams(chatId), query: page }))

@@ -3,7 +3,7 @@
  * Promises (`HarmonyClient`) and as Effects (`HarmonyClientEffect`).
  */
 import type { Effect } from "effect"
-import type { Chat, ChatSummary, Message, ReadPosition, SearchHit, Session, User } from "../schema/Domain.ts"
+import type { Chat, ChatSummary, Message, ReadPosition, Role, SearchHit, Session, User } from "../schema/Domain.ts"
 import type { HarmonyError } from "./HarmonyError.ts"
 
 /**
@@ -79,7 +79,16 @@ export interface ClientEvents {
   readonly leave: { readonly chatId: string; readonly userId: string }
   readonly member_added: { readonly chatId: string; readonly userId: string }
   readonly member_removed: { readonly chatId: string; readonly userId: string }
+  /** The user's chat list (docs/protocol.md "The user's own channel"); also on a chat the client never subscribed to. */
   readonly chat_deleted: { readonly chatId: string }
+  /** The user joined a chat (created it elsewhere, was added, a direct chat was started with them). */
+  readonly chat_added: { readonly chat: Chat; readonly lastSeq: number; readonly lastReadSeq: number }
+  /** The user left or was removed from the chat (a subscription to it ends). */
+  readonly chat_removed: { readonly chatId: string }
+  /** Renamed, or its owner or a member's role changed: the chat as it is now. */
+  readonly chat_updated: { readonly chat: Chat }
+  /** A message arrived in a chat this client is not subscribed to: its newest seq (badge = lastSeq - lastReadSeq). */
+  readonly unread: { readonly chatId: string; readonly lastSeq: number }
   readonly status: Status
   /** Server error frames not tied to a pending call, and connection problems. */
   readonly error: HarmonyError
@@ -137,6 +146,8 @@ export interface HarmonyClientEffect {
   deleteChat(chatId: string): Effect.Effect<void, HarmonyError>
   addMembers(chatId: string, userIds: ReadonlyArray<string>): Effect.Effect<Chat, HarmonyError>
   removeMember(chatId: string, userId: string): Effect.Effect<void, HarmonyError>
+  /** Owner only: `admin` or `member`, or `owner` to hand the chat over (the caller becomes an admin). */
+  setRole(chatId: string, userId: string, role: Role): Effect.Effect<Chat, HarmonyError>
   history(chatId: string, page: HistoryQuery): Effect.Effect<HistoryPage, HarmonyError>
   /** Full-text search over the messages of the caller's chats (`GET /v1/search`). */
   search(query: SearchQuery): Effect.Effect<SearchPage, HarmonyError>
@@ -173,6 +184,8 @@ export interface HarmonyClient {
   deleteChat(chatId: string): Promise<void>
   addMembers(chatId: string, userIds: ReadonlyArray<string>): Promise<Chat>
   removeMember(chatId: string, userId: string): Promise<void>
+  /** Owner only: `admin` or `member`, or `owner` to hand the chat over (the caller becomes an admin). */
+  setRole(chatId: string, userId: string, role: Role): Promise<Chat>
   history(chatId: string, page: HistoryQuery): Promise<HistoryPage>
   /** Full-text search over the messages of the caller's chats, best first (`GET /v1/search`). */
   search(query: SearchQuery): Promise<SearchPage>

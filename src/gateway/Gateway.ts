@@ -24,6 +24,7 @@ import { Accounts } from "../state/Accounts.ts"
 import { Chats } from "../state/Chats.ts"
 import { Membership } from "../state/Membership.ts"
 import { ChatFeeds } from "./ChatFeeds.ts"
+import { UnreadFeeds } from "./UnreadFeeds.ts"
 import { Fanout } from "../messages/Fanout.ts"
 import { History } from "../messages/History.ts"
 import { Ingest } from "../messages/Ingest.ts"
@@ -65,6 +66,8 @@ export class Gateway extends Context.Service<
           fanout: yield* Fanout,
           feeds: yield* ChatFeeds,
           presence: yield* PresenceTracker,
+          pubsub: yield* PubSub,
+          unread: yield* UnreadFeeds,
           register: (userId, familyId, socket) => {
             if ((byUser.get(userId)?.size ?? 0) >= limits.maxSocketsPerUser) return undefined
             const forgetUser = addTo(byUser, userId, socket)

@@ -18,6 +18,7 @@ import type { Fanout } from "../messages/Fanout.ts"
 import type { History } from "../messages/History.ts"
 import type { Ingest } from "../messages/Ingest.ts"
 import { sessionsOpen } from "../Metrics.ts"
+import type { PubSub } from "../ports/PubSub.ts"
 import type { ChatId, UserId } from "../schema/Domain.ts"
 import { Unavailable } from "../schema/Errors.ts"
 import { type ClientFrame, CloseCode, decodeClientFrame } from "../schema/Protocol.ts"
@@ -29,6 +30,8 @@ import type { ChatFeeds } from "./ChatFeeds.ts"
 import * as Connection from "./Connection.ts"
 import type { PresenceTracker } from "./PresenceTracker.ts"
 import * as Subscriptions from "./Subscriptions.ts"
+import * as UserChannel from "./UserChannel.ts"
+import type { UnreadFeeds } from "./UnreadFeeds.ts"
 import { defaultFrameLimits, defaultGatewayLimits, type FrameLimits, frameBucketsOf } from "./Limits.ts"
 
 export { Closed } from "./Connection.ts"
@@ -78,6 +81,8 @@ export interface SessionServices {
   readonly fanout: Fanout["Service"]
   readonly feeds: ChatFeeds["Service"]
   readonly presence: PresenceTracker["Service"]
+  readonly pubsub: PubSub["Service"]
+  readonly unread: UnreadFeeds["Service"]
   /**
    * Tells the gateway whose session this is and of which login, so it can
    * end a closed account's or an ended login's sessions; answers how to
@@ -172,9 +177,10 @@ export const run = Effect.fnUntraced(function* (
     })
   yield* Effect.addFinalizer(() => Effect.sync(() => clearTimeout(expiry)))
   yield* expireAt(authenticated.value.expiresAt)
-  yield* send(withRef({ type: "ready", userId: user.id, sessionId }, authFrame.value.ref))
-
   const subscriptions = yield* Subscriptions.make(user, connection, services, options)
+  // Live before `ready`: everything of the user's own channel after it reaches this session.
+  yield* UserChannel.start(user, connection, services, subscriptions)
+  yield* send(withRef({ type: "ready", userId: user.id, sessionId }, authFrame.value.ref))
 
   // --- frames ---------------------------------------------------------------
   const sendPermits = yield* Semaphore.make(options.maxInFlightSends)

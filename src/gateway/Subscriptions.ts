@@ -32,7 +32,14 @@ export interface Subscriptions {
     ref: string | undefined
   ) => Effect.Effect<void, NotFound | RateLimited | Unavailable | CacheError>
   readonly unsubscribe: (chatId: ChatId) => Effect.Effect<void>
+  /** Whether the session follows the chat now (then it gets the chat's messages, not `unread`). */
+  readonly has: (chatId: ChatId) => boolean
+  /** Whether the session follows the chat, or its subscription told it `chat_deleted` lately. */
+  readonly tells: (chatId: ChatId) => boolean
 }
+
+/** Chats whose deletion a session remembers having told (so the user channel does not tell it again). */
+const RememberedDeletions = 64
 
 /**
  * One chat a session follows. An idle subscription is this object, its
@@ -85,6 +92,7 @@ export const make = Effect.fnUntraced(function* (
   const { recoveryDeadline, maxSubscriptions } = options
   const runFork = Effect.runForkWith(yield* Effect.context<never>())
   const subscriptions = new Map<ChatId, Subscription>()
+  const deleted = new Set<ChatId>()
 
   const unsubscribe = (chatId: ChatId) =>
     Effect.suspend(() => {
@@ -249,6 +257,10 @@ export const make = Effect.fnUntraced(function* (
       // Typing and read signals are for the others.
       if (item.from === user.id) return
       connection.write(item.frame)
+      if (item.ends === Everyone) {
+        deleted.add(chatId)
+        if (deleted.size > RememberedDeletions) deleted.delete(deleted.values().next().value as ChatId)
+      }
       if (item.ends === Everyone || item.ends === user.id) {
         // Removed from the chat, or the chat is gone: said, now stop — at
         // once, for the rest of this batch and anything held by a fill.
@@ -306,5 +318,7 @@ export const make = Effect.fnUntraced(function* (
     for (const item of held) deliver(item)
   })
 
-  return { subscribe, unsubscribe } satisfies Subscriptions as Subscriptions
+  const has = (chatId: ChatId) => subscriptions.has(chatId)
+  const tells = (chatId: ChatId) => subscriptions.has(chatId) || deleted.has(chatId)
+  return { subscribe, unsubscribe, has, tells } satisfies Subscriptions as Subscriptions
 })

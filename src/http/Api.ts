@@ -27,6 +27,7 @@ import {
   MessageId,
   Password,
   ReadPosition,
+  Role,
   SearchHit,
   Seq,
   Session,
@@ -69,6 +70,8 @@ export const CreateChatRequest = Schema.Struct({
 })
 export const RenameChatRequest = Schema.Struct({ name: ChatName })
 export const AddMembersRequest = Schema.Struct({ userIds: Schema.Array(UserId).check(Schema.isMinLength(1)) })
+/** `owner` hands the chat over: the caller becomes an admin (docs/protocol.md "Roles"). */
+export const SetRoleRequest = Schema.Struct({ role: Role })
 
 export class AuthApi extends HttpApiGroup.make("auth")
   .add(
@@ -150,7 +153,19 @@ export class ChatsApi extends HttpApiGroup.make("chats")
       params: { chatId: ChatId, userId: UserId },
       success: HttpApiSchema.NoContent,
       error: chatErrors
-    })
+    }),
+    HttpApiEndpoint.patch("setRole", "/:chatId/members/:userId", {
+      params: { chatId: ChatId, userId: UserId },
+      payload: SetRoleRequest,
+      success: Chat,
+      error: chatErrors
+    }).annotateMerge(
+      OpenApi.annotations({
+        summary: "Change a member's role (owner only)",
+        description:
+          "`admin` or `member` sets the member's role; `owner` hands the chat over to the member, and the caller becomes an admin."
+      })
+    )
   )
   .middleware(Authentication)
   .prefix("/v1/chats")

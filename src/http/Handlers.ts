@@ -118,6 +118,12 @@ const ChatsHandlers = HttpApiBuilder.group(
       removeMember: ({ params }) =>
         Effect.flatMap(limitedUser("write"), (user) => chats.removeMember(user.id, params.chatId, params.userId)).pipe(
           Effect.andThen(refresh(params.chatId, [params.userId]))
+        ),
+      setRole: ({ params, payload }) =>
+        Effect.flatMap(limitedUser("write"), (user) =>
+          chats
+            .setRole(user.id, params.chatId, params.userId, payload.role)
+            .pipe(Effect.tap(() => refresh(params.chatId, [user.id, params.userId])))
         )
     })
   })

@@ -8,7 +8,9 @@
  *   removed member's sessions leave the chat; a deleted chat's subscriptions
  *   close) — and deleted chats on the control channel for the actors;
  * - message store cleaner: deleting a chat deletes its messages (batched and
- *   resumable in the store adapter).
+ *   resumable in the store adapter);
+ * - user channel: the members' chat-list frames on their own channels
+ *   (UserChannelSignals.ts).
  *
  * An event that does not decode goes to `chat.events.dlq` with the reason,
  * and the consumer moves on.
@@ -30,6 +32,7 @@ import { Fanout } from "../messages/Fanout.ts"
 import { retryForever } from "../Retry.ts"
 import { ControlChannel, encodeControlSignal } from "../schema/Control.ts"
 import { DeadLetterTopic, EventsTopic, topicRetry } from "../schema/Topics.ts"
+import { userChannelHandler } from "./UserChannelSignals.ts"
 
 const decodeEnvelope = Schema.decodeUnknownEffect(Schema.fromJsonString(EventEnvelope))
 
@@ -118,6 +121,7 @@ const cacheInvalidator = Effect.gen(function* () {
     switch (event._tag) {
       case "member.added":
       case "member.removed":
+      case "member.role_changed":
         return membership.refresh(event.chatId, event.userId)
       case "chat.owner_changed":
         return membership.refresh(event.chatId, event.ownerId)
@@ -170,6 +174,10 @@ const storeCleaner = Effect.gen(function* () {
   )
 })
 
+const userChannel = Effect.gen(function* () {
+  yield* consumer("user-channel", yield* userChannelHandler)
+})
+
 export const layer = Layer.effectDiscard(
   Effect.gen(function* () {
     const log = yield* EventLog
@@ -177,6 +185,9 @@ export const layer = Layer.effectDiscard(
     yield* cacheInvalidator
     yield* gatewaySignals
     yield* storeCleaner
-    yield* Effect.logInfo(`event consumers: joined cache-invalidator, gateway-signals, store-cleaner on ${EventsTopic}`)
+    yield* userChannel
+    yield* Effect.logInfo(
+      `event consumers: joined cache-invalidator, gateway-signals, store-cleaner, user-channel on ${EventsTopic}`
+    )
   })
 )

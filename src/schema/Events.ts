@@ -4,10 +4,11 @@
  * aggregate id), decoded with this schema by every consumer.
  */
 import { Schema } from "effect"
-import { ChatId, ChatKind, UserId } from "./Domain.ts"
+import { ChatId, ChatKind, Role, UserId } from "./Domain.ts"
 
 export const UserRegistered = Schema.TaggedStruct("user.registered", { userId: UserId, username: Schema.String })
 export const UserDeleted = Schema.TaggedStruct("user.deleted", { userId: UserId })
+/** `memberIds` starts with the creator (the first owner). */
 export const ChatCreated = Schema.TaggedStruct("chat.created", {
   chatId: ChatId,
   kind: ChatKind,
@@ -19,6 +20,12 @@ export const ChatDeleted = Schema.TaggedStruct("chat.deleted", { chatId: ChatId,
 export const ChatOwnerChanged = Schema.TaggedStruct("chat.owner_changed", { chatId: ChatId, ownerId: UserId })
 export const MemberAdded = Schema.TaggedStruct("member.added", { chatId: ChatId, userId: UserId })
 export const MemberRemoved = Schema.TaggedStruct("member.removed", { chatId: ChatId, userId: UserId })
+/** A member's role changed (made admin or member, or the owner handing over: then also `chat.owner_changed`). */
+export const MemberRoleChanged = Schema.TaggedStruct("member.role_changed", {
+  chatId: ChatId,
+  userId: UserId,
+  role: Role
+})
 
 export const StateEvent = Schema.Union([
   UserRegistered,
@@ -28,7 +35,8 @@ export const StateEvent = Schema.Union([
   ChatDeleted,
   ChatOwnerChanged,
   MemberAdded,
-  MemberRemoved
+  MemberRemoved,
+  MemberRoleChanged
 ])
 export type StateEvent = typeof StateEvent.Type
 

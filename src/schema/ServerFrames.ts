@@ -5,7 +5,7 @@
  * the SDK in src/client and the tests decode with it (`decodeServerFrame`).
  */
 import { Schema } from "effect"
-import { ChatId, Message, Seq, UserId } from "./Domain.ts"
+import { Chat, ChatId, Message, Seq, UserId } from "./Domain.ts"
 
 const Ref = Schema.optionalKey(Schema.String)
 
@@ -59,6 +59,25 @@ export const MembershipChange = Schema.Struct({
 })
 export const ChatDeletedFrame = Schema.Struct({ type: Schema.Literal("chat_deleted"), chatId: ChatId })
 
+// The user's own channel (docs/protocol.md "The user's own channel"): sent to
+// every session of the user after `ready`, without subscribing.
+/** The user joined a chat (created it, was added, or started a direct chat with them). */
+export const ChatAddedFrame = Schema.Struct({
+  type: Schema.Literal("chat_added"),
+  chat: Chat,
+  lastSeq: Seq,
+  lastReadSeq: Seq
+})
+/** The user left the chat or was removed from it. */
+export const ChatRemovedFrame = Schema.Struct({ type: Schema.Literal("chat_removed"), chatId: ChatId })
+/** The chat was renamed, or its owner or a member's role changed: the chat as it is now. */
+export const ChatUpdatedFrame = Schema.Struct({ type: Schema.Literal("chat_updated"), chat: Chat })
+/** A message arrived in a chat this session is not subscribed to: the chat's new last seq. */
+export const UnreadFrame = Schema.Struct({ type: Schema.Literal("unread"), chatId: ChatId, lastSeq: Seq })
+/** The frames of the user's own channel (`chat_deleted` is `ChatDeletedFrame`). */
+export const UserChannelFrame = Schema.Union([ChatAddedFrame, ChatRemovedFrame, ChatUpdatedFrame, ChatDeletedFrame])
+export type UserChannelFrame = typeof UserChannelFrame.Type
+
 export const ServerFrame = Schema.Union([
   ReadyFrame,
   SubscribedFrame,
@@ -72,7 +91,11 @@ export const ServerFrame = Schema.Union([
   PresenceFrame,
   PresenceChange,
   MembershipChange,
-  ChatDeletedFrame
+  ChatDeletedFrame,
+  ChatAddedFrame,
+  ChatRemovedFrame,
+  ChatUpdatedFrame,
+  UnreadFrame
 ])
 export type ServerFrame = typeof ServerFrame.Type
 

@@ -60,6 +60,21 @@ export class Chats extends Context.Service<
       userIds: ReadonlyArray<UserId>
     ) => Effect.Effect<Chat, Failure>
     readonly removeMember: (callerId: UserId, chatId: ChatId, userId: UserId) => Effect.Effect<void, Failure>
+    /**
+     * The owner makes a member an admin or a member again, or hands ownership
+     * to them (`owner`: the old owner becomes an admin).
+     */
+    readonly setRole: (callerId: UserId, chatId: ChatId, userId: UserId, role: Role) => Effect.Effect<Chat, Failure>
+    /** The chat as it is now, whoever asks (the user channel's consumer), or none when it is gone. */
+    readonly find: (chatId: ChatId) => Effect.Effect<Option.Option<Chat>, Unavailable>
+    /** The chat, its last seq and the member's read position, or none when they are not a member (any more). */
+    readonly membershipOf: (
+      chatId: ChatId,
+      userId: UserId
+    ) => Effect.Effect<
+      Option.Option<{ readonly chat: Chat; readonly lastSeq: number; readonly lastReadSeq: number }>,
+      Unavailable
+    >
     readonly listForUser: (userId: UserId) => Effect.Effect<ReadonlyArray<ChatSummary>, Unavailable>
     /** Moves the member's read position forward (never back); answers whether it moved. */
     readonly markRead: (userId: UserId, chatId: ChatId, seq: number) => Effect.Effect<boolean, NotFound | Unavailable>
@@ -303,6 +318,55 @@ export class Chats extends Context.Service<
         )
       }, orUnavailable)
 
+      const setRole = Effect.fn("Chats.setRole")(function* (
+        callerId: UserId,
+        chatId: ChatId,
+        userId: UserId,
+        role: Role
+      ) {
+        yield* sql.withTransaction(
+          Effect.gen(function* () {
+            const caller = yield* lockAs(chatId, callerId)
+            if (caller.role !== "owner") return yield* new Forbidden({ message: "only the owner may change roles" })
+            const target = yield* sql<{ role: Role }>`
+              SELECT role FROM memberships WHERE chat_id = ${chatId} AND user_id = ${userId}`
+            const theirs = target[0]?.role
+            if (theirs === undefined) return yield* new NotFound({ message: `user ${userId} is not a member` })
+            if (userId === callerId) {
+              if (role === "owner") return
+              return yield* new Conflict({ message: "the owner hands ownership to another member first" })
+            }
+            if (theirs === role) return
+            const events: Array<StateEvent> = []
+            if (role === "owner") {
+              yield* sql`UPDATE memberships SET role = 'admin' WHERE chat_id = ${chatId} AND user_id = ${callerId}`
+              yield* sql`UPDATE chats SET owner_id = ${userId} WHERE id = ${chatId}`
+              events.push({ _tag: "member.role_changed", chatId, userId: callerId, role: "admin" })
+              events.push({ _tag: "chat.owner_changed", chatId, ownerId: userId })
+            }
+            yield* sql`UPDATE memberships SET role = ${role} WHERE chat_id = ${chatId} AND user_id = ${userId}`
+            events.push({ _tag: "member.role_changed", chatId, userId, role })
+            yield* outbox.append(events)
+          })
+        )
+        return Option.getOrThrow(yield* load(chatId))
+      }, orUnavailable)
+
+      const find = Effect.fn("Chats.find")(function* (chatId: ChatId) {
+        return yield* load(chatId)
+      }, orUnavailable)
+
+      const membershipOf = Effect.fn("Chats.membershipOf")(function* (chatId: ChatId, userId: UserId) {
+        const rows = yield* sql<{ last_seq: string | number; last_read_seq: string | number }>`
+          SELECT c.last_seq, m.last_read_seq FROM memberships m JOIN chats c ON c.id = m.chat_id
+          WHERE m.chat_id = ${chatId} AND m.user_id = ${userId}`
+        const row = rows[0]
+        if (row === undefined) return Option.none()
+        const chat = yield* load(chatId)
+        if (Option.isNone(chat)) return Option.none()
+        return Option.some({ chat: chat.value, lastSeq: Number(row.last_seq), lastReadSeq: Number(row.last_read_seq) })
+      }, orUnavailable)
+
       const listForUser = Effect.fn("Chats.listForUser")(function* (userId: UserId) {
         const rows = yield* sql<{
           id: ChatId
@@ -373,6 +437,9 @@ export class Chats extends Context.Service<
         delete: deleteChat,
         addMembers,
         removeMember,
+        setRole,
+        find,
+        membershipOf,
         listForUser,
         markRead,
         readPositions,

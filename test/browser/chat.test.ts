@@ -184,7 +184,7 @@ describe("web client (chromium)", () => {
     await alice.locator("[data-testid=composer-input]").press("Enter")
     await until("alice sees her first message", () => showsMessage(alice, "Hi Bob, welcome to the project!"))
 
-    // Bob's list refreshes on its own; the new chat arrives with one unread message.
+    // Bob's list hears of the chat on his own channel (chat_added); it arrives with one unread message.
     const bobsItem = bob.locator(`[data-testid=chat-item][data-chat-id="${chatId}"]`)
     await until(
       "bob's list shows the chat with 1 unread",

@@ -283,6 +283,35 @@ describe("cluster mode: several nodes on the same services", () => {
     }
   })
 
+  it("the user's own channel reaches the user's sessions on every node: chat_added, unread, chat_removed", async () => {
+    const [owner, member] = await registerMany(C.http, 2, "uc")
+    const [onA, onB, ownerOnC] = await Promise.all([
+      session(A.url, member!, opened),
+      session(B.url, member!, opened),
+      session(C.url, owner!, opened)
+    ])
+    const chatId = await createGroup(C.http, owner!, [member!])
+    for (const client of [onA, onB]) {
+      await client.waitFor((f) => f.type === "chat_added" && f.chat.id === chatId, { what: "chat_added" })
+    }
+    const ack = await ownerOnC.request(
+      { type: "send", chatId, clientMsgId: randomUUID(), body: "across nodes" },
+      { timeoutMs: 30_000 }
+    )
+    expect(ack).toMatchObject({ type: "ack" })
+    for (const client of [onA, onB]) {
+      expect(await client.waitFor((f) => f.type === "unread", { what: "unread" })).toEqual({
+        type: "unread",
+        chatId,
+        lastSeq: 1
+      })
+    }
+    expectStatus(await C.http.delete(`/v1/chats/${chatId}/members/${member!.id}`, { token: owner!.accessToken }), 204)
+    for (const client of [onA, onB]) {
+      await client.waitFor((f) => f.type === "chat_removed" && f.chatId === chatId, { what: "chat_removed" })
+    }
+  })
+
   it("logout through node A closes that login's sockets on A and B with 4001; its token is refused on every node", async () => {
     const [user] = await registerMany(A.http, 1, "logout")
     const login = await A.http.post("/v1/auth/login", { username: user!.username, password })

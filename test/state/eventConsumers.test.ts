@@ -229,6 +229,7 @@ const runScenario = (ops: ReadonlyArray<Op>, book: LogBook) =>
             Layer.succeed(Membership, countingMembership),
             Layer.succeed(MessageStore, countingStore),
             Layer.succeed(PubSub, pubsub),
+            Layer.succeed(Chats, chats),
             Fanout.layer.pipe(Layer.provide(Layer.succeed(PubSub, pubsub)))
           )
         )

@@ -24,6 +24,7 @@ import type { History } from "../../src/messages/History.ts"
 import type { Ingest } from "../../src/messages/Ingest.ts"
 import type { Chats } from "../../src/state/Chats.ts"
 import { ChatFeeds } from "../../src/gateway/ChatFeeds.ts"
+import { UnreadFeeds } from "../../src/gateway/UnreadFeeds.ts"
 import { channelOf, encodeItem, Fanout, messageFrame, signalItem } from "../../src/messages/Fanout.ts"
 
 /** What the session writes, as the `ws` socket it expects. */
@@ -44,7 +45,8 @@ const recordingSocket = () => {
   return { sent, socket: socket as unknown as WebSocket }
 }
 
-const live = Layer.mergeAll(ChatFeeds.layer, PresenceTracker.layer()).pipe(
+const live = UnreadFeeds.layer.pipe(
+  Layer.provideMerge(Layer.mergeAll(ChatFeeds.layer, PresenceTracker.layer())),
   Layer.provideMerge(Fanout.layer),
   Layer.provideMerge(Memory.layer)
 )
@@ -75,11 +77,13 @@ describe("Session live delivery", () => {
           epoch: () => Effect.succeed("epoch-1"),
           since: () => Effect.succeed([])
         }),
-        chats: standIn<Chats["Service"]>("chats"),
+        chats: standIn<Chats["Service"]>("chats", { listForUser: () => Effect.succeed([]) }),
         ingest: standIn<Ingest["Service"]>("ingest"),
         fanout: yield* Fanout,
         feeds: yield* ChatFeeds,
         presence: yield* PresenceTracker,
+        pubsub: yield* PubSub,
+        unread: yield* UnreadFeeds,
         register: () => () => {}
       }
       const { sent, socket } = recordingSocket()

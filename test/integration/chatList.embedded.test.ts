@@ -1,0 +1,3 @@
+import { chatListSuite } from "./chatList.suite.ts"
+
+chatListSuite("embedded")
