@@ -162,11 +162,13 @@ describe("Session live delivery", () => {
               return have.filter((seq) => seq > sinceSeq && seq <= (untilSeq ?? 9)).map(stored)
             })
         }),
-        chats: standIn<Chats["Service"]>("chats"),
+        chats: standIn<Chats["Service"]>("chats", { listForUser: () => Effect.succeed([]) }),
         ingest: standIn<Ingest["Service"]>("ingest"),
         fanout: yield* Fanout,
         feeds: yield* ChatFeeds,
         presence: yield* PresenceTracker,
+        pubsub: yield* PubSub,
+        unread: yield* UnreadFeeds,
         register: () => () => {}
       }
       const { sent, socket } = recordingSocket()
