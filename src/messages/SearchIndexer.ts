@@ -65,8 +65,8 @@ const toIndexed = (message: Message): IndexedMessage => ({
 
 class NotYetStored extends Schema.TaggedError<NotYetStored>()("NotYetStored", { chatId: Schema.String }) {}
 
-/** The sink usually persists within milliseconds: look again soon, then less often. */
-const storeWait = backoff("20 millis", "2 seconds")
+/** The sink usually persists within tens of milliseconds: look again soon, then less often. */
+const storeWait = backoff("50 millis", "2 seconds")
 
 const chatExists = Effect.fnUntraced(function* (chatId: ChatId) {
   const sql = yield* SqlClient.SqlClient
@@ -74,32 +74,50 @@ const chatExists = Effect.fnUntraced(function* (chatId: ChatId) {
   return rows.length > 0
 })
 
+/**
+ * The highest seq indexed per chat, as far as this claim knows: read from the
+ * index once per chat, then kept as the claim adds (only the partition's owner
+ * and `reindex` write a chat's rows, and reindex never lowers what the store holds).
+ */
+type Watermarks = Map<ChatId, number>
+
+/** Enough for every chat a partition sees in a while; beyond it, watermarks are read again. */
+const MaxWatermarks = 10_000
+
 /** Adds the store's messages of the chat past the index's highest seq; answers the ids it added. */
-const catchUpChat = Effect.fnUntraced(function* (chatId: ChatId) {
+const catchUpChat = Effect.fnUntraced(function* (chatId: ChatId, watermarks: Watermarks) {
   const store = yield* MessageStore
   const index = yield* SearchIndex
   const added = new Set<string>()
-  let after = yield* index.watermark(chatId)
+  let after = watermarks.get(chatId) ?? (yield* index.watermark(chatId))
   while (true) {
     const page = yield* store.page(chatId, { after, limit: PageSize })
     yield* index.add(page.map(toIndexed))
     for (const message of page) added.add(message.id)
     yield* Metric.update(searchIndexed, page.length)
     const last = page.at(-1)
-    if (page.length < PageSize || last === undefined) return added
-    after = last.seq
+    if (last !== undefined) after = last.seq
+    if (watermarks.size >= MaxWatermarks) watermarks.clear()
+    watermarks.set(chatId, after)
+    if (page.length < PageSize) return added
   }
 })
 
-/** Indexes the chat until it holds every one of `ids` (or the chat is gone). */
-const indexChat = (chatId: ChatId, ids: ReadonlyArray<string>) =>
+/**
+ * Indexes the chat until it holds every one of `ids` (or the chat is gone).
+ * Usually the store holds the batch's sends already and the index does not,
+ * so catching up comes first; the index and the chat are looked up only when
+ * something is still missing (a redelivered batch, a sink that is behind).
+ */
+const indexChat = (chatId: ChatId, ids: ReadonlyArray<string>, watermarks: Watermarks) =>
   Effect.gen(function* () {
     const index = yield* SearchIndex
-    const held = yield* index.holds(chatId, ids)
-    if (ids.every((id) => held.has(id))) return
+    const added = yield* catchUpChat(chatId, watermarks)
+    const missing = ids.filter((id) => !added.has(id))
+    if (missing.length === 0) return
+    const held = yield* index.holds(chatId, missing)
+    if (missing.every((id) => held.has(id))) return
     if (!(yield* chatExists(chatId))) return
-    const added = yield* catchUpChat(chatId)
-    if (ids.every((id) => held.has(id) || added.has(id))) return
     return yield* new NotYetStored({ chatId })
   }).pipe(
     Effect.tapError((error) => Effect.logDebug(`search indexer: chat ${chatId} waits for the store`, error)),
@@ -110,7 +128,10 @@ const indexChat = (chatId: ChatId, ids: ReadonlyArray<string>) =>
   )
 
 /** Indexes one batch of a partition's records. */
-export const applyBatch = Effect.fnUntraced(function* (records: ReadonlyArray<LogRecord>) {
+export const applyBatch = Effect.fnUntraced(function* (
+  records: ReadonlyArray<LogRecord>,
+  watermarks: Watermarks = new Map()
+) {
   const sends = new Map<ChatId, Array<string>>()
   for (const record of records) {
     const decoded = decodeRecord(record)
@@ -122,7 +143,7 @@ export const applyBatch = Effect.fnUntraced(function* (records: ReadonlyArray<Lo
     if (ids === undefined) sends.set(decoded.chatId, [decoded.id])
     else ids.push(decoded.id)
   }
-  for (const [chatId, ids] of sends) yield* indexChat(chatId, ids)
+  for (const [chatId, ids] of sends) yield* indexChat(chatId, ids, watermarks)
   // Edits and deletes are applied here, in log order, once they are on the log.
 })
 
@@ -136,6 +157,7 @@ const onClaim = (pending: Map<number, number>) => (claim: PartitionClaim) =>
       partition: String(claim.partition)
     })
     yield* Effect.addFinalizer(() => Effect.sync(() => pending.delete(claim.partition)))
+    const watermarks: Watermarks = new Map()
     yield* claim.records.pipe(
       Stream.runForEachArray((records) =>
         Effect.gen(function* () {
@@ -144,7 +166,7 @@ const onClaim = (pending: Map<number, number>) => (claim: PartitionClaim) =>
           if (first === undefined || last === undefined) return
           position ??= first.offset
           pending.set(claim.partition, first.timestamp)
-          yield* applyBatch(records)
+          yield* applyBatch(records, watermarks)
           pending.delete(claim.partition)
           yield* claim.commit(last.offset + 1).pipe(
             Effect.tap(() =>
