@@ -19,7 +19,7 @@
  * Index lag (`harmony_search_index_lag_seconds`) is the age of the oldest
  * record the indexer holds and has not indexed yet: 0 when it is caught up.
  */
-import { Clock, Console, Effect, Layer, Metric, Schema, Stream } from "effect"
+import { Clock, Console, Duration, Effect, Layer, Metric, Schema, Stream } from "effect"
 import { SqlClient } from "effect/sql"
 import { consumerLag, registerGauge, searchIndexed, searchIndexLag } from "../Metrics.ts"
 import { EventLog, type LogRecord, type PartitionClaim } from "../ports/EventLog.ts"
@@ -31,6 +31,14 @@ import { type IndexedMessage, SearchIndex } from "../state/SearchIndex.ts"
 import { backoff, retryForever } from "../Retry.ts"
 
 export const SearchIndexerGroup = "search-indexer"
+
+/**
+ * Records are indexed in batches of up to this many, or what came within the
+ * window: one store read and one index write per chat per batch, instead of
+ * one per fetch (a few records each, under steady load).
+ */
+const BatchSize = 2_000
+const BatchWindow = Duration.millis(200)
 
 /** Messages read from the store per page (the store's most). */
 const PageSize = 100
@@ -159,7 +167,8 @@ const onClaim = (pending: Map<number, number>) => (claim: PartitionClaim) =>
     yield* Effect.addFinalizer(() => Effect.sync(() => pending.delete(claim.partition)))
     const watermarks: Watermarks = new Map()
     yield* claim.records.pipe(
-      Stream.runForEachArray((records) =>
+      Stream.groupedWithin(BatchSize, BatchWindow),
+      Stream.runForEach((records) =>
         Effect.gen(function* () {
           const first = records[0]
           const last = records.at(-1)
