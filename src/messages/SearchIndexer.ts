@@ -38,7 +38,7 @@ export const SearchIndexerGroup = "search-indexer"
  * one per fetch (a few records each, under steady load).
  */
 const BatchSize = 2_000
-const BatchWindow = Duration.millis(200)
+const BatchWindow = Duration.millis(250)
 
 /** Messages read from the store per page (the store's most). */
 const PageSize = 100
