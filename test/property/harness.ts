@@ -31,7 +31,7 @@ import { MessageStore, MessageStoreError } from "../../src/ports/MessageStore.ts
 import { PubSub } from "../../src/ports/PubSub.ts"
 import { migrate } from "../../src/state/migrations.ts"
 import * as Sql from "../../src/adapters/sql/Sql.ts"
-import type { ChatId, Message } from "../../src/schema/Domain.ts"
+import type { ChatId, LogEntry, Message } from "../../src/schema/Domain.ts"
 import { encodeSendRecord, type SendRecord } from "../../src/schema/Records.ts"
 import { Fanout } from "../../src/messages/Fanout.ts"
 import type { RunnerOptions } from "../../src/sequencing/PartitionRunner.ts"
@@ -317,7 +317,7 @@ class Journal {
 
 const shortChat = (chatId: string) => chatId.slice(chatId.lastIndexOf("-") + 1)
 
-const describeBatch = (messages: ReadonlyArray<Message>) => {
+const describeBatch = (messages: ReadonlyArray<LogEntry>) => {
   const byChat = new Map<string, Array<number>>()
   for (const m of messages) byChat.set(m.chatId, [...(byChat.get(m.chatId) ?? []), m.seq])
   return [...byChat].map(([chat, seqs]) => `${shortChat(chat)}:${seqs.join(",")}`).join(" ")
@@ -419,7 +419,7 @@ class FaultyStore {
     })
 
     /** Writes part of the batch, then fails, or the node dies there. */
-    const partial = (part: ReadonlyArray<Message>, crash: boolean, what: string) =>
+    const partial = (part: ReadonlyArray<LogEntry>, crash: boolean, what: string) =>
       (part.length === 0 ? Effect.void : real.putBatch(part)).pipe(
         Effect.andThen(
           Effect.suspend(() => {
@@ -475,7 +475,7 @@ class FaultyStore {
             }
             case "Subset":
             case "Orphans": {
-              const lowest = (m: Message) => !messages.some((o) => o.chatId === m.chatId && o.seq < m.seq)
+              const lowest = (m: LogEntry) => !messages.some((o) => o.chatId === m.chatId && o.seq < m.seq)
               const part = messages.filter((m, i) =>
                 f._tag === "Subset" ? ((f.mask >> (i % 8)) & 1) === 1 : !lowest(m)
               )
@@ -743,7 +743,8 @@ const crashAfterWriteMillis = 150
 
 let runCounter = 0
 
-const fieldsOf = (m: Message) => ({
+const fieldsOf = (entry: LogEntry) => fieldsOfMessage(entry as Message)
+const fieldsOfMessage = (m: Message) => ({
   seq: m.seq,
   id: m.id as string,
   authorId: m.authorId as string,

@@ -64,7 +64,7 @@ const recordOf = (m: Message): LogRecord => ({
       chatId: m.chatId,
       authorId: m.authorId,
       clientMsgId: m.clientMsgId,
-      body: m.body,
+      body: m.body ?? "",
       sentAt: m.createdAt
     })
   ),
