@@ -384,9 +384,9 @@ export const messageStoreContract = (name: string, storeLayer: Layer.Layer<Messa
           const want = yield* store.page(once, { after: 0, limit: 100, viewer })
           const got = yield* store.page(scrambled, { after: 0, limit: 100, viewer })
           const strip = (page: ReadonlyArray<Message>, chatId: ChatId) =>
-          JSON.parse(JSON.stringify(page).replaceAll(chatId, "CHAT"))
-        assert.deepStrictEqual(strip(got, scrambled), strip(want, once))
-        assert.strictEqual(want[0]!.body, "edit two")
+            JSON.parse(JSON.stringify(page).replaceAll(chatId, "CHAT"))
+          assert.deepStrictEqual(strip(got, scrambled), strip(want, once))
+          assert.strictEqual(want[0]!.body, "edit two")
           assert.strictEqual(want[0]!.editedAt, at(5))
           assert.deepStrictEqual(want[1]!.reactions, [{ emoji: "👍", count: 1, me: true }])
           assert.strictEqual(want[2]!.deletedAt, at(11))

@@ -575,7 +575,8 @@ export const layer = (options: Options): Layer.Layer<MessageStore, MessageStoreE
             },
             ConsistentRead: true
           },
-          Number.MAX_SAFE_INTEGER
+          // At most one state per message in the range, and a range spans at most a page.
+          high - low + 1
         ).pipe(
           Effect.flatMap((items) => Effect.forEach(items, decodeState)),
           Effect.map((states) => new Map(states))
