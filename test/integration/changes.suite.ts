@@ -271,6 +271,37 @@ export const changesSuite = (mode: "embedded" | "cluster") => {
       })
     })
 
+    it("search follows edits and deletes: the new word is found, the old one and a deleted message not", async () => {
+      const [alice] = await Promise.all([register()])
+      const chatId = await createGroup(alice, [])
+      const aliceSession = await subscribed(alice, chatId)
+      const word = (name: string) => `${name}${run}`.replace(/[^a-z0-9]/g, "")
+      const [before, after, gone] = [word("quokka"), word("wombat"), word("numbat")]
+      const edited = await send(aliceSession, chatId, `a ${before} appears`)
+      const deleted = await send(aliceSession, chatId, `a ${gone} appears`)
+      const hits = async (q: string) => {
+        const reply = await http.get(`/v1/search?q=${q}`, { token: alice.accessToken })
+        expectStatus(reply, 200)
+        return (reply.body.hits as Array<any>).map((hit) => hit.seq)
+      }
+      const eventually = async (q: string, want: Array<number>) => {
+        const deadline = Date.now() + 30_000
+        let got = await hits(q)
+        while (JSON.stringify(got) !== JSON.stringify(want) && Date.now() < deadline) {
+          await sleep(200)
+          got = await hits(q)
+        }
+        expect(got, `search ${q}`).toEqual(want)
+      }
+      await eventually(before, [edited])
+      await eventually(gone, [deleted])
+      expectStatus(await edit(alice, chatId, edited, `a ${after} appears`), 202)
+      expectStatus(await remove(alice, chatId, deleted), 202)
+      await eventually(after, [edited])
+      await eventually(before, [])
+      await eventually(gone, [])
+    })
+
     describe.concurrent("authorization", () => {
       it("a non-member gets 404 for every new call, the same as for a chat that does not exist", async () => {
         const [alice, stranger] = await Promise.all([register(), register()])
