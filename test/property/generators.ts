@@ -117,7 +117,7 @@ export const firstOccurrences = <R extends ChatRecord>(records: ReadonlyArray<R>
 
 // --- changes (edits, deletes, reactions) -------------------------------------------------
 
-export const emojis = ["👍", "🎉", "👀"] as const
+export const emojis = ["👍", "🎉"] as const
 
 /**
  * A step of a scenario with changes: a send, or (`change`) a change by
@@ -143,7 +143,10 @@ export const buildLog = (
   const records: Array<ChatRecord | undefined> = []
   const seen = new Set<string>()
   /** Per chat: the distinct records so far (their index + 1 is their seq), and the messages' seqs. */
-  const chats = new Map<number, { entries: number; messages: Array<SendRecord & { seq: number }>; changes: Array<ChangeRecord> }>()
+  const chats = new Map<
+    number,
+    { entries: number; messages: Array<SendRecord & { seq: number }>; changes: Array<ChangeRecord> }
+  >()
   const base = Date.UTC(2025, 0, 1)
   ops.forEach(({ op, change }, index) => {
     const chat = chats.get(op.chat) ?? { entries: 0, messages: [], changes: [] }
@@ -167,7 +170,14 @@ export const buildLog = (
       }
       const authorId = UserId.make(`u${op.author}`)
       const clientMsgId = `m${index}`
-      push({ id: messageIdOf(chatId, authorId, clientMsgId), chatId, authorId, clientMsgId, body: `body ${index}`, sentAt: at })
+      push({
+        id: messageIdOf(chatId, authorId, clientMsgId),
+        chatId,
+        authorId,
+        clientMsgId,
+        body: `body ${index}`,
+        sentAt: at
+      })
       return
     }
     const last = chat.changes.at(-1)
@@ -176,13 +186,22 @@ export const buildLog = (
       records.push(undefined)
       return
     }
-    const target = chat.messages[(op.back >> 2) % chat.messages.length]!.seq
+    // One of the chat's two newest messages, so changes meet on the same target often.
+    const target = chat.messages[chat.messages.length - 1 - ((op.back >> 2) % Math.min(2, chat.messages.length))]!.seq
     const userId = UserId.make(`u${op.author}`)
     const id = changeIdOf(chatId, userId, `k${index}`)
     const emoji = emojis[(op.back >> 4) % emojis.length]!
     switch (op.back % 4) {
       case 0:
-        return push({ type: "message_edited", chatId, id, targetSeq: target, userId, body: `edit ${index}`, editedAt: at })
+        return push({
+          type: "message_edited",
+          chatId,
+          id,
+          targetSeq: target,
+          userId,
+          body: `edit ${index}`,
+          editedAt: at
+        })
       case 1:
         return push({ type: "message_deleted", chatId, id, targetSeq: target, userId, deletedAt: at })
       default:
