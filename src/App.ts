@@ -47,6 +47,7 @@ import { UnreadFeeds } from "./gateway/UnreadFeeds.ts"
 import * as EventConsumers from "./relay/EventConsumers.ts"
 import { Fanout } from "./messages/Fanout.ts"
 import { History } from "./messages/History.ts"
+import { Changes } from "./messages/Changes.ts"
 import { Ingest } from "./messages/Ingest.ts"
 import * as OutboxRelay from "./relay/OutboxRelay.ts"
 
@@ -153,7 +154,7 @@ const stateLayer = (config: HarmonyConfig) =>
     })
   )
 
-/** The message path (ingest, sequencing, fanout, history) and the state path's relay and consumers. */
+/** The message path (ingest, changes, sequencing, fanout, history) and the state path's relay and consumers. */
 const pathsLayer = (config: HarmonyConfig) =>
   Layer.mergeAll(
     Sequencing.layer({ partitions: config.kafkaPartitions, drainTimeout: runnerDrainTimeout(config) }),
@@ -165,6 +166,7 @@ const pathsLayer = (config: HarmonyConfig) =>
     EventConsumers.layer,
     SearchIndexer.layer({ partitions: config.kafkaPartitions })
   ).pipe(
+    Layer.provideMerge(Changes.layer),
     Layer.provideMerge(Layer.mergeAll(Ingest.layerWith({ sendTimeout: config.sendTimeout }), History.layer)),
     Layer.provideMerge(UnreadFeeds.layer),
     Layer.provideMerge(Layer.mergeAll(PresenceTracker.layer({ ttl: config.presenceTtl }), ChatFeeds.layer)),

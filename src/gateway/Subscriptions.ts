@@ -7,9 +7,9 @@
 import { Clock, Duration, Effect, Fiber, Option, Schedule } from "effect"
 import type { CacheError } from "../ports/Cache.ts"
 import { memberRole } from "../messages/ChatRules.ts"
-import { Everyone, type FanoutItem, messageFrame } from "../messages/Fanout.ts"
+import { entryFrame, Everyone, type FanoutItem } from "../messages/Fanout.ts"
 import type { History } from "../messages/History.ts"
-import type { ChatId, Message, User } from "../schema/Domain.ts"
+import type { ChatId, LogEntry, User } from "../schema/Domain.ts"
 import { type NotFound, RateLimited, type Unavailable } from "../schema/Errors.ts"
 import type { Membership } from "../state/Membership.ts"
 import type { ChatFeeds } from "./ChatFeeds.ts"
@@ -104,8 +104,8 @@ export const make = Effect.fnUntraced(function* (
   // However the session ends, its presence in every chat ends with it.
   yield* Effect.addFinalizer(() => Effect.forEach([...subscriptions.keys()], unsubscribe, { discard: true }))
 
-  /** Messages after `known` up to `target`, in order from `known + 1`, each handed to `take`; answers the last taken. */
-  const readContiguous = (chatId: ChatId, known: number, target: number, take: (message: Message) => boolean) =>
+  /** Log entries after `known` up to `target`, in order from `known + 1`, each handed to `take`; answers the last taken. */
+  const readContiguous = (chatId: ChatId, known: number, target: number, take: (message: LogEntry) => boolean) =>
     services.history.since(chatId, known, target).pipe(
       Effect.option,
       Effect.map((found) => {
@@ -124,7 +124,7 @@ export const make = Effect.fnUntraced(function* (
     readonly recovered: boolean
     /** The client's seqs name nothing in this chat (another epoch): it goes on from the chat's lastSeq. */
     readonly reset: boolean
-    readonly messages: ReadonlyArray<Message>
+    readonly messages: ReadonlyArray<LogEntry>
   }
 
   /** A client whose seqs belong to another epoch starts again from the chat's lastSeq, with nothing replayed. */
@@ -159,14 +159,14 @@ export const make = Effect.fnUntraced(function* (
       const left = Duration.millis(
         Math.max(0, Duration.toMillis(recoveryDeadline) - ((yield* Clock.currentTimeMillis) - began))
       )
-      const messages: Array<Message> = []
+      const messages: Array<LogEntry> = []
       let known = sinceSeq
       const step = Effect.suspend(() => {
         // The live buffer grows meanwhile: recover up to its first message.
         const live = firstLive()
         const target = live === undefined ? lastSeq : live - 1
         if (known >= target) return Effect.succeed(true)
-        const take = (message: Message) => {
+        const take = (message: LogEntry) => {
           messages.push(message)
           return true
         }
@@ -212,9 +212,9 @@ export const make = Effect.fnUntraced(function* (
     // and live items wait meanwhile.
     const fillGap = (upTo: number) => {
       const done = () => subscription.ended || subscription.lastDelivered >= upTo
-      const take = (message: Message) => {
+      const take = (message: LogEntry) => {
         if (subscription.ended) return false
-        connection.write(messageFrame(message))
+        connection.write(entryFrame(message))
         subscription.lastDelivered = message.seq
         return true
       }
@@ -305,7 +305,7 @@ export const make = Effect.fnUntraced(function* (
     )
     for (const message of recovery.messages) {
       if (message.seq > subscription.lastDelivered) {
-        connection.write(messageFrame(message))
+        connection.write(entryFrame(message))
         subscription.lastDelivered = message.seq
       }
     }

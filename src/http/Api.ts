@@ -21,6 +21,7 @@ import {
   ChatSummary,
   ClientMsgId,
   DisplayName,
+  Emoji,
   isStorableText,
   Message,
   MessageBody,
@@ -186,6 +187,21 @@ export const HistoryPage = Schema.Struct({
 export const PostMessageRequest = Schema.Struct({ clientMsgId: ClientMsgId, body: MessageBody })
 export const PostMessageAccepted = Schema.Struct({ id: MessageId, clientMsgId: Schema.String })
 export const ReadRequest = Schema.Struct({ seq: Seq })
+export const EditMessageRequest = Schema.Struct({ body: MessageBody })
+/** A change's id: 202 once the chat's log holds it, like a send's ack. */
+export const ChangeAccepted = Schema.Struct({ id: MessageId })
+/** Makes a change idempotent: a retry with the same key is stored once (docs/protocol.md). */
+export const ChangeHeaders = {
+  "idempotency-key": Schema.optionalKey(
+    Schema.String.check(
+      Schema.isMinLength(1, { message: "an Idempotency-Key has 1 to 128 characters" }),
+      Schema.isMaxLength(128, { message: "an Idempotency-Key has 1 to 128 characters" })
+    )
+  )
+}
+const messageParams = { chatId: ChatId, seq: Seq }
+const reactionParams = { ...messageParams, emoji: Emoji }
+const changeErrors = [BadRequestWire, ForbiddenWire, NotFoundWire, RateLimitedWire, UnavailableWire]
 
 export class MessagesApi extends HttpApiGroup.make("messages")
   .add(
@@ -212,11 +228,62 @@ export class MessagesApi extends HttpApiGroup.make("messages")
       params: chatParams,
       success: Schema.Struct({ reads: Schema.Array(ReadPosition) }),
       error: [NotFoundWire, UnavailableWire]
-    })
+    }),
+    HttpApiEndpoint.patch("edit", "/:chatId/messages/:seq", {
+      params: messageParams,
+      headers: ChangeHeaders,
+      payload: EditMessageRequest,
+      success: ChangeAccepted.pipe(HttpApiSchema.status(202)),
+      error: changeErrors
+    }).annotateMerge(
+      OpenApi.annotations({
+        summary: "Edit a message (its author only)",
+        description: "Goes on the chat's log with a seq of its own; subscribers get `message_edited`."
+      })
+    ),
+    HttpApiEndpoint.delete("deleteMessage", "/:chatId/messages/:seq", {
+      params: messageParams,
+      headers: ChangeHeaders,
+      success: ChangeAccepted.pipe(HttpApiSchema.status(202)),
+      error: changeErrors
+    }).annotateMerge(
+      OpenApi.annotations({
+        summary: "Delete a message (its author, the owner or an admin)",
+        description:
+          "Goes on the chat's log with a seq of its own; subscribers get `message_deleted`, history a tombstone."
+      })
+    ),
+    HttpApiEndpoint.put("react", "/:chatId/messages/:seq/reactions/:emoji", {
+      params: reactionParams,
+      headers: ChangeHeaders,
+      success: ChangeAccepted.pipe(HttpApiSchema.status(202)),
+      error: changeErrors
+    }).annotateMerge(
+      OpenApi.annotations({
+        summary: "Add the caller's reaction (emoji URL-encoded)",
+        description: "Goes on the chat's log with a seq of its own; subscribers get `reaction` with `added: true`."
+      })
+    ),
+    HttpApiEndpoint.delete("unreact", "/:chatId/messages/:seq/reactions/:emoji", {
+      params: reactionParams,
+      headers: ChangeHeaders,
+      success: ChangeAccepted.pipe(HttpApiSchema.status(202)),
+      error: changeErrors
+    }).annotateMerge(
+      OpenApi.annotations({
+        summary: "Remove the caller's reaction (emoji URL-encoded)",
+        description: "Goes on the chat's log with a seq of its own; subscribers get `reaction` with `added: false`."
+      })
+    )
   )
   .middleware(Authentication)
   .prefix("/v1/chats")
-  .annotateMerge(OpenApi.annotations({ title: "Messages", description: "History, sending, read positions" })) {}
+  .annotateMerge(
+    OpenApi.annotations({
+      title: "Messages",
+      description: "History, sending, read positions; edits, deletes and reactions"
+    })
+  ) {}
 
 /** The longest search query, in characters (docs/protocol.md "Search"). */
 export const MaxSearchQuery = 200

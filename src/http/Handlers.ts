@@ -14,6 +14,7 @@ import { Api, Authentication, CurrentUser } from "./Api.ts"
 import { Readiness } from "./Readiness.ts"
 import { Fanout } from "../messages/Fanout.ts"
 import { History } from "../messages/History.ts"
+import { Changes } from "../messages/Changes.ts"
 import { Ingest } from "../messages/Ingest.ts"
 import { markRead, memberRole } from "../messages/ChatRules.ts"
 import { SearchIndex } from "../state/SearchIndex.ts"
@@ -138,6 +139,7 @@ const MessagesHandlers = HttpApiBuilder.group(
   Effect.fn(function* (handlers) {
     const history = yield* History
     const ingest = yield* Ingest
+    const changes = yield* Changes
     const chats = yield* Chats
     const fanout = yield* Fanout
     const membership = yield* Membership
@@ -162,6 +164,22 @@ const MessagesHandlers = HttpApiBuilder.group(
       readPositions: ({ params }) =>
         Effect.flatMap(CurrentUser, (user) =>
           Effect.map(chats.readPositions(user.id, params.chatId), (reads) => ({ reads }))
+        ),
+      edit: ({ params, headers, payload }) =>
+        Effect.flatMap(CurrentUser, (user) =>
+          changes.edit(user.id, params.chatId, params.seq, payload.body, headers["idempotency-key"])
+        ),
+      deleteMessage: ({ params, headers }) =>
+        Effect.flatMap(CurrentUser, (user) =>
+          changes.delete(user.id, params.chatId, params.seq, headers["idempotency-key"])
+        ),
+      react: ({ params, headers }) =>
+        Effect.flatMap(CurrentUser, (user) =>
+          changes.react(user.id, params.chatId, params.seq, params.emoji, true, headers["idempotency-key"])
+        ),
+      unreact: ({ params, headers }) =>
+        Effect.flatMap(CurrentUser, (user) =>
+          changes.react(user.id, params.chatId, params.seq, params.emoji, false, headers["idempotency-key"])
         )
     })
   })

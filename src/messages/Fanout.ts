@@ -24,7 +24,7 @@ import { Context, Effect, Layer, Stream } from "effect"
 import type { Scope, Tracer } from "effect"
 import type { CacheError } from "../ports/Cache.ts"
 import { PubSub } from "../ports/PubSub.ts"
-import type { ChatId, Message } from "../schema/Domain.ts"
+import { type ChatId, isChange, type LogEntry, type Message } from "../schema/Domain.ts"
 import { encodeMessageFrame, encodeServerFrame, type ServerFrame } from "../schema/ServerFrames.ts"
 import { observeStage, stampNow } from "../Metrics.ts"
 import { traceparentOf } from "../Tracing.ts"
@@ -58,6 +58,20 @@ export const channelOf = (chatId: string) => `chat:${chatId}`
 export const Everyone = "*"
 
 export const messageFrame = (message: Message): string => encodeMessageFrame({ type: "message", message })
+
+/** The frame of a log entry: a `message` frame, or the change itself (`message_edited`, `message_deleted`, `reaction`). */
+export const entryFrame = (entry: LogEntry): string =>
+  isChange(entry) ? encodeServerFrame(entry) : messageFrame(entry)
+
+/** When the entry's record was accepted, as its frame tells it (a reaction's frame does not). */
+const acceptedAt = (entry: LogEntry): string | undefined =>
+  !isChange(entry)
+    ? entry.createdAt
+    : entry.type === "message_edited"
+      ? entry.editedAt
+      : entry.type === "message_deleted"
+        ? entry.deletedAt
+        : undefined
 
 /**
  * A frame that is not a message, from a user or from nobody, as its fanout
@@ -135,13 +149,13 @@ export class Fanout extends Context.Service<
   Fanout,
   {
     /**
-     * Publishes messages on their chats' channels. `parents[i]`, when given,
-     * is the span of `messages[i]`'s sequencing: its publish is traced under it.
-     * Untraced, a chat's messages go out in one publish. `sequencedAt`
-     * (`stampNow`) feeds the `publish` stage.
+     * Publishes log entries (messages and changes) on their chats' channels.
+     * `parents[i]`, when given, is the span of `messages[i]`'s sequencing:
+     * its publish is traced under it. Untraced, a chat's entries go out in
+     * one publish. `sequencedAt` (`stampNow`) feeds the `publish` stage.
      */
     readonly publishMessages: (
-      messages: ReadonlyArray<Message>,
+      messages: ReadonlyArray<LogEntry>,
       parents?: ReadonlyArray<Tracer.AnySpan | undefined>,
       sequencedAt?: number
     ) => Effect.Effect<void, CacheError>
@@ -160,18 +174,18 @@ export class Fanout extends Context.Service<
     Effect.gen(function* () {
       const pubsub = yield* PubSub
       const context = yield* Effect.context<never>()
-      const itemOf = (message: Message, traceparent: string | undefined, publishedAt: number) => {
-        const sentAt = Date.parse(message.createdAt)
+      const itemOf = (message: LogEntry, traceparent: string | undefined, publishedAt: number) => {
+        const sentAt = Date.parse(acceptedAt(message) ?? "")
         return encodeItem({
           seq: message.seq,
-          frame: messageFrame(message),
+          frame: entryFrame(message),
           sentAt: Number.isFinite(sentAt) ? sentAt : undefined,
           publishedAt,
           traceparent
         })
       }
       /** A message's publish, as a producer span under its sequencing; its context travels in the envelope. */
-      const publishTraced = (message: Message, parent: Tracer.AnySpan) =>
+      const publishTraced = (message: LogEntry, parent: Tracer.AnySpan) =>
         Effect.useSpan(
           "Fanout.publish",
           {
@@ -187,7 +201,7 @@ export class Fanout extends Context.Service<
           (span) => pubsub.publish(channelOf(message.chatId), itemOf(message, traceparentOf(span), stampNow()))
         )
       /** One publish per chat: its messages' items, newline-separated, in order. */
-      const publishBatched = (messages: ReadonlyArray<Message>, sequencedAt: number | undefined) =>
+      const publishBatched = (messages: ReadonlyArray<LogEntry>, sequencedAt: number | undefined) =>
         Effect.suspend(() => {
           const publishedAt = stampNow()
           const byChat = new Map<string, Array<string>>()

@@ -7,7 +7,7 @@
 import { Clock, Context, Duration, Effect, Layer } from "effect"
 import { RecentMessages } from "./RecentMessages.ts"
 import { MessageStore, type MessageStoreError } from "../ports/MessageStore.ts"
-import type { ChatId, Message, UserId } from "../schema/Domain.ts"
+import type { ChatId, LogEntry, Message, UserId } from "../schema/Domain.ts"
 import { type NotFound, Unavailable } from "../schema/Errors.ts"
 import { Membership } from "../state/Membership.ts"
 import { memberRole } from "./ChatRules.ts"
@@ -41,14 +41,15 @@ export class History extends Context.Service<
       request: PageRequest
     ) => Effect.Effect<Page, NotFound | Unavailable>
     /**
-     * Messages with seq in (sinceSeq, untilSeq] (untilSeq absent: all known),
-     * oldest first: from the local actor's ring, else the store.
+     * Log entries (messages and changes) with seq in (sinceSeq, untilSeq]
+     * (untilSeq absent: all known), oldest first: from the local actor's
+     * ring, else the store.
      */
     readonly since: (
       chatId: ChatId,
       sinceSeq: number,
       untilSeq?: number
-    ) => Effect.Effect<ReadonlyArray<Message>, MessageStoreError>
+    ) => Effect.Effect<ReadonlyArray<LogEntry>, MessageStoreError>
     /** The chat's newest seq as far as this node can tell. */
     readonly lastSeq: (chatId: ChatId) => Effect.Effect<number, MessageStoreError>
     /**
@@ -75,12 +76,12 @@ export class History extends Context.Service<
         // `before` (or from the newest message), newest first.
         if (request.after !== undefined && request.before === undefined) {
           const messages = yield* store
-            .page(chatId, { after: request.after, limit: request.limit })
+            .page(chatId, { after: request.after, limit: request.limit, viewer: callerId })
             .pipe(Effect.catchTag("MessageStoreError", storeUnavailable))
           return { messages, nextAfter: messages.length === request.limit ? messages.at(-1)!.seq : null }
         }
         const messages = yield* store
-          .page(chatId, { before: request.before ?? Number.MAX_SAFE_INTEGER, limit: request.limit })
+          .page(chatId, { before: request.before ?? Number.MAX_SAFE_INTEGER, limit: request.limit, viewer: callerId })
           .pipe(Effect.catchTag("MessageStoreError", storeUnavailable))
         const oldest = messages.at(-1)?.seq
         return {
@@ -90,14 +91,14 @@ export class History extends Context.Service<
       })
 
       const since = Effect.fn("History.since")(function* (chatId: ChatId, sinceSeq: number, untilSeq?: number) {
-        const upTo = (messages: ReadonlyArray<Message>) =>
-          untilSeq === undefined ? messages : messages.filter((m) => m.seq <= untilSeq)
+        const upTo = (entries: ReadonlyArray<LogEntry>) =>
+          untilSeq === undefined ? entries : entries.filter((m) => m.seq <= untilSeq)
         const ring = recent.since(chatId, sinceSeq)
         if (ring !== undefined) return upTo(ring)
-        const found: Array<Message> = []
+        const found: Array<LogEntry> = []
         let after = sinceSeq
         while (true) {
-          const batch = yield* store.page(chatId, { after, limit: 100 })
+          const batch = yield* store.entries(chatId, after, 100)
           found.push(...batch)
           if (batch.length < 100 || (untilSeq !== undefined && batch.at(-1)!.seq >= untilSeq)) break
           after = batch.at(-1)!.seq

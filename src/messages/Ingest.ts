@@ -28,7 +28,7 @@ import { messagesAccepted, observeStage, ProducedAtHeader, stampNow } from "../M
 import { EventLog, EventLogError, type ProduceRecord } from "../ports/EventLog.ts"
 import type { ChatId, MessageId, UserId } from "../schema/Domain.ts"
 import { type NotFound, type RateLimited, Unavailable } from "../schema/Errors.ts"
-import { encodeSendRecord, messageIdOf } from "../schema/Records.ts"
+import { type ChangeRecord, encodeChangeRecord, encodeSendRecord, messageIdOf } from "../schema/Records.ts"
 import { Membership } from "../state/Membership.ts"
 import { RateLimits } from "../state/RateLimits.ts"
 import { ExportGate, sampled, spanWhenExported, TraceparentHeader, traceparentOf } from "../Tracing.ts"
@@ -90,6 +90,12 @@ export class Ingest extends Context.Service<
       clientMsgId: string,
       body: string
     ) => Effect.Effect<Accepted, NotFound | RateLimited | Unavailable>
+    /**
+     * Puts a change (edit, delete, reaction) on the chat's log, like a send:
+     * answered once the log holds it. Admission (membership, the target,
+     * roles, the rate limit) is the caller's (Changes.ts).
+     */
+    readonly change: (record: ChangeRecord) => Effect.Effect<void, Unavailable>
   }
 >()("harmony/messages/Ingest") {
   static readonly layerWith = (options: {
@@ -206,6 +212,68 @@ export class Ingest extends Context.Service<
             )
           })
 
+        /** Produces one record of the chat's log and waits for the log to hold it (or the deadline). */
+        const accept = Effect.fnUntraced(function* (
+          chatId: ChatId,
+          id: MessageId,
+          value: string,
+          arrivedAt: number,
+          acceptedAt: number
+        ) {
+          const done = yield* Deferred.make<void, EventLogError>()
+          const size = Buffer.byteLength(value) + chatId.length + 64
+          const queuedAt = stampNow()
+          observeStage("admit", arrivedAt, queuedAt, context)
+          const traced =
+            gate.open() && sampled(Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))) !== undefined
+          const deadline = acceptedAt + Duration.toMillis(sendTimeout)
+          const enqueue = traced
+            ? Effect.useSpan(
+                "Ingest.produce",
+                {
+                  kind: "producer",
+                  attributes: {
+                    "messaging.system": "kafka",
+                    "messaging.destination.name": MessagesTopic,
+                    "harmony.message.id": id
+                  }
+                },
+                (span) => {
+                  const headers = { [TraceparentHeader]: traceparentOf(span) }
+                  return enqueueAndWait({
+                    record: { key: chatId, value, headers },
+                    headers,
+                    queuedAt,
+                    deadline,
+                    size: size + 64,
+                    done,
+                    span
+                  })
+                }
+              )
+            : Effect.suspend(() => {
+                const headers: Record<string, string> = {}
+                return enqueueAndWait({
+                  record: { key: chatId, value, headers },
+                  headers,
+                  queuedAt,
+                  deadline,
+                  size,
+                  done
+                })
+              })
+          // Bounded, however the log fares: a send not taken in time is answered
+          // `unavailable` (it may still be written; the client sends it again
+          // with the same clientMsgId, which is stored once).
+          yield* enqueue.pipe(
+            Effect.catchTag("EventLogError", (error) =>
+              Effect.logWarning("produce failed: the send is not acknowledged", error).pipe(
+                Effect.andThen(Effect.fail(new Unavailable({ message: "the message log is unavailable, try again" })))
+              )
+            )
+          )
+        })
+
         const send = Effect.fnUntraced(
           function* (authorId: UserId, chatId: ChatId, clientMsgId: string, body: string) {
             const arrivedAt = stampNow()
@@ -214,66 +282,20 @@ export class Ingest extends Context.Service<
             const id = messageIdOf(chatId, authorId, clientMsgId)
             const acceptedAt = yield* Clock.currentTimeMillis
             const sentAt = new Date(acceptedAt).toISOString()
-            const done = yield* Deferred.make<void, EventLogError>()
             const value = encodeSendRecord({ id, chatId, authorId, clientMsgId, body, sentAt })
-            const size = Buffer.byteLength(value) + chatId.length + 64
-            const queuedAt = stampNow()
-            observeStage("admit", arrivedAt, queuedAt, context)
-            const traced =
-              gate.open() && sampled(Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))) !== undefined
-            const deadline = acceptedAt + Duration.toMillis(sendTimeout)
-            const enqueue = traced
-              ? Effect.useSpan(
-                  "Ingest.produce",
-                  {
-                    kind: "producer",
-                    attributes: {
-                      "messaging.system": "kafka",
-                      "messaging.destination.name": MessagesTopic,
-                      "harmony.message.id": id
-                    }
-                  },
-                  (span) => {
-                    const headers = { [TraceparentHeader]: traceparentOf(span) }
-                    return enqueueAndWait({
-                      record: { key: chatId, value, headers },
-                      headers,
-                      queuedAt,
-                      deadline,
-                      size: size + 64,
-                      done,
-                      span
-                    })
-                  }
-                )
-              : Effect.suspend(() => {
-                  const headers: Record<string, string> = {}
-                  return enqueueAndWait({
-                    record: { key: chatId, value, headers },
-                    headers,
-                    queuedAt,
-                    deadline,
-                    size,
-                    done
-                  })
-                })
-            // Bounded, however the log fares: a send not taken in time is answered
-            // `unavailable` (it may still be written; the client sends it again
-            // with the same clientMsgId, which is stored once).
-            yield* enqueue.pipe(
-              Effect.catchTag("EventLogError", (error) =>
-                Effect.logWarning("produce failed: the send is not acknowledged", error).pipe(
-                  Effect.andThen(Effect.fail(new Unavailable({ message: "the message log is unavailable, try again" })))
-                )
-              )
-            )
+            yield* accept(chatId, id, value, arrivedAt, acceptedAt)
             yield* Metric.update(messagesAccepted, 1)
             return { id, clientMsgId }
           },
           spanWhenExported(gate, "Ingest.send")
         )
 
-        return Ingest.of({ send })
+        const change = (record: ChangeRecord) =>
+          Effect.flatMap(Clock.currentTimeMillis, (acceptedAt) =>
+            accept(record.chatId, record.id, encodeChangeRecord(record), stampNow(), acceptedAt)
+          )
+
+        return Ingest.of({ send, change })
       })
     )
 

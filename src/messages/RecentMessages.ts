@@ -5,13 +5,13 @@
  * (sequencing/ActiveChats.ts); a node without actors knows none.
  */
 import { Context, Layer } from "effect"
-import type { ChatId, Message } from "../schema/Domain.ts"
+import type { ChatId, LogEntry } from "../schema/Domain.ts"
 
 export class RecentMessages extends Context.Service<
   RecentMessages,
   {
-    /** Messages with seq > sinceSeq, oldest first, if the chat's actor is active here and its ring reaches back that far. */
-    readonly since: (chatId: ChatId, sinceSeq: number) => ReadonlyArray<Message> | undefined
+    /** Log entries with seq > sinceSeq, oldest first, if the chat's actor is active here and its ring reaches back that far. */
+    readonly since: (chatId: ChatId, sinceSeq: number) => ReadonlyArray<LogEntry> | undefined
     /** The chat's last seq as its local actor knows it. */
     readonly lastSeq: (chatId: ChatId) => number | undefined
     /** The chat's epoch as its local actor knows it. */

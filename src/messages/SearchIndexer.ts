@@ -12,9 +12,13 @@
  * a crash or a rebalance changes nothing. A send whose chat is gone is
  * skipped: the actors drop those, and the chat's rows went with it.
  *
- * Edits and deletes, once the log carries them, are applied after their
- * chat's catch-up, in log order: `SearchIndex.edit` replaces the indexed
- * text, `SearchIndex.remove` drops it (see `decodeRecord`).
+ * Edits and deletes are applied after the batch's catch-ups, in log order:
+ * `SearchIndex.edit` replaces the indexed text (a deleted message stays
+ * deleted), `SearchIndex.remove` drops it. Both overwrite, so applying them
+ * again on redelivery (in log order again) ends the same. A record carries
+ * its target's seq, so a change needs no store read; a change to a message
+ * not indexed yet is covered by the catch-up, which reads the store's
+ * current text. Reactions are not indexed.
  *
  * Index lag (`harmony_search_index_lag_seconds`) is the age of the oldest
  * record the indexer holds and has not indexed yet: 0 when it is caught up.
@@ -25,7 +29,7 @@ import { consumerLag, registerGauge, searchIndexed, searchIndexLag } from "../Me
 import { EventLog, type LogRecord, type PartitionClaim } from "../ports/EventLog.ts"
 import { MessageStore } from "../ports/MessageStore.ts"
 import type { ChatId, Message } from "../schema/Domain.ts"
-import { SendRecordJson } from "../schema/Records.ts"
+import { ChatRecordJson, isChangeRecord } from "../schema/Records.ts"
 import { MessagesTopic, topicRetry } from "../schema/Topics.ts"
 import { type IndexedMessage, SearchIndex } from "../state/SearchIndex.ts"
 import { backoff, retryForever } from "../Retry.ts"
@@ -46,20 +50,30 @@ const PageSize = 100
 /** What the indexer does with a record of `chat.messages`. */
 export type IndexerRecord =
   | { readonly _tag: "Send"; readonly chatId: ChatId; readonly id: string }
+  | { readonly _tag: "Edit"; readonly chatId: ChatId; readonly seq: number; readonly body: string }
+  | { readonly _tag: "Delete"; readonly chatId: ChatId; readonly seq: number }
+  /** Nothing to index (a reaction). */
+  | { readonly _tag: "Ignore" }
   | { readonly _tag: "Skip"; readonly reason: string }
 
-const decodeSend = Schema.decodeUnknownOption(SendRecordJson)
+const decodeChatRecord = Schema.decodeUnknownOption(ChatRecordJson)
 
-/**
- * A record as the indexer needs it. The seam for edit and delete records:
- * they decode here to `Edit { chatId, seq, body }` / `Delete { chatId, seq }`
- * and are applied in `applyBatch` after the catch-ups.
- */
+/** A record as the indexer needs it: sends are caught up from the store, edits and deletes applied after. */
 export const decodeRecord = (record: LogRecord): IndexerRecord => {
-  const send = decodeSend(new TextDecoder().decode(record.value))
-  return send._tag === "Some"
-    ? { _tag: "Send", chatId: send.value.chatId, id: send.value.id }
-    : { _tag: "Skip", reason: `undecodable record at ${record.partition}/${record.offset}` }
+  const decoded = decodeChatRecord(new TextDecoder().decode(record.value))
+  if (decoded._tag === "None") {
+    return { _tag: "Skip", reason: `undecodable record at ${record.partition}/${record.offset}` }
+  }
+  const value = decoded.value
+  if (!isChangeRecord(value)) return { _tag: "Send", chatId: value.chatId, id: value.id }
+  switch (value.type) {
+    case "message_edited":
+      return { _tag: "Edit", chatId: value.chatId, seq: value.targetSeq, body: value.body }
+    case "message_deleted":
+      return { _tag: "Delete", chatId: value.chatId, seq: value.targetSeq }
+    case "reaction":
+      return { _tag: "Ignore" }
+  }
 }
 
 const toIndexed = (message: Message): IndexedMessage => ({
@@ -68,7 +82,7 @@ const toIndexed = (message: Message): IndexedMessage => ({
   id: message.id,
   authorId: message.authorId,
   createdAt: message.createdAt,
-  body: message.body
+  body: message.body ?? null
 })
 
 class NotYetStored extends Schema.TaggedError<NotYetStored>()("NotYetStored", { chatId: Schema.String }) {}
@@ -140,19 +154,43 @@ export const applyBatch = Effect.fnUntraced(function* (
   records: ReadonlyArray<LogRecord>,
   watermarks: Watermarks = new Map()
 ) {
+  const index = yield* SearchIndex
   const sends = new Map<ChatId, Array<string>>()
+  const changes: Array<Extract<IndexerRecord, { _tag: "Edit" | "Delete" }>> = []
   for (const record of records) {
     const decoded = decodeRecord(record)
-    if (decoded._tag === "Skip") {
-      yield* Effect.logError(`search indexer: ${decoded.reason}, skipped`)
-      continue
+    switch (decoded._tag) {
+      case "Skip":
+        yield* Effect.logError(`search indexer: ${decoded.reason}, skipped`)
+        continue
+      case "Ignore":
+        continue
+      case "Edit":
+      case "Delete":
+        changes.push(decoded)
+        continue
+      case "Send": {
+        const ids = sends.get(decoded.chatId)
+        if (ids === undefined) sends.set(decoded.chatId, [decoded.id])
+        else ids.push(decoded.id)
+      }
     }
-    const ids = sends.get(decoded.chatId)
-    if (ids === undefined) sends.set(decoded.chatId, [decoded.id])
-    else ids.push(decoded.id)
   }
   for (const [chatId, ids] of sends) yield* indexChat(chatId, ids, watermarks)
-  // Edits and deletes are applied here, in log order, once they are on the log.
+  // After the catch-ups, in log order: each overwrites what the index holds of its target.
+  for (const change of changes) {
+    yield* (
+      change._tag === "Edit"
+        ? index.edit(change.chatId, change.seq, change.body)
+        : index.remove(change.chatId, change.seq)
+    ).pipe(
+      Effect.tapError((error) =>
+        Effect.logWarning(`search indexer: a change to chat ${change.chatId} failed, retrying`, error)
+      ),
+      Effect.retry(retryForever),
+      Effect.orDie
+    )
+  }
 })
 
 /** `pending`: the oldest unindexed record's timestamp per claimed partition (absent: caught up). */

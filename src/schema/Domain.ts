@@ -104,15 +104,104 @@ export class ReadPosition extends Schema.Class<ReadPosition>("harmony/ReadPositi
   seq: Seq
 }) {}
 
+/** One emoji's reactions on a message, as the caller sees them (history). */
+export const ReactionCount = Schema.Struct({
+  emoji: Schema.String,
+  count: Schema.Int,
+  /** Whether the caller is among those who reacted with it. */
+  me: Schema.Boolean
+})
+export type ReactionCount = typeof ReactionCount.Type
+
+/**
+ * A message. `body` is absent from a deleted message (a tombstone, with
+ * `deletedAt`); an edited one has its current body and `editedAt`.
+ * `reactions` appears in history only (absent or empty when none).
+ */
 export class Message extends Schema.Class<Message>("harmony/Message")({
   chatId: ChatId,
   seq: Seq,
   id: MessageId,
   authorId: UserId,
-  body: Schema.String,
+  body: Schema.optionalKey(Schema.String),
   clientMsgId: Schema.String,
-  createdAt: Schema.String
+  createdAt: Schema.String,
+  editedAt: Schema.optionalKey(Schema.String),
+  deletedAt: Schema.optionalKey(Schema.String),
+  reactions: Schema.optionalKey(Schema.Array(ReactionCount))
 }) {}
+
+/** An emoji reaction: 1 to 32 characters, no whitespace or control characters. */
+export const Emoji = Schema.String.check(
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: excluding control characters is the point
+  Schema.isPattern(/^[^\s\u0000-\u001f\u007f-\u009f]+$/u, {
+    message: "an emoji has no whitespace or control characters"
+  }),
+  Schema.isMinLength(1, { message: "an emoji has 1 to 32 characters" }),
+  Schema.isMaxLength(32, { message: "an emoji has 1 to 32 characters" })
+)
+
+// Changes to a message (docs/protocol.md "Edits, deletes and reactions"): each
+// is a record on the chat's log with a seq of its own, after its target's.
+// These are the entries as stored and as their frames carry them.
+const changeFields = {
+  chatId: ChatId,
+  /** The change's own position in the chat's log. */
+  seq: Seq,
+  /** The change's id (from the caller's Idempotency-Key). */
+  id: MessageId,
+  /** The seq of the message it changes. */
+  targetSeq: Seq,
+  /** Who made the change. */
+  userId: UserId
+}
+export const MessageEdited = Schema.Struct({
+  type: Schema.Literal("message_edited"),
+  ...changeFields,
+  body: Schema.String,
+  editedAt: Schema.String
+})
+export type MessageEdited = typeof MessageEdited.Type
+export const MessageDeleted = Schema.Struct({
+  type: Schema.Literal("message_deleted"),
+  ...changeFields,
+  deletedAt: Schema.String
+})
+export type MessageDeleted = typeof MessageDeleted.Type
+export const ReactionChanged = Schema.Struct({
+  type: Schema.Literal("reaction"),
+  ...changeFields,
+  emoji: Schema.String,
+  /** true: added; false: removed. */
+  added: Schema.Boolean
+})
+export type ReactionChanged = typeof ReactionChanged.Type
+
+export const Change = Schema.Union([MessageEdited, MessageDeleted, ReactionChanged])
+export type Change = typeof Change.Type
+
+/** What a chat's log holds at a seq: a message, or a change to one. */
+export type LogEntry = Message | Change
+
+export const isChange = (entry: LogEntry): entry is Change => "type" in entry
+
+/**
+ * A message with a change applied, as history shows it: an edit replaces
+ * the body (a deleted message stays deleted), a delete leaves a tombstone.
+ * Reactions are not part of it (history counts them per caller).
+ */
+export const applyChange = (message: Message, change: Change): Message => {
+  if (change.type === "message_edited") {
+    if (message.deletedAt !== undefined) return message
+    return new Message({ ...message, body: change.body, editedAt: change.editedAt })
+  }
+  if (change.type === "message_deleted") {
+    if (message.deletedAt !== undefined) return message
+    const { body: _body, editedAt: _editedAt, ...rest } = message
+    return new Message({ ...rest, deletedAt: change.deletedAt })
+  }
+  return message
+}
 
 /** A search hit (GET /v1/search): where the message is, and a snippet with the matched words' ranges. */
 export const SearchHit = Schema.Struct({

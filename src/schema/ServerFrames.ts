@@ -5,7 +5,7 @@
  * the SDK in src/client and the tests decode with it (`decodeServerFrame`).
  */
 import { Schema } from "effect"
-import { Chat, ChatId, Message, Seq, UserId } from "./Domain.ts"
+import { Chat, ChatId, Message, MessageDeleted, MessageEdited, ReactionChanged, Seq, UserId } from "./Domain.ts"
 
 const Ref = Schema.optionalKey(Schema.String)
 
@@ -40,6 +40,12 @@ export const ErrorFrame = Schema.Struct({
 })
 export const PongFrame = Schema.Struct({ type: Schema.Literal("pong"), ref: Ref })
 export const MessageFrame = Schema.Struct({ type: Schema.Literal("message"), message: Message })
+/** A message was edited (docs/protocol.md "Edits, deletes and reactions"): a log entry with a seq of its own. */
+export const MessageEditedFrame = MessageEdited
+/** A message was deleted: a log entry with a seq of its own. */
+export const MessageDeletedFrame = MessageDeleted
+/** A reaction was added or removed: a log entry with a seq of its own. */
+export const ReactionFrame = ReactionChanged
 export const TypingSignal = Schema.Struct({ type: Schema.Literal("typing"), chatId: ChatId, userId: UserId })
 export const ReadSignal = Schema.Struct({ type: Schema.Literal("read"), chatId: ChatId, userId: UserId, seq: Seq })
 export const PresenceFrame = Schema.Struct({
@@ -86,6 +92,9 @@ export const ServerFrame = Schema.Union([
   ErrorFrame,
   PongFrame,
   MessageFrame,
+  MessageEditedFrame,
+  MessageDeletedFrame,
+  ReactionFrame,
   TypingSignal,
   ReadSignal,
   PresenceFrame,

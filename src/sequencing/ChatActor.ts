@@ -17,8 +17,8 @@
 import { Cause, Clock, type Context, Duration, Effect, Metric, Queue, type Tracer } from "effect"
 import { messagesSequenced, observeStage, stampNow } from "../Metrics.ts"
 import { MessageStore } from "../ports/MessageStore.ts"
-import type { ChatId, Message } from "../schema/Domain.ts"
-import type { SendRecord } from "../schema/Records.ts"
+import type { ChatId, LogEntry } from "../schema/Domain.ts"
+import type { ChatRecord } from "../schema/Records.ts"
 import type { Fanout } from "../messages/Fanout.ts"
 import type { OffsetTracker } from "./OffsetTracker.ts"
 import type { PersistenceSink, SinkItem } from "./PersistenceSink.ts"
@@ -29,7 +29,7 @@ import { recordLastSeq } from "../state/Chats.ts"
 
 export interface Envelope {
   readonly _tag: "Record"
-  readonly record: SendRecord
+  readonly record: ChatRecord
   readonly offset: number
   /** When its partition runner got it from the log (`stampNow`). */
   readonly receivedAt: number
@@ -169,7 +169,7 @@ const sequence = Effect.fnUntraced(function* (
 ) {
   if (batch.length === 0) return
   const spans = context.spans
-  const published: Array<Message> = []
+  const published: Array<LogEntry> = []
   const persist: Array<SinkItem> = []
   /** Traced: the sequencing span of each published message (same index), and every span started. */
   const parents: Array<Tracer.Span | undefined> | undefined = spans === undefined ? undefined : []

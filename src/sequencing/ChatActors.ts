@@ -14,7 +14,7 @@ import type { SqlClient } from "effect/sql"
 import { actorRestarts } from "../Metrics.ts"
 import type { MessageStore } from "../ports/MessageStore.ts"
 import type { ChatId } from "../schema/Domain.ts"
-import type { SendRecord } from "../schema/Records.ts"
+import type { ChatRecord } from "../schema/Records.ts"
 import { backoff } from "../Retry.ts"
 import { ActiveChats } from "./ActiveChats.ts"
 import * as ChatActor from "./ChatActor.ts"
@@ -24,12 +24,12 @@ export interface ChatActors {
    * Routes a record to its chat's actor, activating it; waits while the mailbox is full.
    * `receivedAt`: when the runner got it (`stampNow`); `span`: its receipt, when tracing.
    */
-  readonly route: (record: SendRecord, offset: number, receivedAt: number, span?: Tracer.AnySpan) => Effect.Effect<void>
+  readonly route: (record: ChatRecord, offset: number, receivedAt: number, span?: Tracer.AnySpan) => Effect.Effect<void>
   /**
    * Hands a record to its chat's active actor at once, when its mailbox has
    * room; answers false otherwise (then `route` it).
    */
-  readonly routeNow: (record: SendRecord, offset: number, receivedAt: number) => boolean
+  readonly routeNow: (record: ChatRecord, offset: number, receivedAt: number) => boolean
   /** Tells the chat's actor, if active, that its chat was deleted. */
   readonly deleted: (chatId: ChatId) => Effect.Effect<void>
   /** Ends every mailbox and waits for the actors to process what they hold. */
@@ -131,7 +131,7 @@ export const make = Effect.fnUntraced(function* (
   })
 
   const route = Effect.fnUntraced(function* (
-    record: SendRecord,
+    record: ChatRecord,
     offset: number,
     receivedAt: number,
     span?: Tracer.AnySpan
@@ -144,7 +144,7 @@ export const make = Effect.fnUntraced(function* (
     yield* Queue.offer(handle.mailbox, envelope)
   })
 
-  const routeNow = (record: SendRecord, offset: number, receivedAt: number) => {
+  const routeNow = (record: ChatRecord, offset: number, receivedAt: number) => {
     const current = handles.get(record.chatId)
     return current !== undefined && Queue.offerUnsafe(current.mailbox, { _tag: "Record", record, offset, receivedAt })
   }

@@ -20,7 +20,7 @@ import type { ActorOptions } from "./ChatActor.ts"
 import type { LogRecord, PartitionClaim } from "../ports/EventLog.ts"
 import type { MessageStore } from "../ports/MessageStore.ts"
 import { consumerLag, observeStage, ProducedAtHeader, registerGauge, stampNow } from "../Metrics.ts"
-import { decodeSendRecordOption as decodeSendRecord } from "../schema/Records.ts"
+import { decodeChatRecordOption as decodeRecord } from "../schema/Records.ts"
 import { parseTraceparent, sampled, syncSpans, TraceparentHeader } from "../Tracing.ts"
 import type { Fanout } from "../messages/Fanout.ts"
 import { OffsetTracker } from "./OffsetTracker.ts"
@@ -100,9 +100,9 @@ export const run = (
     yield* registerLag(claim, tracker)
 
     const decoder = new TextDecoder()
-    /** The record's send, or undefined (logged, and completed: nothing to persist) when it is not one. */
+    /** The record's send or change, or undefined (logged, and completed: nothing to persist) when it is neither. */
     const decode = (record: LogRecord) => {
-      const decoded = decodeSendRecord(decoder.decode(record.value))
+      const decoded = decodeRecord(decoder.decode(record.value))
       if (decoded._tag === "Some" && decoded.value.chatId === record.key) return decoded.value
       tracker.complete(record.offset)
       return undefined

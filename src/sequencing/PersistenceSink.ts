@@ -19,13 +19,14 @@ import { messagesPersisted, observeStage, sinkBatchSize, sinkRetries, stampNow }
 import type { Scope, Tracer } from "effect"
 import { SqlClient } from "effect/sql"
 import { MessageStore } from "../ports/MessageStore.ts"
-import type { ChatId, Message } from "../schema/Domain.ts"
+import type { ChatId, LogEntry } from "../schema/Domain.ts"
 import * as Chats from "../state/Chats.ts"
 import type { OffsetTracker } from "./OffsetTracker.ts"
 import { retryForever } from "../Retry.ts"
 
 export interface SinkItem {
-  readonly message: Message
+  /** A message, or a change to one. */
+  readonly message: LogEntry
   readonly offset: number
   /** Called once the message is durable. */
   readonly onPersisted: () => void

@@ -7,7 +7,7 @@ import { assert, layer } from "@effect/vitest"
 import { Effect } from "effect"
 import type { Layer } from "effect"
 import { MessageStore, type MessageStoreError } from "../../src/ports/MessageStore.ts"
-import { ChatId, Message, MessageId, UserId } from "../../src/schema/Domain.ts"
+import { type Change, ChatId, type LogEntry, Message, MessageId, UserId } from "../../src/schema/Domain.ts"
 import { uniqueName } from "../support/services.ts"
 
 const newChat = (): ChatId => ChatId.make(uniqueName("chat"))
@@ -36,7 +36,45 @@ const range = (from: number, to: number): Array<number> => {
   return result
 }
 
-const seqs = (page: ReadonlyArray<Message>): Array<number> => page.map((m) => m.seq)
+const seqs = (page: ReadonlyArray<LogEntry>): Array<number> => page.map((m) => m.seq)
+
+const at = (second: number) => new Date(Date.UTC(2025, 0, 2, 0, 0, second)).toISOString()
+const edit = (chatId: ChatId, seq: number, targetSeq: number, body: string): Change => ({
+  type: "message_edited",
+  chatId,
+  seq,
+  id: MessageId.make(`${chatId}-e${seq}`),
+  targetSeq,
+  userId: UserId.make(`author-${targetSeq % 3}`),
+  body,
+  editedAt: at(seq)
+})
+const del = (chatId: ChatId, seq: number, targetSeq: number): Change => ({
+  type: "message_deleted",
+  chatId,
+  seq,
+  id: MessageId.make(`${chatId}-d${seq}`),
+  targetSeq,
+  userId: UserId.make("admin"),
+  deletedAt: at(seq)
+})
+const reaction = (
+  chatId: ChatId,
+  seq: number,
+  targetSeq: number,
+  userId: string,
+  emoji: string,
+  added = true
+): Change => ({
+  type: "reaction",
+  chatId,
+  seq,
+  id: MessageId.make(`${chatId}-r${seq}`),
+  targetSeq,
+  userId: UserId.make(userId),
+  emoji,
+  added
+})
 
 /** Every message of a chat, oldest first, read the way a client scrolls forward. */
 const readAll = (store: MessageStore["Service"], chatId: ChatId) =>
@@ -252,6 +290,112 @@ export const messageStoreContract = (name: string, storeLayer: Layer.Layer<Messa
       })
     )
 
+    it.effect("changes are log entries: entries and latest hold them by seq; page lists messages as they are now", () =>
+      Effect.gen(function* () {
+        const store = yield* MessageStore
+        const chatId = newChat()
+        const [m1, m2, m3] = messages(chatId, 1, 3)
+        const log: Array<LogEntry> = [
+          m1!,
+          m2!,
+          edit(chatId, 3, 1, "first, edited"),
+          reaction(chatId, 4, 1, "u1", "👍"),
+          reaction(chatId, 5, 1, "u2", "👍"),
+          reaction(chatId, 6, 1, "u2", "🎉"),
+          del(chatId, 7, 2),
+          { ...m3!, seq: 8 } as Message,
+          reaction(chatId, 9, 1, "u2", "🎉", false)
+        ].map((entry) => (entry instanceof Message || "type" in entry ? entry : new Message(entry)))
+        yield* store.putBatch(log.slice(0, 4))
+        yield* store.putBatch(log.slice(4))
+
+        assert.deepStrictEqual(seqs(yield* store.entries(chatId, 0, 100)), range(1, 9))
+        assert.deepStrictEqual(seqs(yield* store.entries(chatId, 2, 3)), [3, 4, 5])
+        assert.deepStrictEqual(seqs(yield* store.latest(chatId, 4)), [9, 8, 7, 6])
+        const entries = yield* store.entries(chatId, 0, 100)
+        assert.deepStrictEqual(entries[2], log[2])
+        assert.deepStrictEqual(entries[8], log[8])
+
+        // History: messages only; the edit and the delete applied; reactions for the viewer.
+        const page = yield* store.page(chatId, { after: 0, limit: 100, viewer: UserId.make("u2") })
+        assert.deepStrictEqual(seqs(page), [1, 2, 8])
+        assert.strictEqual(page[0]!.body, "first, edited")
+        assert.strictEqual(page[0]!.editedAt, at(3))
+        assert.deepStrictEqual(page[0]!.reactions, [{ emoji: "👍", count: 2, me: true }])
+        assert.strictEqual(page[1]!.body, undefined)
+        assert.strictEqual(page[1]!.deletedAt, at(7))
+        assert.strictEqual(page[2]!.reactions, undefined)
+        const other = yield* store.page(chatId, { before: 100, limit: 2, viewer: UserId.make("u3") })
+        assert.deepStrictEqual(seqs(other), [8, 2])
+        const first = yield* store.page(chatId, { before: 2, limit: 1, viewer: UserId.make("u3") })
+        assert.deepStrictEqual(first[0]!.reactions, [{ emoji: "👍", count: 2, me: false }])
+        // Without a viewer, no reactions.
+        assert.strictEqual((yield* store.page(chatId, { after: 0, limit: 1 }))[0]!.reactions, undefined)
+
+        // message(): a message as it is now; nothing at a change's seq or past the end.
+        const one = yield* store.message(chatId, 1)
+        assert.strictEqual(one._tag === "Some" && one.value.body, "first, edited")
+        const two = yield* store.message(chatId, 2)
+        assert.isTrue(two._tag === "Some" && two.value.deletedAt === at(7) && two.value.body === undefined)
+        assert.strictEqual((yield* store.message(chatId, 3))._tag, "None")
+        assert.strictEqual((yield* store.message(chatId, 99))._tag, "None")
+
+        // Recovery entries show messages as they are now (a tombstone has no body).
+        const replayed = yield* store.entries(chatId, 0, 2)
+        assert.strictEqual((replayed[0] as Message).body, "first, edited")
+        assert.strictEqual((replayed[1] as Message).body, undefined)
+
+        yield* store.deleteChat(chatId)
+        assert.deepStrictEqual(yield* store.entries(chatId, 0, 100), [])
+        assert.deepStrictEqual(yield* store.latest(chatId, 100), [])
+      })
+    )
+
+    it.effect(
+      "applying changes is idempotent and order-free: again, overlapping, reversed — the state of the log in seq order",
+      () =>
+        Effect.gen(function* () {
+          const store = yield* MessageStore
+          const once = newChat()
+          const scrambled = newChat()
+          const build = (chatId: ChatId): Array<LogEntry> => [
+            ...messages(chatId, 1, 3),
+            edit(chatId, 4, 1, "edit one"),
+            edit(chatId, 5, 1, "edit two"),
+            reaction(chatId, 6, 2, "u1", "👍"),
+            reaction(chatId, 7, 2, "u1", "👍", false),
+            reaction(chatId, 8, 2, "u1", "👍"),
+            reaction(chatId, 9, 2, "u2", "👀"),
+            reaction(chatId, 10, 2, "u2", "👀", false),
+            del(chatId, 11, 3),
+            edit(chatId, 12, 3, "edited after its deletion"),
+            del(chatId, 13, 3)
+          ]
+          yield* store.putBatch(build(once))
+          const log = build(scrambled)
+          // Written as a crash and replays might: the tail first, then everything, then parts again, backwards.
+          yield* store.putBatch(log.slice(7))
+          yield* store.putBatch(log)
+          yield* store.putBatch(log.toReversed())
+          yield* store.putBatch(log.slice(3, 6))
+          for (const entry of log.toReversed()) yield* store.putBatch([entry])
+
+          const viewer = UserId.make("u1")
+          const want = yield* store.page(once, { after: 0, limit: 100, viewer })
+          const got = yield* store.page(scrambled, { after: 0, limit: 100, viewer })
+          const strip = (page: ReadonlyArray<Message>, chatId: ChatId) =>
+            JSON.parse(JSON.stringify(page).replaceAll(chatId, "CHAT"))
+          assert.deepStrictEqual(strip(got, scrambled), strip(want, once))
+          assert.strictEqual(want[0]!.body, "edit two")
+          assert.strictEqual(want[0]!.editedAt, at(5))
+          assert.deepStrictEqual(want[1]!.reactions, [{ emoji: "👍", count: 1, me: true }])
+          assert.strictEqual(want[2]!.deletedAt, at(11))
+          assert.strictEqual(want[2]!.body, undefined)
+          assert.strictEqual(want[2]!.editedAt, undefined)
+          assert.deepStrictEqual(seqs(yield* store.entries(scrambled, 0, 100)), range(1, 13))
+        })
+    )
+
     it.effect("unicode, special characters and 4000-character bodies round-trip", () =>
       Effect.gen(function* () {
         const store = yield* MessageStore
@@ -266,7 +410,7 @@ export const messageStoreContract = (name: string, storeLayer: Layer.Layer<Messa
         ]
         const written = bodies.map((body, i) => message(chatId, i + 1, body))
         assert.deepStrictEqual(
-          written.map((m) => m.body.length),
+          written.map((m) => m.body?.length),
           [bodies[0]!.length, bodies[1]!.length, 4000, 4000, 4000, 1]
         )
         yield* store.putBatch(written)

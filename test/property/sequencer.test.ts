@@ -14,11 +14,13 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Arbitrary } from "effect"
 import { Sequencer } from "../../src/sequencing/Sequencer.ts"
-import type { Message } from "../../src/schema/Domain.ts"
+import type { LogEntry, Message } from "../../src/schema/Domain.ts"
 import type { SendRecord } from "../../src/schema/Records.ts"
 import { bool, buildRecords, checkOptions, int, sendOp } from "./generators.ts"
 
-const fields = (message: Message) => ({
+/** The fields of a message (these properties sequence sends only). */
+const fields = (entry: LogEntry) => fieldsOfMessage(entry as Message)
+const fieldsOfMessage = (message: Message) => ({
   chatId: message.chatId,
   seq: message.seq,
   id: message.id,
@@ -47,7 +49,7 @@ const expectedMessage = (record: SendRecord, seq: number) => ({
  */
 const checkSince = (
   sequencer: Sequencer,
-  messages: ReadonlyArray<Message>,
+  messages: ReadonlyArray<LogEntry>,
   ringSize: number,
   label: string,
   strict = true
@@ -83,7 +85,7 @@ describe("Sequencer", () => {
     ({ ops, dedupeWindow, ringSize }) => {
       const records = buildRecords(ops, { prefix: "chat", window: dedupeWindow })
       const sequencers = new Map<string, Sequencer>()
-      const sequenced = new Map<string, Array<Message>>()
+      const sequenced = new Map<string, Array<LogEntry>>()
       for (const [index, record] of records.entries()) {
         let sequencer = sequencers.get(record.chatId)
         if (sequencer === undefined) {

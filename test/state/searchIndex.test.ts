@@ -15,7 +15,13 @@ import * as SearchIndexer from "../../src/messages/SearchIndexer.ts"
 import { EventLog, type LogRecord } from "../../src/ports/EventLog.ts"
 import { MessageStore } from "../../src/ports/MessageStore.ts"
 import { type ChatId, Message, type MessageId, type UserId } from "../../src/schema/Domain.ts"
-import { encodeSendRecord, messageIdOf } from "../../src/schema/Records.ts"
+import {
+  type ChangeRecord,
+  changeIdOf,
+  encodeChangeRecord,
+  encodeSendRecord,
+  messageIdOf
+} from "../../src/schema/Records.ts"
 import { MessagesTopic } from "../../src/schema/Topics.ts"
 import { SearchIndex, unmark } from "../../src/state/SearchIndex.ts"
 import { uniqueName } from "../support/services.ts"
@@ -64,10 +70,21 @@ const recordOf = (m: Message): LogRecord => ({
       chatId: m.chatId,
       authorId: m.authorId,
       clientMsgId: m.clientMsgId,
-      body: m.body,
+      body: m.body ?? "",
       sentAt: m.createdAt
     })
   ),
+  headers: {},
+  timestamp: Date.now()
+})
+
+/** The log record of a change (edit, delete, reaction), as Ingest.change produces it. */
+const changeRecordOf = (change: ChangeRecord): LogRecord => ({
+  topic: MessagesTopic,
+  partition: 0,
+  offset: offset++,
+  key: change.chatId,
+  value: new TextEncoder().encode(encodeChangeRecord(change)),
   headers: {},
   timestamp: Date.now()
 })
@@ -209,6 +226,80 @@ layer(services, { timeout: 120_000, excludeTestServices: true })("the search ind
         []
       )
     })
+  )
+
+  it.effect(
+    "the indexer applies edit and delete records from the log: the new word is found, the old and the deleted not",
+    () =>
+      Effect.gen(function* () {
+        const ann = yield* user("ann")
+        const chatId = yield* chatOf([ann])
+        const first = message(chatId, 1, ann, "the caracal hunts")
+        const second = message(chatId, 2, ann, "the serval naps")
+        const store = yield* MessageStore
+        yield* store.putBatch([first, second])
+        const at = new Date(Date.UTC(2026, 0, 2)).toISOString()
+        const edit: ChangeRecord = {
+          type: "message_edited",
+          chatId,
+          id: changeIdOf(chatId, ann, "e1"),
+          targetSeq: 1,
+          userId: ann,
+          body: "the margay hunts",
+          editedAt: at
+        }
+        const remove: ChangeRecord = {
+          type: "message_deleted",
+          chatId,
+          id: changeIdOf(chatId, ann, "d1"),
+          targetSeq: 2,
+          userId: ann,
+          deletedAt: at
+        }
+        const react: ChangeRecord = {
+          type: "reaction",
+          chatId,
+          id: changeIdOf(chatId, ann, "r1"),
+          targetSeq: 1,
+          userId: ann,
+          emoji: "🐾",
+          added: true
+        }
+        // Sends and changes in one batch, as the log holds them; then the same batch again (redelivery).
+        const batch = [
+          recordOf(first),
+          recordOf(second),
+          changeRecordOf(edit),
+          changeRecordOf(react),
+          changeRecordOf(remove)
+        ]
+        yield* SearchIndexer.applyBatch(batch)
+        const found = (q: string) => Effect.map(search(ann, q), (page) => page.hits.map((hit) => hit.seq))
+        assert.deepStrictEqual(yield* found("margay"), [1])
+        assert.deepStrictEqual(yield* found("caracal"), [])
+        assert.deepStrictEqual(yield* found("serval"), [])
+        yield* SearchIndexer.applyBatch(batch)
+        assert.deepStrictEqual(yield* found("margay"), [1])
+        assert.deepStrictEqual(yield* found("caracal"), [])
+        assert.deepStrictEqual(yield* found("serval"), [])
+
+        // A message indexed after its deletion reached the store: the catch-up reads its tombstone.
+        const third = message(chatId, 3, ann, "the jaguarundi swims")
+        yield* store.putBatch([
+          third,
+          {
+            type: "message_deleted",
+            chatId,
+            seq: 4,
+            id: changeIdOf(chatId, ann, "d2"),
+            targetSeq: 3,
+            userId: ann,
+            deletedAt: at
+          }
+        ])
+        yield* SearchIndexer.applyBatch([recordOf(third)])
+        assert.deepStrictEqual(yield* found("jaguarundi"), [])
+      })
   )
 
   it.effect("pages follow the ranking without repeats; a bad cursor is a bad request", () =>

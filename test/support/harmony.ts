@@ -267,7 +267,8 @@ export const api = (base: string) => ({
   get: (path: string, options?: RequestOptions) => send(base, "GET", path, undefined, options),
   delete: (path: string, options?: RequestOptions) => send(base, "DELETE", path, undefined, options),
   post: (path: string, body?: unknown, options?: RequestOptions) => send(base, "POST", path, body, options),
-  patch: (path: string, body?: unknown, options?: RequestOptions) => send(base, "PATCH", path, body, options)
+  patch: (path: string, body?: unknown, options?: RequestOptions) => send(base, "PATCH", path, body, options),
+  put: (path: string, body?: unknown, options?: RequestOptions) => send(base, "PUT", path, body, options)
 })
 
 export type Api = ReturnType<typeof api>

@@ -3,8 +3,19 @@
  * dynalite (Dynalite.ts) in embedded mode. Every AWS SDK import of the project
  * lives in this file.
  *
- * Table: pk `chatId` (S), sk `seq` (N), on-demand. Items carry the Message
- * fields as plain attributes (strings, `seq` a number).
+ * Table: pk `chatId` (S), sk `seq` (N), on-demand. Message items carry the
+ * Message fields as plain attributes (strings, `seq` a number). Beside a
+ * chat's messages, under keys of their own (outside the messages' key range):
+ * - `<chatId>#changes`, seq: the changes on the log, `entry` their JSON;
+ * - `<chatId>#state`, the target's seq: what the changes made of a message —
+ *   `body`/`editedAt`/`editSeq` (the highest edit seq wins),
+ *   `deletedAt`/`deleteSeq` (the lowest delete seq wins), and one attribute
+ *   `r <emoji> <userId>` per reaction, 2 × its seq + 1 when present (+ 0
+ *   when removed), so the highest seq wins. Every update is conditional on
+ *   that, so applying changes again, or out of order, changes nothing;
+ * - `<chatId>#epoch`, 0: the chat's epoch.
+ * A message item itself is never updated: a batch written again (replay)
+ * cannot undo a change.
  */
 import {
   type AttributeValue,
@@ -17,6 +28,8 @@ import {
   GetItemCommand,
   PutItemCommand,
   QueryCommand,
+  UpdateItemCommand,
+  type UpdateItemCommandInput,
   type QueryCommandInput,
   ScanCommand,
   type TableDescription,
@@ -28,14 +41,23 @@ import {
   type Duration,
   Effect,
   Layer,
+  Option,
   Predicate,
   Schedule,
   Schema,
   SchemaTransformation,
   Semaphore
 } from "effect"
-import { ChatId, Message } from "../../schema/Domain.ts"
-import { MessageStore, MessageStoreError, type PageQuery } from "../../ports/MessageStore.ts"
+import {
+  Change,
+  ChatId,
+  isChange,
+  type LogEntry,
+  Message,
+  type ReactionCount,
+  type UserId
+} from "../../schema/Domain.ts"
+import { mergeBySeq, MessageStore, MessageStoreError, type PageQuery } from "../../ports/MessageStore.ts"
 
 export interface Options {
   /** Omitted: the SDK's default endpoint for `region` (AWS itself). */
@@ -149,7 +171,7 @@ const readRetry = backoff({ times: 3, duration: "5 seconds" })
 type Item = Record<string, AttributeValue>
 
 /** The item's attribute-value shape, decoded into a Message (with all of Message's checks). */
-const MessageItem = Schema.Struct({
+const MessageItemFields = Schema.Struct({
   chatId: Schema.Struct({ S: Schema.String }),
   seq: Schema.Struct({ N: Schema.String }),
   id: Schema.Struct({ S: Schema.String }),
@@ -157,10 +179,11 @@ const MessageItem = Schema.Struct({
   body: Schema.Struct({ S: Schema.String }),
   clientMsgId: Schema.Struct({ S: Schema.String }),
   createdAt: Schema.Struct({ S: Schema.String })
-}).pipe(
+})
+const MessageItem = MessageItemFields.pipe(
   Schema.decodeTo(
     Message,
-    SchemaTransformation.transform({
+    SchemaTransformation.transform<typeof Message.Encoded, typeof MessageItemFields.Type>({
       decode: (item) => ({
         chatId: item.chatId.S,
         // A non-numeric N decodes to NaN, which Message's Int check rejects.
@@ -183,12 +206,125 @@ const toItem = (message: typeof Message.Encoded) => ({
   seq: { N: String(message.seq) },
   id: { S: message.id },
   authorId: { S: message.authorId },
-  body: { S: message.body },
+  body: { S: message.body ?? "" },
   clientMsgId: { S: message.clientMsgId },
   createdAt: { S: message.createdAt }
 })
 
 const decodeItem = Schema.decodeUnknownEffect(MessageItem)
+
+const changesKey = (chatId: string) => `${chatId}#changes`
+const stateKey = (chatId: string) => `${chatId}#state`
+
+const ChangeItem = Schema.Struct({ entry: Schema.Struct({ S: Schema.fromJsonString(Change) }) })
+const decodeChangeItem = Schema.decodeUnknownEffect(ChangeItem)
+const encodeChange = Schema.encodeSync(Schema.fromJsonString(Change))
+
+const StateItem = Schema.Struct({
+  seq: Schema.Struct({ N: Schema.String }),
+  body: Schema.optionalKey(Schema.Struct({ S: Schema.String })),
+  editedAt: Schema.optionalKey(Schema.Struct({ S: Schema.String })),
+  deletedAt: Schema.optionalKey(Schema.Struct({ S: Schema.String }))
+})
+const decodeStateItem = Schema.decodeUnknownEffect(StateItem)
+
+/** What the changes made of a message. */
+interface MessageState {
+  readonly body?: string | undefined
+  readonly editedAt?: string | undefined
+  readonly deletedAt?: string | undefined
+  /** Present reactions: [emoji, userId, seq]. */
+  readonly reactions: ReadonlyArray<readonly [string, string, number]>
+}
+
+const reactionPrefix = "r "
+const reactionName = (emoji: string, userId: string) => `${reactionPrefix}${emoji} ${userId}`
+
+/** A state item, decoded; its reaction attributes read by name (an emoji has no space). */
+const decodeState = (item: Item) =>
+  Effect.map(decodeStateItem(item), (decoded): readonly [number, MessageState] => {
+    const reactions: Array<readonly [string, string, number]> = []
+    for (const [name, value] of Object.entries(item)) {
+      if (!name.startsWith(reactionPrefix) || value.N === undefined) continue
+      const encoded = Number(value.N)
+      if (!Number.isSafeInteger(encoded) || encoded % 2 !== 1) continue
+      const rest = name.slice(reactionPrefix.length)
+      const space = rest.indexOf(" ")
+      if (space <= 0) continue
+      reactions.push([rest.slice(0, space), rest.slice(space + 1), (encoded - 1) / 2])
+    }
+    return [
+      Number(decoded.seq.N),
+      {
+        body: decoded.body?.S,
+        editedAt: decoded.editedAt?.S,
+        deletedAt: decoded.deletedAt?.S,
+        reactions
+      }
+    ]
+  })
+
+/** A message as history shows it: its state applied, reactions counted for `viewer` (when given). */
+const withState = (message: Message, state: MessageState | undefined, viewer: UserId | undefined): Message => {
+  if (state === undefined) return message
+  if (state.deletedAt !== undefined) {
+    const { body: _body, ...rest } = message
+    return new Message({ ...rest, deletedAt: state.deletedAt })
+  }
+  const counts: Array<ReactionCount> = []
+  if (viewer !== undefined) {
+    const byEmoji = new Map<string, { count: number; me: boolean; first: number }>()
+    for (const [emoji, userId, seq] of state.reactions) {
+      const known = byEmoji.get(emoji) ?? { count: 0, me: false, first: seq }
+      byEmoji.set(emoji, {
+        count: known.count + 1,
+        me: known.me || userId === viewer,
+        first: Math.min(known.first, seq)
+      })
+    }
+    for (const [emoji, { count, me }] of [...byEmoji].sort((a, b) => a[1].first - b[1].first))
+      counts.push({ emoji, count, me })
+  }
+  return new Message({
+    ...message,
+    ...(state.body === undefined ? {} : { body: state.body }),
+    ...(state.editedAt === undefined ? {} : { editedAt: state.editedAt }),
+    ...(counts.length === 0 ? {} : { reactions: counts })
+  })
+}
+
+/** The conditional update that applies a change to its target's state item. */
+const applyInput = (table: string, change: Change): UpdateItemCommandInput => {
+  const Key = { chatId: { S: stateKey(change.chatId) }, seq: { N: String(change.targetSeq) } }
+  const seq = { N: String(change.seq) }
+  switch (change.type) {
+    case "message_edited":
+      return {
+        TableName: table,
+        Key,
+        UpdateExpression: "SET body = :body, editedAt = :at, editSeq = :seq",
+        ConditionExpression: "attribute_not_exists(deletedAt) AND (attribute_not_exists(editSeq) OR editSeq < :seq)",
+        ExpressionAttributeValues: { ":body": { S: change.body }, ":at": { S: change.editedAt }, ":seq": seq }
+      }
+    case "message_deleted":
+      return {
+        TableName: table,
+        Key,
+        UpdateExpression: "SET deletedAt = :at, deleteSeq = :seq REMOVE body, editedAt",
+        ConditionExpression: "attribute_not_exists(deleteSeq) OR deleteSeq > :seq",
+        ExpressionAttributeValues: { ":at": { S: change.deletedAt }, ":seq": seq }
+      }
+    case "reaction":
+      return {
+        TableName: table,
+        Key,
+        UpdateExpression: "SET #r = :v",
+        ConditionExpression: "attribute_not_exists(#r) OR #r < :v",
+        ExpressionAttributeNames: { "#r": reactionName(change.emoji, change.userId) },
+        ExpressionAttributeValues: { ":v": { N: String(change.seq * 2 + (change.added ? 1 : 0)) } }
+      }
+  }
+}
 
 const chunk = <A>(items: ReadonlyArray<A>, size: number): Array<Array<A>> => {
   const chunks: Array<Array<A>> = []
@@ -359,18 +495,52 @@ export const layer = (options: Options): Layer.Layer<MessageStore, MessageStoreE
       const writeAll = (requests: ReadonlyArray<WriteRequest>) =>
         Effect.forEach(chunk(requests, batchWriteMax), batchWrite, { concurrency: writeConcurrency, discard: true })
 
-      const putBatch = Effect.fn("MessageStore.putBatch")(function* (messages: ReadonlyArray<Message>) {
+      /** Applies a change to its target's state; a change that lost (see the header) changes nothing. */
+      const apply = (change: Change) =>
+        call("UpdateItem", (abortSignal) =>
+          client.send(new UpdateItemCommand(applyInput(table, change)), { abortSignal })
+        ).pipe(
+          Semaphore.withPermits(writePermits, 1),
+          Effect.retry(writeRetry),
+          Effect.asVoid,
+          Effect.catchIf(
+            (error) => errorName(error.cause) === "ConditionalCheckFailedException",
+            () => Effect.void
+          )
+        )
+
+      const putBatch = Effect.fn("MessageStore.putBatch")(function* (entries: ReadonlyArray<LogEntry>) {
         // One BatchWriteItem rejects duplicate keys outright, and the last write
         // of a key is the one that would have won anyway.
-        const byKey = new Map<string, Message>()
-        for (const message of messages) byKey.set(`${message.chatId}\u0000${message.seq}`, message)
-        yield* writeAll(Array.from(byKey.values(), (message) => ({ PutRequest: { Item: toItem(message) } }))).pipe(
-          Effect.mapError(toStoreError(`writing ${messages.length} messages`))
+        const byKey = new Map<string, LogEntry>()
+        for (const entry of entries) byKey.set(`${entry.chatId}\u0000${entry.seq}`, entry)
+        const changes: Array<Change> = []
+        const puts: Array<WriteRequest> = []
+        for (const entry of byKey.values()) {
+          if (!isChange(entry)) {
+            puts.push({ PutRequest: { Item: toItem(entry) } })
+            continue
+          }
+          changes.push(entry)
+          puts.push({
+            PutRequest: {
+              Item: {
+                chatId: { S: changesKey(entry.chatId) },
+                seq: { N: String(entry.seq) },
+                entry: { S: encodeChange(entry) }
+              }
+            }
+          })
+        }
+        // Applied before any entry is written: a change the store holds has been applied.
+        yield* Effect.forEach(changes, apply, { concurrency: writeConcurrency, discard: true }).pipe(
+          Effect.andThen(writeAll(puts)),
+          Effect.mapError(toStoreError(`writing ${entries.length} entries`))
         )
       })
 
       /** Queries until `limit` items or the end of the key range: one Query page stops at 1 MB. */
-      const queryMessages = (input: QueryCommandInput, limit: number) =>
+      const queryRaw = (input: QueryCommandInput, limit: number) =>
         Effect.gen(function* () {
           const items: Array<Item> = []
           let startKey: Item | undefined
@@ -388,35 +558,84 @@ export const layer = (options: Options): Layer.Layer<MessageStore, MessageStoreE
             items.push(...(output.Items ?? []))
             startKey = output.LastEvaluatedKey
           } while (startKey !== undefined && items.length < limit)
-          return yield* Effect.forEach(items, (item) => decodeItem(item))
+          return items
         })
+
+      /** The state items of a chat's messages with seq in [low, high], by seq. */
+      const statesBetween = (chatId: ChatId, low: number, high: number) =>
+        queryRaw(
+          {
+            TableName: table,
+            KeyConditionExpression: "#chatId = :chatId AND #seq BETWEEN :low AND :high",
+            ExpressionAttributeNames: { "#chatId": "chatId", "#seq": "seq" },
+            ExpressionAttributeValues: {
+              ":chatId": { S: stateKey(chatId) },
+              ":low": { N: String(low) },
+              ":high": { N: String(high) }
+            },
+            ConsistentRead: true
+          },
+          // At most one state per message in the range, and a range spans at most a page.
+          high - low + 1
+        ).pipe(
+          Effect.flatMap((items) => Effect.forEach(items, decodeState)),
+          Effect.map((states) => new Map(states))
+        )
+
+      /** A chat's messages (as history shows them) from a query of its message items. */
+      const queryChat = (
+        chatId: ChatId,
+        range: { readonly op: "<" | ">"; readonly bound: number } | undefined,
+        newestFirst: boolean,
+        limit: number,
+        viewer?: UserId | undefined
+      ) =>
+        Effect.gen(function* () {
+          const items = yield* queryItems(chatId, range, newestFirst, limit)
+          const messages = yield* Effect.forEach(items, (item) => decodeItem(item))
+          if (messages.length === 0) return messages
+          const seqs = messages.map((m) => m.seq)
+          const states = yield* statesBetween(chatId, Math.min(...seqs), Math.max(...seqs))
+          return states.size === 0 ? messages : messages.map((m) => withState(m, states.get(m.seq), viewer))
+        })
+
+      const queryChanges = (
+        chatId: ChatId,
+        range: { readonly op: "<" | ">"; readonly bound: number } | undefined,
+        newestFirst: boolean,
+        limit: number
+      ) =>
+        queryItems(changesKey(chatId), range, newestFirst, limit).pipe(
+          Effect.flatMap((items) => Effect.forEach(items, (item) => decodeChangeItem(item))),
+          Effect.map((items) => items.map((item) => item.entry.S))
+        )
 
       const validLimit = (limit: number) =>
         Number.isInteger(limit) && limit >= 0
           ? Effect.succeed(limit)
           : Effect.fail(new MessageStoreError({ message: `limit must be a non-negative integer, got ${limit}` }))
 
-      const queryChat = (
-        chatId: ChatId,
+      const queryItems = (
+        pk: string,
         range: { readonly op: "<" | ">"; readonly bound: number } | undefined,
         newestFirst: boolean,
         limit: number
       ) =>
         limit === 0
           ? Effect.succeed([])
-          : queryMessages(
+          : queryRaw(
               {
                 TableName: table,
                 ...(range === undefined
                   ? {
                       KeyConditionExpression: "#chatId = :chatId",
                       ExpressionAttributeNames: { "#chatId": "chatId" },
-                      ExpressionAttributeValues: { ":chatId": { S: chatId } }
+                      ExpressionAttributeValues: { ":chatId": { S: pk } }
                     }
                   : {
                       KeyConditionExpression: `#chatId = :chatId AND #seq ${range.op} :bound`,
                       ExpressionAttributeNames: { "#chatId": "chatId", "#seq": "seq" },
-                      ExpressionAttributeValues: { ":chatId": { S: chatId }, ":bound": { N: String(range.bound) } }
+                      ExpressionAttributeValues: { ":chatId": { S: pk }, ":bound": { N: String(range.bound) } }
                     }),
                 ScanIndexForward: !newestFirst,
                 // Activation reads the latest seq to continue the sequence: a stale read would reuse seqs.
@@ -429,16 +648,36 @@ export const layer = (options: Options): Layer.Layer<MessageStore, MessageStoreE
         const limit = yield* validLimit(query.limit)
         return yield* (
           query.before !== undefined
-            ? queryChat(chatId, { op: "<", bound: query.before }, true, limit)
-            : queryChat(chatId, { op: ">", bound: query.after ?? 0 }, false, limit)
+            ? queryChat(chatId, { op: "<", bound: query.before }, true, limit, query.viewer)
+            : queryChat(chatId, { op: ">", bound: query.after ?? 0 }, false, limit, query.viewer)
         ).pipe(Effect.mapError(toStoreError(`reading a page of chat ${chatId}`)))
+      })
+
+      const entries = Effect.fn("MessageStore.entries")(function* (chatId: ChatId, after: number, limit: number) {
+        yield* validLimit(limit)
+        const range = { op: ">", bound: after } as const
+        const [messages, changes] = yield* Effect.all(
+          [queryChat(chatId, range, false, limit), queryChanges(chatId, range, false, limit)],
+          { concurrency: 2 }
+        ).pipe(Effect.mapError(toStoreError(`reading the log of chat ${chatId}`)))
+        return mergeBySeq(messages, changes, false, limit)
       })
 
       const latest = Effect.fn("MessageStore.latest")(function* (chatId: ChatId, limit: number) {
         yield* validLimit(limit)
-        return yield* queryChat(chatId, undefined, true, limit).pipe(
-          Effect.mapError(toStoreError(`reading the latest messages of chat ${chatId}`))
+        const [messages, changes] = yield* Effect.all(
+          [queryChat(chatId, undefined, true, limit), queryChanges(chatId, undefined, true, limit)],
+          { concurrency: 2 }
+        ).pipe(Effect.mapError(toStoreError(`reading the latest entries of chat ${chatId}`)))
+        return mergeBySeq(messages, changes, true, limit)
+      })
+
+      const message = Effect.fn("MessageStore.message")(function* (chatId: ChatId, seq: number) {
+        const found = yield* queryChat(chatId, { op: ">", bound: seq - 1 }, false, 1).pipe(
+          Effect.mapError(toStoreError(`reading message ${seq} of chat ${chatId}`))
         )
+        const first = found[0]
+        return first !== undefined && first.seq === seq ? Option.some(first) : Option.none()
       })
 
       // The epoch lives under a key of its own, next to the chat's messages
@@ -491,28 +730,32 @@ export const layer = (options: Options): Layer.Layer<MessageStore, MessageStoreE
 
       // Re-queries after every round, so a repeat after a partial failure picks up what is left.
       const deleteChat = Effect.fn("MessageStore.deleteChat")(function* (chatId: ChatId) {
-        const deleteRound = call("Query", (abortSignal) =>
-          client.send(
-            new QueryCommand({
-              TableName: table,
-              KeyConditionExpression: "#chatId = :chatId",
-              ExpressionAttributeNames: { "#chatId": "chatId", "#seq": "seq" },
-              ExpressionAttributeValues: { ":chatId": { S: chatId } },
-              ProjectionExpression: "#chatId, #seq",
-              ConsistentRead: true,
-              Limit: deleteKeysPerRound
-            }),
-            { abortSignal }
+        const deleteRound = (pk: string) =>
+          call("Query", (abortSignal) =>
+            client.send(
+              new QueryCommand({
+                TableName: table,
+                KeyConditionExpression: "#chatId = :chatId",
+                ExpressionAttributeNames: { "#chatId": "chatId", "#seq": "seq" },
+                ExpressionAttributeValues: { ":chatId": { S: pk } },
+                ProjectionExpression: "#chatId, #seq",
+                ConsistentRead: true,
+                Limit: deleteKeysPerRound
+              }),
+              { abortSignal }
+            )
+          ).pipe(
+            Effect.retry(readRetry),
+            Effect.flatMap((output) => {
+              const keys = output.Items ?? []
+              return writeAll(keys.map((key) => ({ DeleteRequest: { Key: key } }))).pipe(Effect.as(keys.length))
+            })
           )
+        yield* Effect.forEach(
+          [chatId, changesKey(chatId), stateKey(chatId)],
+          (pk) => deleteRound(pk).pipe(Effect.repeat({ until: (deleted) => deleted === 0 })),
+          { discard: true }
         ).pipe(
-          Effect.retry(readRetry),
-          Effect.flatMap((output) => {
-            const keys = output.Items ?? []
-            return writeAll(keys.map((key) => ({ DeleteRequest: { Key: key } }))).pipe(Effect.as(keys.length))
-          })
-        )
-        yield* deleteRound.pipe(
-          Effect.repeat({ until: (deleted) => deleted === 0 }),
           // Last: the history is gone, so is its epoch (a chat id is never reused anyway).
           Effect.andThen(
             call("DeleteItem", (abortSignal) =>
@@ -539,7 +782,7 @@ export const layer = (options: Options): Layer.Layer<MessageStore, MessageStoreE
         Effect.withSpan("MessageStore.ping")
       )
 
-      return MessageStore.of({ putBatch, page, latest, epoch, deleteChat, ping })
+      return MessageStore.of({ putBatch, page, entries, latest, message, epoch, deleteChat, ping })
     })
   )
 

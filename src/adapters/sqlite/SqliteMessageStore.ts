@@ -20,9 +20,17 @@ import { randomBytes } from "node:crypto"
 import { mkdirSync } from "node:fs"
 import { join } from "node:path"
 import { DatabaseSync, type StatementSync } from "node:sqlite"
-import { Cause, Deferred, Effect, Fiber, Layer, Queue, Schema, type Scope } from "effect"
-import { MessageStore, MessageStoreError, type PageQuery } from "../../ports/MessageStore.ts"
-import { type ChatId, Message } from "../../schema/Domain.ts"
+import { Cause, Deferred, Effect, Fiber, Layer, Option, Queue, Schema, SchemaTransformation, type Scope } from "effect"
+import { mergeBySeq, MessageStore, MessageStoreError, type PageQuery } from "../../ports/MessageStore.ts"
+import {
+  Change,
+  type ChatId,
+  isChange,
+  type LogEntry,
+  Message,
+  type ReactionCount,
+  type UserId
+} from "../../schema/Domain.ts"
 import * as SqliteWriter from "./SqliteWriter.ts"
 
 export interface Options {
@@ -55,7 +63,7 @@ export interface Writer {
 }
 
 interface PendingBatch {
-  readonly messages: ReadonlyArray<Message>
+  readonly entries: ReadonlyArray<LogEntry>
   readonly done: Deferred.Deferred<void, MessageStoreError>
 }
 
@@ -67,21 +75,125 @@ const schema = `
   ) WITHOUT ROWID;
   CREATE TABLE IF NOT EXISTS epochs (chat_id TEXT PRIMARY KEY, epoch TEXT NOT NULL) WITHOUT ROWID;
   CREATE TABLE IF NOT EXISTS notes (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+  -- The changes on the log (edits, deletes, reactions), each as its JSON entry.
+  CREATE TABLE IF NOT EXISTS changes (
+    chat_id TEXT NOT NULL, seq INTEGER NOT NULL, entry TEXT NOT NULL, PRIMARY KEY (chat_id, seq)
+  ) WITHOUT ROWID;
+  -- What the edits and deletes made of a message; each column pair is won by
+  -- the highest edit seq, and the lowest delete seq.
+  CREATE TABLE IF NOT EXISTS message_state (
+    chat_id TEXT NOT NULL, seq INTEGER NOT NULL, body TEXT, edited_at TEXT, edit_seq INTEGER,
+    deleted_at TEXT, delete_seq INTEGER, PRIMARY KEY (chat_id, seq)
+  ) WITHOUT ROWID;
+  -- Each user's each emoji on a message, won by the highest reaction seq.
+  CREATE TABLE IF NOT EXISTS reactions (
+    chat_id TEXT NOT NULL, seq INTEGER NOT NULL, emoji TEXT NOT NULL, user_id TEXT NOT NULL,
+    reaction_seq INTEGER NOT NULL, present INTEGER NOT NULL, PRIMARY KEY (chat_id, seq, emoji, user_id)
+  ) WITHOUT ROWID;
 `
 
 const putSql = `INSERT OR REPLACE INTO messages (chat_id, seq, id, author_id, body, client_msg_id, created_at)
   VALUES (?, ?, ?, ?, ?, ?, ?)`
 const createEpochSql = "INSERT OR IGNORE INTO epochs (chat_id, epoch) VALUES (?, ?)"
-const deleteSomeSql =
-  "DELETE FROM messages WHERE chat_id = ? AND seq IN (SELECT seq FROM messages WHERE chat_id = ? LIMIT ?)"
+const putChangeSql = "INSERT OR REPLACE INTO changes (chat_id, seq, entry) VALUES (?, ?, ?)"
+const applyEditSql = `INSERT INTO message_state (chat_id, seq, body, edited_at, edit_seq) VALUES (?, ?, ?, ?, ?)
+  ON CONFLICT (chat_id, seq) DO UPDATE SET body = excluded.body, edited_at = excluded.edited_at, edit_seq = excluded.edit_seq
+  WHERE message_state.deleted_at IS NULL AND (message_state.edit_seq IS NULL OR message_state.edit_seq < excluded.edit_seq)`
+const applyDeleteSql = `INSERT INTO message_state (chat_id, seq, deleted_at, delete_seq) VALUES (?, ?, ?, ?)
+  ON CONFLICT (chat_id, seq) DO UPDATE SET deleted_at = excluded.deleted_at, delete_seq = excluded.delete_seq,
+    body = NULL, edited_at = NULL
+  WHERE message_state.delete_seq IS NULL OR message_state.delete_seq > excluded.delete_seq`
+// A deleted message's text goes from the store, not only from its history.
+const eraseBodySql = "UPDATE messages SET body = '' WHERE chat_id = ? AND seq = ?"
+const applyReactionSql = `INSERT INTO reactions (chat_id, seq, emoji, user_id, reaction_seq, present) VALUES (?, ?, ?, ?, ?, ?)
+  ON CONFLICT (chat_id, seq, emoji, user_id) DO UPDATE SET reaction_seq = excluded.reaction_seq, present = excluded.present
+  WHERE reactions.reaction_seq < excluded.reaction_seq`
+const deleteSomeSql = (table: string) =>
+  `DELETE FROM ${table} WHERE chat_id = ? AND seq IN (SELECT seq FROM ${table} WHERE chat_id = ? LIMIT ?)`
 const deleteEpochSql = "DELETE FROM epochs WHERE chat_id = ?"
 
-const columns = `chat_id AS chatId, seq, id, author_id AS authorId, body, client_msg_id AS clientMsgId, created_at AS createdAt`
+const columns = `m.chat_id AS chatId, m.seq AS seq, m.id AS id, m.author_id AS authorId, m.body AS body,
+  m.client_msg_id AS clientMsgId, m.created_at AS createdAt,
+  s.body AS editedBody, s.edited_at AS editedAt, s.deleted_at AS deletedAt`
+const withState = "messages m LEFT JOIN message_state s ON s.chat_id = m.chat_id AND s.seq = m.seq"
 
 /** Rows deleted per transaction by deleteChat, so a huge chat never holds the event loop for long. */
 const deleteRound = 1_000
 
-const decodeRows = Schema.decodeUnknownEffect(Schema.Array(Message))
+const MessageRow = Schema.Struct({
+  chatId: Schema.String,
+  seq: Schema.Number,
+  id: Schema.String,
+  authorId: Schema.String,
+  body: Schema.String,
+  clientMsgId: Schema.String,
+  createdAt: Schema.String,
+  editedBody: Schema.NullOr(Schema.String),
+  editedAt: Schema.NullOr(Schema.String),
+  deletedAt: Schema.NullOr(Schema.String)
+})
+/** A row of `messages` joined with its state: the message as history shows it. */
+const RowMessage = MessageRow.pipe(
+  Schema.decodeTo(
+    Message,
+    SchemaTransformation.transform({
+      decode: (row) => ({
+        chatId: row.chatId,
+        seq: row.seq,
+        id: row.id,
+        authorId: row.authorId,
+        ...(row.deletedAt === null ? { body: row.editedBody ?? row.body } : {}),
+        clientMsgId: row.clientMsgId,
+        createdAt: row.createdAt,
+        ...(row.deletedAt === null && row.editedAt !== null ? { editedAt: row.editedAt } : {}),
+        ...(row.deletedAt === null ? {} : { deletedAt: row.deletedAt })
+      }),
+      encode: (m) => ({
+        chatId: m.chatId,
+        seq: m.seq,
+        id: m.id,
+        authorId: m.authorId,
+        body: m.body ?? "",
+        clientMsgId: m.clientMsgId,
+        createdAt: m.createdAt,
+        editedBody: null,
+        editedAt: m.editedAt ?? null,
+        deletedAt: m.deletedAt ?? null
+      })
+    })
+  )
+)
+const decodeRows = Schema.decodeUnknownEffect(Schema.Array(RowMessage))
+const decodeChanges = Schema.decodeUnknownEffect(Schema.Array(Schema.Struct({ entry: Schema.fromJsonString(Change) })))
+const encodeChange = Schema.encodeSync(Schema.fromJsonString(Change))
+const ReactionRows = Schema.Array(
+  Schema.Struct({ seq: Schema.Number, emoji: Schema.String, count: Schema.Number, me: Schema.Number })
+)
+const decodeReactionRows = Schema.decodeUnknownEffect(ReactionRows)
+
+/** The statements that write one entry, and apply it when it is a change. */
+const stepsOf = (entry: LogEntry): Array<SqliteWriter.Step> => {
+  if (!isChange(entry)) {
+    const m = entry
+    return [[putSql, [m.chatId, m.seq, m.id, m.authorId, m.body ?? "", m.clientMsgId, m.createdAt]]]
+  }
+  const put: SqliteWriter.Step = [putChangeSql, [entry.chatId, entry.seq, encodeChange(entry)]]
+  switch (entry.type) {
+    case "message_edited":
+      return [[applyEditSql, [entry.chatId, entry.targetSeq, entry.body, entry.editedAt, entry.seq]], put]
+    case "message_deleted":
+      return [
+        [applyDeleteSql, [entry.chatId, entry.targetSeq, entry.deletedAt, entry.seq]],
+        [eraseBodySql, [entry.chatId, entry.targetSeq]],
+        put
+      ]
+    case "reaction":
+      return [
+        [applyReactionSql, [entry.chatId, entry.targetSeq, entry.emoji, entry.userId, entry.seq, entry.added ? 1 : 0]],
+        put
+      ]
+  }
+}
 
 export const make = Effect.fnUntraced(function* (
   options: Options
@@ -105,9 +217,17 @@ export const make = Effect.fnUntraced(function* (
 
   const statements = {
     put: db.prepare(putSql),
-    after: db.prepare(`SELECT ${columns} FROM messages WHERE chat_id = ? AND seq > ? ORDER BY seq LIMIT ?`),
-    before: db.prepare(`SELECT ${columns} FROM messages WHERE chat_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?`),
-    latest: db.prepare(`SELECT ${columns} FROM messages WHERE chat_id = ? ORDER BY seq DESC LIMIT ?`),
+    after: db.prepare(`SELECT ${columns} FROM ${withState} WHERE m.chat_id = ? AND m.seq > ? ORDER BY m.seq LIMIT ?`),
+    before: db.prepare(
+      `SELECT ${columns} FROM ${withState} WHERE m.chat_id = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?`
+    ),
+    latest: db.prepare(`SELECT ${columns} FROM ${withState} WHERE m.chat_id = ? ORDER BY m.seq DESC LIMIT ?`),
+    one: db.prepare(`SELECT ${columns} FROM ${withState} WHERE m.chat_id = ? AND m.seq = ?`),
+    changesAfter: db.prepare("SELECT entry FROM changes WHERE chat_id = ? AND seq > ? ORDER BY seq LIMIT ?"),
+    changesLatest: db.prepare("SELECT entry FROM changes WHERE chat_id = ? ORDER BY seq DESC LIMIT ?"),
+    // Per message and emoji, in the order the emojis first appeared: how many, and whether `viewer` is among them.
+    reactions: db.prepare(`SELECT seq, emoji, COUNT(*) AS count, MAX(user_id = ?) AS me FROM reactions
+      WHERE chat_id = ? AND seq BETWEEN ? AND ? AND present = 1 GROUP BY seq, emoji ORDER BY seq, MIN(reaction_seq)`),
     readEpoch: db.prepare("SELECT epoch FROM epochs WHERE chat_id = ?"),
     putEpoch: db.prepare("INSERT OR REPLACE INTO epochs (chat_id, epoch) VALUES (?, ?)"),
     any: db.prepare("SELECT EXISTS (SELECT 1 FROM messages) OR EXISTS (SELECT 1 FROM epochs) AS found"),
@@ -119,7 +239,7 @@ export const make = Effect.fnUntraced(function* (
   const writer: Writer = {
     messages: (messages) => {
       for (const m of messages)
-        statements.put.run(m.chatId, m.seq, m.id, m.authorId, m.body, m.clientMsgId, m.createdAt)
+        statements.put.run(m.chatId, m.seq, m.id, m.authorId, m.body ?? "", m.clientMsgId, m.createdAt)
     },
     epoch: (chatId, epoch) => {
       statements.putEpoch.run(chatId, epoch)
@@ -140,6 +260,40 @@ export const make = Effect.fnUntraced(function* (
         decodeRows(rows).pipe(Effect.mapError((error) => fail(`${operation}: a stored message is malformed`)(error)))
       )
     )
+  const queryChanges = (operation: string, statement: StatementSync, ...params: Array<string | number>) =>
+    attempt(operation, () => statement.all(...params)).pipe(
+      Effect.flatMap((rows) =>
+        decodeChanges(rows).pipe(Effect.mapError((error) => fail(`${operation}: a stored change is malformed`)(error)))
+      ),
+      Effect.map((rows) => rows.map((row) => row.entry))
+    )
+
+  /** The messages with their reactions as `viewer` sees them. */
+  const withReactions = (chatId: ChatId, messages: ReadonlyArray<Message>, viewer: UserId) =>
+    Effect.gen(function* () {
+      if (messages.length === 0) return messages
+      let low = Number.POSITIVE_INFINITY
+      let high = 0
+      for (const m of messages) {
+        low = Math.min(low, m.seq)
+        high = Math.max(high, m.seq)
+      }
+      const operation = `reading the reactions of chat ${chatId}`
+      const rows = yield* attempt(operation, () => statements.reactions.all(viewer, chatId, low, high)).pipe(
+        Effect.flatMap(decodeReactionRows),
+        Effect.mapError((error) => (error._tag === "MessageStoreError" ? error : fail(operation)(error)))
+      )
+      const bySeq = new Map<number, Array<ReactionCount>>()
+      for (const row of rows) {
+        const list = bySeq.get(row.seq) ?? []
+        list.push({ emoji: row.emoji, count: row.count, me: row.me === 1 })
+        bySeq.set(row.seq, list)
+      }
+      return messages.map((m) => {
+        const reactions = bySeq.get(m.seq)
+        return reactions === undefined || m.deletedAt !== undefined ? m : new Message({ ...m, reactions })
+      })
+    })
 
   // Writes commit on a thread of their own (SqliteWriter.ts), so the fsync never holds the event loop.
   const sqliteWriter = yield* SqliteWriter.make(path)
@@ -151,12 +305,12 @@ export const make = Effect.fnUntraced(function* (
   const pending = yield* Queue.unbounded<PendingBatch, Cause.Done>()
   const flush = (batches: ReadonlyArray<PendingBatch>) => {
     const steps: Array<SqliteWriter.Step> = []
+    let entries = 0
     for (const batch of batches) {
-      for (const m of batch.messages) {
-        steps.push([putSql, [m.chatId, m.seq, m.id, m.authorId, m.body, m.clientMsgId, m.createdAt]])
-      }
+      entries += batch.entries.length
+      for (const entry of batch.entries) steps.push(...stepsOf(entry))
     }
-    return write(`writing ${steps.length} messages`, steps).pipe(
+    return write(`writing ${entries} entries`, steps).pipe(
       Effect.asVoid,
       Effect.exit,
       Effect.tap((exit) =>
@@ -176,10 +330,11 @@ export const make = Effect.fnUntraced(function* (
   yield* Effect.addFinalizer(() => Queue.end(pending).pipe(Effect.andThen(Fiber.join(flusher))))
 
   // Duplicates within a batch and across batches replace each other: one copy per (chatId, seq).
-  const putBatch = Effect.fn("MessageStore.putBatch")(function* (messages: ReadonlyArray<Message>) {
-    if (messages.length === 0) return
+  // One transaction: a change is applied exactly when it is written.
+  const putBatch = Effect.fn("MessageStore.putBatch")(function* (entries: ReadonlyArray<LogEntry>) {
+    if (entries.length === 0) return
     const done = yield* Deferred.make<void, MessageStoreError>()
-    if (!(yield* Queue.offer(pending, { messages, done }))) {
+    if (!(yield* Queue.offer(pending, { entries, done }))) {
       return yield* new MessageStoreError({ message: `message store ${path} is closed` })
     }
     yield* Deferred.await(done)
@@ -187,14 +342,32 @@ export const make = Effect.fnUntraced(function* (
 
   const page = Effect.fn("MessageStore.page")(function* (chatId: ChatId, pageQuery: PageQuery) {
     const limit = yield* validLimit(pageQuery.limit)
-    return pageQuery.before !== undefined
-      ? yield* query(`reading a page of chat ${chatId}`, statements.before, chatId, pageQuery.before, limit)
-      : yield* query(`reading a page of chat ${chatId}`, statements.after, chatId, pageQuery.after ?? 0, limit)
+    const messages =
+      pageQuery.before !== undefined
+        ? yield* query(`reading a page of chat ${chatId}`, statements.before, chatId, pageQuery.before, limit)
+        : yield* query(`reading a page of chat ${chatId}`, statements.after, chatId, pageQuery.after ?? 0, limit)
+    return pageQuery.viewer === undefined ? messages : yield* withReactions(chatId, messages, pageQuery.viewer)
+  })
+
+  const entries = Effect.fn("MessageStore.entries")(function* (chatId: ChatId, after: number, limit: number) {
+    yield* validLimit(limit)
+    const operation = `reading the log of chat ${chatId}`
+    const messages = yield* query(operation, statements.after, chatId, after, limit)
+    const changes = yield* queryChanges(operation, statements.changesAfter, chatId, after, limit)
+    return mergeBySeq(messages, changes, false, limit)
   })
 
   const latest = Effect.fn("MessageStore.latest")(function* (chatId: ChatId, limit: number) {
     yield* validLimit(limit)
-    return yield* query(`reading the latest messages of chat ${chatId}`, statements.latest, chatId, limit)
+    const operation = `reading the latest entries of chat ${chatId}`
+    const messages = yield* query(operation, statements.latest, chatId, limit)
+    const changes = yield* queryChanges(operation, statements.changesLatest, chatId, limit)
+    return mergeBySeq(messages, changes, true, limit)
+  })
+
+  const message = Effect.fn("MessageStore.message")(function* (chatId: ChatId, seq: number) {
+    const found = yield* query(`reading message ${seq} of chat ${chatId}`, statements.one, chatId, seq)
+    return Option.fromNullishOr(found[0])
   })
 
   // Created with the chat's history and deleted with it: a wiped store means new epochs.
@@ -216,17 +389,19 @@ export const make = Effect.fnUntraced(function* (
   // Round by round, each its own transaction; the epoch goes last, so a repeat after a failure finishes the job.
   const deleteChat = Effect.fn("MessageStore.deleteChat")(function* (chatId: ChatId) {
     const operation = `deleting chat ${chatId}`
-    let deleted: number
-    do {
-      deleted = (yield* write(operation, [[deleteSomeSql, [chatId, chatId, deleteRound]]]))[0] ?? 0
-    } while (deleted > 0)
+    for (const table of ["messages", "changes", "message_state", "reactions"]) {
+      let deleted: number
+      do {
+        deleted = (yield* write(operation, [[deleteSomeSql(table), [chatId, chatId, deleteRound]]]))[0] ?? 0
+      } while (deleted > 0)
+    }
     yield* write(operation, [[deleteEpochSql, [chatId]]])
   })
 
   const ping = attempt("ping", () => statements.ping.get()).pipe(Effect.asVoid, Effect.withSpan("MessageStore.ping"))
 
   return {
-    ...MessageStore.of({ putBatch, page, latest, epoch, deleteChat, ping }),
+    ...MessageStore.of({ putBatch, page, entries, latest, message, epoch, deleteChat, ping }),
     path,
     isEmpty: attempt("checking for data", () => Number(statements.any.get()?.found) === 0),
     note: (key) =>

@@ -1,0 +1,3 @@
+import { changesSuite } from "./changes.suite.ts"
+
+changesSuite("embedded")
