@@ -303,7 +303,14 @@ function MessageItem({
       {picking && !deleted && (
         <div class="picker" data-testid="reaction-picker">
           {pickable.map((emoji) => (
-            <button type="button" key={emoji} data-testid="reaction-pick" data-emoji={emoji} onClick={() => react(emoji)}>
+            <button
+              type="button"
+              key={emoji}
+              class="pick"
+              data-testid="reaction-pick"
+              data-emoji={emoji}
+              onClick={() => react(emoji)}
+            >
               {emoji}
             </button>
           ))}
