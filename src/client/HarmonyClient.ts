@@ -30,12 +30,21 @@ import { type Connection, makeSocket } from "./Connection.ts"
 import { makeEvents, reportAppError } from "./Events.ts"
 import { fromWire, HarmonyError } from "./HarmonyError.ts"
 import { promiseFacade } from "./Facade.ts"
-import { makeHttp } from "./Http.ts"
+import { type ApiClient, makeHttp } from "./Http.ts"
 import { makePendingSends, newClientMsgId } from "./PendingSends.ts"
 import { makeSubscriptions } from "./Subscriptions.ts"
-import type { ClientOptions, HarmonyClient, HarmonyClientEffect, HistoryPage, StoredSession } from "./Types.ts"
+import type {
+  ChangeAccepted,
+  ClientOptions,
+  HarmonyClient,
+  HarmonyClientEffect,
+  HistoryPage,
+  StoredSession
+} from "./Types.ts"
 
 const decodeClientFrame = Schema.decodeUnknownExit(ClientFrame)
+/** Attempts of a change after a transient failure (with the reconnect backoff between them). */
+const ChangeRetries = 8
 const badRequest = (message: string) => new HarmonyError({ code: "bad_request", message })
 
 /*
@@ -109,7 +118,12 @@ export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffec
         connection.answered(frame.ref)
         return subscriptions.onSubscribed(frame.chatId, frame.lastSeq, frame.recovered, frame.epoch)
       case "message":
-        return subscriptions.onMessage(connection, frame.message)
+        return subscriptions.onEntry(connection, frame.message)
+      // Changes are entries of the chat's log too: each has its seq, in order among the messages.
+      case "message_edited":
+      case "message_deleted":
+      case "reaction":
+        return subscriptions.onEntry(connection, frame)
       case "ack":
         connection.answered(frame.ref)
         return sends.onAck(frame.clientMsgId, frame.id)
@@ -232,6 +246,28 @@ export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffec
   const me = () => auth.authed((api) => api.me.get())
   const chatParams = (chatId: string) => ({ params: { chatId: asChatId(chatId) } })
 
+  /**
+   * A change (edit, delete, reaction): one Idempotency-Key for every attempt,
+   * so transient failures are retried without making the change twice.
+   */
+  const change = (
+    idempotencyKey: string | undefined,
+    call: (
+      api: ApiClient,
+      headers: { readonly "idempotency-key": string }
+    ) => Effect.Effect<{ readonly id: string }, unknown>
+  ): Effect.Effect<ChangeAccepted, HarmonyError> =>
+    Effect.suspend(() => {
+      const headers = { "idempotency-key": idempotencyKey ?? newClientMsgId() }
+      return auth
+        .authed((api) => call(api, headers))
+        .pipe(
+          Effect.retry({ schedule: backoff, while: (error) => error.transient, times: ChangeRetries }),
+          Effect.map(({ id }) => ({ id }))
+        )
+    })
+  const messageParams = (chatId: string, seq: number) => ({ params: { chatId: asChatId(chatId), seq } })
+
   const effect: HarmonyClientEffect = {
     register,
     login,
@@ -282,6 +318,22 @@ export const makeClient = (options: ClientOptions): { effect: HarmonyClientEffec
       auth.authed((api) => api.messages.read({ ...chatParams(chatId), payload: { seq } })).pipe(Effect.asVoid),
     readPositions: (chatId) =>
       auth.authed((api) => api.messages.readPositions(chatParams(chatId))).pipe(Effect.map((answer) => answer.reads)),
+    editMessage: (chatId, seq, body, changeOptions) =>
+      change(changeOptions?.idempotencyKey, (api, headers) =>
+        api.messages.edit({ ...messageParams(chatId, seq), headers, payload: { body } })
+      ),
+    deleteMessage: (chatId, seq, changeOptions) =>
+      change(changeOptions?.idempotencyKey, (api, headers) =>
+        api.messages.deleteMessage({ ...messageParams(chatId, seq), headers })
+      ),
+    react: (chatId, seq, emoji, changeOptions) =>
+      change(changeOptions?.idempotencyKey, (api, headers) =>
+        api.messages.react({ params: { ...messageParams(chatId, seq).params, emoji }, headers })
+      ),
+    unreact: (chatId, seq, emoji, changeOptions) =>
+      change(changeOptions?.idempotencyKey, (api, headers) =>
+        api.messages.unreact({ params: { ...messageParams(chatId, seq).params, emoji }, headers })
+      ),
 
     connect: Effect.fn("Harmony.connect")(function* () {
       yield* ensureConnection

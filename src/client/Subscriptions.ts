@@ -1,6 +1,7 @@
 /**
  * The chats the app subscribed to, and the promise that each `(chatId, seq)`
- * reaches the app exactly once, in order: every subscription remembers the
+ * — a message, or a change to one (edit, delete, reaction), each with a seq
+ * of its own — reaches the app exactly once, in order: every subscription remembers the
  * last seq it delivered and resubscribes from it (`sinceSeq`) on every new
  * connection and after a gap; anything at or below it is dropped. When the
  * server cannot replay a range (`recovered:false`), the `gap` event names it.
@@ -8,7 +9,7 @@
  * epoch (the server lost the history) is a `reset`.
  */
 import { Deferred, type Duration, Effect } from "effect"
-import type { Message } from "../schema/Domain.ts"
+import { isChange, type LogEntry } from "../schema/Domain.ts"
 import type { Connection } from "./Connection.ts"
 import type { Events } from "./Events.ts"
 import type { HarmonyError } from "./HarmonyError.ts"
@@ -36,7 +37,8 @@ export interface Subscriptions {
   /** A new connection: every subscription again, from its last seq. */
   readonly resubscribeAll: (connection: Connection) => void
   readonly onSubscribed: (chatId: string, lastSeq: number, recovered: boolean, epoch: string | undefined) => void
-  readonly onMessage: (connection: Connection, message: Message) => void
+  /** A message, or a change frame: one seq of the chat's log. */
+  readonly onEntry: (connection: Connection, entry: LogEntry) => void
   /** The server refused a subscribe. */
   readonly onError: (connection: Connection, chatId: string, error: HarmonyError) => void
   /** The subscription is over (the chat was deleted, the user removed): its waiters fail with `error`. */
@@ -130,13 +132,25 @@ export const makeSubscriptions = (options: {
     }
   }
 
-  const onMessage = (connection: Connection, message: Message) => {
+  const emit = (entry: LogEntry) => {
+    if (!isChange(entry)) return events.emit("message", entry)
+    switch (entry.type) {
+      case "message_edited":
+        return events.emit("message_edited", entry)
+      case "message_deleted":
+        return events.emit("message_deleted", entry)
+      case "reaction":
+        return events.emit("reaction", entry)
+    }
+  }
+
+  const onEntry = (connection: Connection, message: LogEntry) => {
     const subscription = subscriptions.get(message.chatId)
     if (subscription === undefined || subscription.last === undefined) return
     if (message.seq <= subscription.last) return // seen already: a replay after a reconnect or a gap
     if (message.seq === subscription.last + 1) {
       subscription.last = message.seq
-      events.emit("message", message)
+      emit(message)
       return
     }
     // A gap: ask for everything after the last seq seen; this and what follows come again in order.
@@ -175,7 +189,7 @@ export const makeSubscriptions = (options: {
       for (const [chatId, subscription] of subscriptions) sendSubscribe(connection, chatId, subscription)
     },
     onSubscribed,
-    onMessage,
+    onEntry,
     onError,
     drop,
     onConnectionEnd: () => {

@@ -3,7 +3,19 @@
  * Promises (`HarmonyClient`) and as Effects (`HarmonyClientEffect`).
  */
 import type { Effect } from "effect"
-import type { Chat, ChatSummary, Message, ReadPosition, Role, SearchHit, Session, User } from "../schema/Domain.ts"
+import type {
+  Chat,
+  ChatSummary,
+  Message,
+  MessageDeleted,
+  MessageEdited,
+  ReactionChanged,
+  ReadPosition,
+  Role,
+  SearchHit,
+  Session,
+  User
+} from "../schema/Domain.ts"
 import type { HarmonyError } from "./HarmonyError.ts"
 
 /**
@@ -45,6 +57,20 @@ export interface Accepted {
   readonly clientMsgId: string
 }
 
+/** A change (edit, delete, reaction) the server accepted: its id. */
+export interface ChangeAccepted {
+  readonly id: string
+}
+
+export interface ChangeOptions {
+  /**
+   * Makes the change idempotent (1–128 characters): the same key is one
+   * change however often it is sent. Default: a fresh key per call (its own
+   * retries reuse it).
+   */
+  readonly idempotencyKey?: string
+}
+
 export interface HistoryPage {
   readonly messages: ReadonlyArray<Message>
   /** The cursor for the next page the same way (`before` or `after`), or null at the end. */
@@ -70,8 +96,17 @@ export interface SearchPage {
 }
 
 export interface ClientEvents {
-  /** Decoded; each (chatId, seq) exactly once, in seq order per chat. */
+  /**
+   * Decoded; each (chatId, seq) exactly once, in seq order per chat — seqs
+   * shared with the three change events below, which take seqs of their own.
+   */
   readonly message: Message
+  /** Message `targetSeq` now reads `body` (docs/protocol.md "Edits, deletes and reactions"). */
+  readonly message_edited: MessageEdited
+  /** Message `targetSeq` was deleted: show a tombstone. A change to a deleted message changes nothing. */
+  readonly message_deleted: MessageDeleted
+  /** `userId` added (`added`) or removed their `emoji` on message `targetSeq` (a no-op when nothing changes). */
+  readonly reaction: ReactionChanged
   readonly typing: { readonly chatId: string; readonly userId: string }
   readonly read: { readonly chatId: string; readonly userId: string; readonly seq: number }
   readonly presence: { readonly chatId: string; readonly online: ReadonlyArray<string> }
@@ -94,8 +129,10 @@ export interface ClientEvents {
   readonly error: HarmonyError
   /**
    * The server could not replay what this client missed (`recovered:false`):
-   * messages `fromSeq..toSeq` will not arrive live — fetch them with
-   * `history(chatId, { after: fromSeq - 1 })`. Live delivery goes on after `toSeq`.
+   * seqs `fromSeq..toSeq` will not arrive live — fetch them with
+   * `history(chatId, { after: fromSeq - 1 })`, which shows messages as they
+   * are now (the seqs of changes in the range are not in history: their
+   * effect is). Live delivery goes on after `toSeq`.
    */
   readonly gap: { readonly chatId: string; readonly fromSeq: number; readonly toSeq: number }
   /**
@@ -154,6 +191,29 @@ export interface HarmonyClientEffect {
   markRead(chatId: string, seq: number): Effect.Effect<void, HarmonyError>
   /** Every member's read position (read receipts that survive a reload; live ones arrive as `read` events). */
   readPositions(chatId: string): Effect.Effect<ReadonlyArray<ReadPosition>, HarmonyError>
+  /** The author edits message `seq`; transient failures are retried with the same Idempotency-Key. */
+  editMessage(
+    chatId: string,
+    seq: number,
+    body: string,
+    options?: ChangeOptions
+  ): Effect.Effect<ChangeAccepted, HarmonyError>
+  /** The author, the owner or an admin deletes message `seq` (retried like `editMessage`). */
+  deleteMessage(chatId: string, seq: number, options?: ChangeOptions): Effect.Effect<ChangeAccepted, HarmonyError>
+  /** Adds the caller's `emoji` to message `seq` (retried like `editMessage`). */
+  react(
+    chatId: string,
+    seq: number,
+    emoji: string,
+    options?: ChangeOptions
+  ): Effect.Effect<ChangeAccepted, HarmonyError>
+  /** Removes the caller's `emoji` from message `seq` (retried like `editMessage`). */
+  unreact(
+    chatId: string,
+    seq: number,
+    emoji: string,
+    options?: ChangeOptions
+  ): Effect.Effect<ChangeAccepted, HarmonyError>
   connect(): Effect.Effect<void, HarmonyError>
   subscribe(chatId: string, options?: SubscribeOptions): Effect.Effect<SubscribeResult, HarmonyError>
   unsubscribe(chatId: string): Effect.Effect<void>
@@ -193,6 +253,18 @@ export interface HarmonyClient {
   markRead(chatId: string, seq: number): Promise<void>
   /** Every member's read position (read receipts that survive a reload; live ones arrive as `read` events). */
   readPositions(chatId: string): Promise<ReadonlyArray<ReadPosition>>
+  /**
+   * The author edits message `seq` (`PATCH /v1/chats/{chatId}/messages/{seq}`): resolves once the chat's
+   * log holds it; transient failures are retried with the same Idempotency-Key, so it is made once.
+   * Subscribers (this client too) get `message_edited`.
+   */
+  editMessage(chatId: string, seq: number, body: string, options?: ChangeOptions): Promise<ChangeAccepted>
+  /** The author, the chat's owner or an admin deletes message `seq`; subscribers get `message_deleted`. */
+  deleteMessage(chatId: string, seq: number, options?: ChangeOptions): Promise<ChangeAccepted>
+  /** Adds the caller's reaction `emoji` (1–32 characters, no whitespace) to message `seq`; subscribers get `reaction`. */
+  react(chatId: string, seq: number, emoji: string, options?: ChangeOptions): Promise<ChangeAccepted>
+  /** Removes the caller's reaction `emoji` from message `seq`; subscribers get `reaction` with `added: false`. */
+  unreact(chatId: string, seq: number, emoji: string, options?: ChangeOptions): Promise<ChangeAccepted>
   /** Opens the WebSocket now instead of on the first subscribe/send; resolves once it is authenticated. */
   connect(): Promise<void>
   subscribe(chatId: string, options?: SubscribeOptions): Promise<SubscribeResult>

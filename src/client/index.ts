@@ -7,6 +7,8 @@ export { ClientErrorCode, HarmonyError, HarmonyErrorCode, isTransient } from "./
 export { newClientMsgId } from "./PendingSends.ts"
 export type {
   Accepted,
+  ChangeAccepted,
+  ChangeOptions,
   ClientEvents,
   ClientOptions,
   CreateChatInput,
@@ -23,5 +25,19 @@ export type {
   SubscribeOptions,
   SubscribeResult
 } from "./Types.ts"
-export { Chat, ChatSummary, Member, Message, ReadPosition, Role, SearchHit, Session, User } from "../schema/Domain.ts"
+export {
+  Chat,
+  ChatSummary,
+  Member,
+  Message,
+  MessageDeleted,
+  MessageEdited,
+  ReactionChanged,
+  ReactionCount,
+  ReadPosition,
+  Role,
+  SearchHit,
+  Session,
+  User
+} from "../schema/Domain.ts"
 export { ErrorCode } from "../schema/Errors.ts"

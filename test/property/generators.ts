@@ -13,8 +13,15 @@
  */
 import { Arbitrary, Schema } from "effect"
 import type { Arbitrary as ArbitraryT } from "effect/Arbitrary"
-import { ChatId, UserId } from "../../src/schema/Domain.ts"
-import { messageIdOf, type SendRecord } from "../../src/schema/Records.ts"
+import { applyChange, type Change, ChatId, isChange, type LogEntry, Message, UserId } from "../../src/schema/Domain.ts"
+import {
+  type ChangeRecord,
+  type ChatRecord,
+  changeIdOf,
+  isChangeRecord,
+  messageIdOf,
+  type SendRecord
+} from "../../src/schema/Records.ts"
 
 /** Integers in [min, max]; they shrink towards `min`. */
 export const int = (min: number, max: number): ArbitraryT<number> =>
@@ -94,9 +101,9 @@ export const buildRecords = (
   return records
 }
 
-/** Per chat, the message ids in order of first occurrence: what seqs 1..n must be. */
-export const firstOccurrences = (records: ReadonlyArray<SendRecord>): Map<string, Array<SendRecord>> => {
-  const byChat = new Map<string, Array<SendRecord>>()
+/** Per chat, the record ids in order of first occurrence: what seqs 1..n must be. */
+export const firstOccurrences = <R extends ChatRecord>(records: ReadonlyArray<R>): Map<string, Array<R>> => {
+  const byChat = new Map<string, Array<R>>()
   const seen = new Set<string>()
   for (const record of records) {
     if (seen.has(record.id)) continue
@@ -106,4 +113,150 @@ export const firstOccurrences = (records: ReadonlyArray<SendRecord>): Map<string
     byChat.set(record.chatId, list)
   }
   return byChat
+}
+
+// --- changes (edits, deletes, reactions) -------------------------------------------------
+
+export const emojis = ["👍", "🎉"] as const
+
+/**
+ * A step of a scenario with changes: a send, or (`change`) a change by
+ * author `author` to chat `chat` read off the same fields — `back % 4` is the
+ * kind (edit, delete, react, unreact), `(back >> 2)` picks the target among
+ * the chat's messages so far, `(back >> 4) % 3` the emoji; `retry === 9`
+ * repeats the chat's last change instead (a retried request: same id).
+ */
+export interface LogOp {
+  readonly op: SendOp
+  readonly change: boolean
+}
+
+/**
+ * Turns sends and changes into records, in order, like buildRecords; a
+ * change's target is named by the seq it will have (first occurrences in log
+ * order). A change to a chat with no message yet produces nothing (undefined).
+ */
+export const buildLog = (
+  ops: ReadonlyArray<LogOp>,
+  options: { readonly prefix: string }
+): Array<ChatRecord | undefined> => {
+  const records: Array<ChatRecord | undefined> = []
+  const seen = new Set<string>()
+  /** Per chat: the distinct records so far (their index + 1 is their seq), and the messages' seqs. */
+  const chats = new Map<
+    number,
+    { entries: number; messages: Array<SendRecord & { seq: number }>; changes: Array<ChangeRecord> }
+  >()
+  const base = Date.UTC(2025, 0, 1)
+  ops.forEach(({ op, change }, index) => {
+    const chat = chats.get(op.chat) ?? { entries: 0, messages: [], changes: [] }
+    chats.set(op.chat, chat)
+    const chatId = chatIdOf(options.prefix, op.chat)
+    const at = new Date(base + index * 1000).toISOString()
+    const push = (record: ChatRecord) => {
+      records.push(record)
+      if (seen.has(record.id)) return
+      seen.add(record.id)
+      chat.entries++
+      if (!isChangeRecord(record)) chat.messages.push({ ...record, seq: chat.entries })
+      else chat.changes.push(record)
+    }
+    if (!change) {
+      const earlier = chat.messages
+      if (op.retry < 3 && earlier.length > 0) {
+        const { seq: _seq, ...original } = earlier[earlier.length - 1 - (op.back % earlier.length)]!
+        push({ ...original, sentAt: at })
+        return
+      }
+      const authorId = UserId.make(`u${op.author}`)
+      const clientMsgId = `m${index}`
+      push({
+        id: messageIdOf(chatId, authorId, clientMsgId),
+        chatId,
+        authorId,
+        clientMsgId,
+        body: `body ${index}`,
+        sentAt: at
+      })
+      return
+    }
+    const last = chat.changes.at(-1)
+    if (op.retry === 9 && last !== undefined) return push(last)
+    if (chat.messages.length === 0) {
+      records.push(undefined)
+      return
+    }
+    // One of the chat's two newest messages, so changes meet on the same target often.
+    const target = chat.messages[chat.messages.length - 1 - ((op.back >> 2) % Math.min(2, chat.messages.length))]!.seq
+    const userId = UserId.make(`u${op.author}`)
+    const id = changeIdOf(chatId, userId, `k${index}`)
+    const emoji = emojis[(op.back >> 4) % emojis.length]!
+    switch (op.back % 4) {
+      case 0:
+        return push({
+          type: "message_edited",
+          chatId,
+          id,
+          targetSeq: target,
+          userId,
+          body: `edit ${index}`,
+          editedAt: at
+        })
+      case 1:
+        return push({ type: "message_deleted", chatId, id, targetSeq: target, userId, deletedAt: at })
+      default:
+        return push({ type: "reaction", chatId, id, targetSeq: target, userId, emoji, added: op.back % 4 === 2 })
+    }
+  })
+  return records
+}
+
+/**
+ * The model: a chat's distinct records (first occurrences, in log order)
+ * applied once, in seq order — the log entries as the store must answer them
+ * (messages as they are now), and the reactions history must count.
+ */
+export const modelOf = (records: ReadonlyArray<ChatRecord>) => {
+  const entries: Array<LogEntry> = []
+  /** Per message seq, per emoji, per user: present, and the seq of the change that decided it. */
+  const reactions = new Map<number, Map<string, Map<string, { present: boolean; seq: number }>>>()
+  records.forEach((record, index) => {
+    const seq = index + 1
+    if (!isChangeRecord(record)) {
+      const { sentAt, ...fields } = record
+      entries.push(new Message({ ...fields, seq, createdAt: sentAt }))
+      return
+    }
+    const change = { ...record, seq } as Change
+    entries.push(change)
+    const target = entries[change.targetSeq - 1]
+    if (target === undefined || isChange(target)) return
+    entries[change.targetSeq - 1] = applyChange(target, change)
+    if (change.type !== "reaction") return
+    const byEmoji = reactions.get(change.targetSeq) ?? new Map()
+    reactions.set(change.targetSeq, byEmoji)
+    const byUser = byEmoji.get(change.emoji) ?? new Map()
+    byEmoji.set(change.emoji, byUser)
+    byUser.set(change.userId, { present: change.added, seq })
+  })
+  /** History's reactions of message `seq` for `viewer` (undefined when none). */
+  const reactionsOf = (seq: number, viewer: string) => {
+    const message = entries[seq - 1]
+    if (message === undefined || isChange(message) || message.deletedAt !== undefined) return undefined
+    const counts = [...(reactions.get(seq) ?? new Map<string, Map<string, { present: boolean; seq: number }>>())]
+      .map(([emoji, byUser]) => {
+        const present = [...byUser].filter(([, state]) => state.present)
+        return {
+          emoji,
+          count: present.length,
+          me: present.some(([userId]) => userId === viewer),
+          first: Math.min(...present.map(([, state]) => state.seq))
+        }
+      })
+      .filter((count) => count.count > 0)
+      .sort((a, b) => a.first - b.first)
+      .map(({ emoji, count, me }) => ({ emoji, count, me }))
+    return counts.length === 0 ? undefined : counts
+  }
+  return { entries, reactionsOf }
 }

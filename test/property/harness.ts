@@ -31,12 +31,12 @@ import { MessageStore, MessageStoreError } from "../../src/ports/MessageStore.ts
 import { PubSub } from "../../src/ports/PubSub.ts"
 import { migrate } from "../../src/state/migrations.ts"
 import * as Sql from "../../src/adapters/sql/Sql.ts"
-import type { ChatId, LogEntry, Message } from "../../src/schema/Domain.ts"
-import { encodeSendRecord, type SendRecord } from "../../src/schema/Records.ts"
+import { type ChatId, isChange, type LogEntry, type Message, UserId } from "../../src/schema/Domain.ts"
+import { type ChatRecord, encodeChangeRecord, encodeSendRecord, isChangeRecord } from "../../src/schema/Records.ts"
 import { Fanout } from "../../src/messages/Fanout.ts"
 import type { RunnerOptions } from "../../src/sequencing/PartitionRunner.ts"
 import { MessagesTopic } from "../../src/schema/Topics.ts"
-import { bool, buildRecords, chatIdOf, firstOccurrences, int, type SendOp, sendOp } from "./generators.ts"
+import { bool, buildLog, chatIdOf, firstOccurrences, int, modelOf, type SendOp, sendOp } from "./generators.ts"
 
 // --- shared infrastructure ----------------------------------------------------
 
@@ -50,6 +50,8 @@ export const infraLayer = Layer.mergeAll(
 
 export type Step =
   | { readonly _tag: "Send"; readonly op: SendOp }
+  /** A change (edit, delete, reaction) read off `op` (see generators.ts `LogOp`). */
+  | { readonly _tag: "Change"; readonly op: SendOp }
   | { readonly _tag: "Pause"; readonly millis: number }
   /** A node joins the group (at most three running): a rebalance. */
   | { readonly _tag: "Start" }
@@ -283,6 +285,16 @@ export const stallScenario: ArbitraryT<Scenario> = Arbitrary.map(
     runnerDrainMillis: 50
   })
 )
+
+/**
+ * Whole scenarios with changes: as `scenario`, with 4 sends in 10 turned into
+ * edits, deletes and reactions to earlier messages of their chat (and
+ * retries of earlier changes), interleaved with the rest.
+ */
+export const changesScenario: ArbitraryT<Scenario> = Arbitrary.map(scenario, (s) => ({
+  ...s,
+  steps: s.steps.map((st): Step => (st._tag === "Send" && st.op.retry >= 6 ? { _tag: "Change", op: st.op } : st))
+}))
 
 export const runnerOptions = (s: Scenario): RunnerOptions => ({
   actors: {
@@ -702,8 +714,9 @@ const subscribe = Effect.fnUntraced(function* (fanout: Fanout["Service"], chatId
     Stream.runForEach((item) =>
       Effect.sync(() => {
         if (item.seq <= 0) return
-        const frame = JSON.parse(item.frame) as { readonly message: { readonly id: string } }
-        const entry = { seq: item.seq, id: frame.message.id }
+        // A message frame carries its message; a change frame is the change itself.
+        const frame = JSON.parse(item.frame) as { readonly id?: string; readonly message?: { readonly id: string } }
+        const entry = { seq: item.seq, id: frame.message?.id ?? frame.id ?? "" }
         subscriber.raw.push(entry)
         // As src/gateway/Session.ts: `if (item.seq <= subscription.lastDelivered) return`.
         if (item.seq <= lastDelivered) return
@@ -743,23 +756,20 @@ const crashAfterWriteMillis = 150
 
 let runCounter = 0
 
-const fieldsOf = (entry: LogEntry) => fieldsOfMessage(entry as Message)
+/** A log entry's fields, in a fixed order: a change as it is, a message as it is now. */
+const fieldsOf = (entry: LogEntry): { readonly seq: number; readonly id: string } =>
+  isChange(entry)
+    ? (Object.fromEntries(Object.entries(entry).sort(([a], [b]) => a.localeCompare(b))) as { seq: number; id: string })
+    : fieldsOfMessage(entry)
 const fieldsOfMessage = (m: Message) => ({
   seq: m.seq,
   id: m.id as string,
   authorId: m.authorId as string,
   body: m.body,
   clientMsgId: m.clientMsgId,
-  createdAt: m.createdAt
-})
-
-const expectedFields = (record: SendRecord, seq: number) => ({
-  seq,
-  id: record.id as string,
-  authorId: record.authorId as string,
-  body: record.body,
-  clientMsgId: record.clientMsgId,
-  createdAt: record.sentAt
+  createdAt: m.createdAt,
+  editedAt: m.editedAt,
+  deletedAt: m.deletedAt
 })
 
 const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b)
@@ -812,15 +822,17 @@ const run = (s: Scenario, journal: Journal) =>
     const subscribers = new Map<string, Subscriber>()
     for (const chatId of chatIds) subscribers.set(chatId, yield* subscribe(fanout, chatId))
 
-    const sendOps = s.steps.flatMap((st) => (st._tag === "Send" ? [st.op] : []))
-    const records = buildRecords(sendOps, { prefix, window: Number.MAX_SAFE_INTEGER })
-    const expected = firstOccurrences(records)
+    const logOps = s.steps.flatMap((st) =>
+      st._tag === "Send" || st._tag === "Change" ? [{ op: st.op, change: st._tag === "Change" }] : []
+    )
+    const records = buildLog(logOps, { prefix })
+    const expected = firstOccurrences(records.filter((record) => record !== undefined))
     /** One past the last offset produced, per partition. */
     const ends = new Map<number, number>()
     const partitionOf = new Map<string, number>()
 
     const counters: Counters = {
-      records: records.length,
+      records: records.filter((record) => record !== undefined).length,
       messages: [...expected.values()].reduce((n, list) => n + list.length, 0),
       starts: 1,
       stops: 0,
@@ -863,15 +875,17 @@ const run = (s: Scenario, journal: Journal) =>
     let sent = 0
     for (const st of s.steps) {
       switch (st._tag) {
-        case "Send": {
-          const record = records[sent++]!
-          const [position] = yield* log
-            .produce(MessagesTopic, [{ key: record.chatId, value: encodeSendRecord(record) }])
-            .pipe(Effect.orDie)
+        case "Send":
+        case "Change": {
+          const record: ChatRecord | undefined = records[sent++]
+          if (record === undefined) break
+          const value = isChangeRecord(record) ? encodeChangeRecord(record) : encodeSendRecord(record)
+          const [position] = yield* log.produce(MessagesTopic, [{ key: record.chatId, value }]).pipe(Effect.orDie)
           ends.set(position!.partition, position!.offset + 1)
           partitionOf.set(record.chatId, position!.partition)
+          const what = isChangeRecord(record) ? `${record.type}(${record.targetSeq})` : record.clientMsgId
           journal.add(
-            `produce ${shortChat(record.chatId)} ${record.clientMsgId} (${record.id.slice(0, 6)}) -> p${position!.partition}@${position!.offset}`
+            `produce ${shortChat(record.chatId)} ${what} (${record.id.slice(0, 6)}) -> p${position!.partition}@${position!.offset}`
           )
           break
         }
@@ -977,7 +991,8 @@ const run = (s: Scenario, journal: Journal) =>
     if (waiting !== undefined) violations.push(`did not settle: ${waiting}`)
     for (const chatId of chatIds) {
       const where = `chat ${chatId} (p${partitionOf.get(chatId) ?? "-"})`
-      const want = (expected.get(chatId) ?? []).map((record, i) => expectedFields(record, i + 1))
+      const model = modelOf(expected.get(chatId) ?? [])
+      const want = model.entries.map(fieldsOf)
       const stored = (yield* storedOf(chatId)).map(fieldsOf)
       // (a) + (b): every distinct id exactly once, seqs 1..n in log order of first occurrence, with its content.
       if (!same(stored, want)) {
@@ -987,6 +1002,17 @@ const run = (s: Scenario, journal: Journal) =>
           if (w !== undefined && w.id === m.id && !same(m, w)) {
             violations.push(`${where} seq ${m.seq}: stored ${JSON.stringify(m)}, want ${JSON.stringify(w)}`)
           }
+        }
+      }
+      // (a'): history counts reactions as the log applied once in seq order does.
+      const viewer = UserId.make("u0")
+      const page = yield* realStore.page(chatId, { after: 0, limit: 100, viewer }).pipe(Effect.orDie)
+      for (const message of page) {
+        const wantReactions = model.reactionsOf(message.seq, viewer)
+        if (!same(message.reactions, wantReactions)) {
+          violations.push(
+            `${where} seq ${message.seq}: reactions ${JSON.stringify(message.reactions)}, want ${JSON.stringify(wantReactions)}`
+          )
         }
       }
       // (c): a subscriber that drops seqs it has delivered (as Session does) gets 1..n in order, no gap; and

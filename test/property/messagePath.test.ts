@@ -36,7 +36,15 @@
 import { assert, describe, layer } from "@effect/vitest"
 import { Effect } from "effect"
 import { checkOptions } from "./generators.ts"
-import { infraLayer, passivationScenario, runMessagePath, type Scenario, scenario, stallScenario } from "./harness.ts"
+import {
+  changesScenario,
+  infraLayer,
+  passivationScenario,
+  runMessagePath,
+  type Scenario,
+  scenario,
+  stallScenario
+} from "./harness.ts"
 
 const runs = (fallback: number) => Number(process.env.PROPERTY_RUNS ?? fallback)
 
@@ -56,6 +64,18 @@ describe("message path", () => {
           assert.deepStrictEqual(report.violations, [], explain(report, report.violations))
         }),
       { timeout: 240_000, arbitrary: checkOptions(runs(40), 70, 25) }
+    )
+
+    it.effect.prop(
+      "edits, deletes and reactions among the sends end in the history of the log applied once in seq order — through crashes, rebalances and store faults",
+      { scenario: changesScenario },
+      ({ scenario }) =>
+        Effect.gen(function* () {
+          const report = yield* runMessagePath(scenario)
+          if (process.env.PROPERTY_VERBOSE) console.log(JSON.stringify(report.counters))
+          assert.deepStrictEqual(report.violations, [], explain(report, report.violations))
+        }),
+      { timeout: 240_000, arbitrary: checkOptions(runs(30), 70, 25) }
     )
 
     it.effect.prop(
