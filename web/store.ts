@@ -67,8 +67,9 @@ export interface Reaction {
 export interface Timeline {
   /** Ascending seq, each seq once. */
   messages: Array<Message>
-  /** The seqs accounted for: the messages', the changes' seen live, and those history showed to be changes. */
   readonly seqs: Set<number>
+  /** The seqs of changes: seen live, or skipped by history (so not holes). */
+  readonly changeSeqs: Set<number>
   /** By message seq, in the order the emojis first appeared. */
   readonly reactions: Map<number, Array<Reaction>>
   /** The newest page has been fetched. */
@@ -585,6 +586,7 @@ export class Store {
       timeline = {
         messages: [],
         seqs: new Set(),
+        changeSeqs: new Set(),
         reactions: new Map(),
         loaded: false,
         hasOlder: true,
@@ -628,7 +630,7 @@ export class Store {
 
   /** History is authoritative: the seqs from..to it has no message for are changes. */
   private cover(timeline: Timeline, from: number, to: number) {
-    for (let seq = from; seq <= to; seq++) timeline.seqs.add(seq)
+    for (let seq = from; seq <= to; seq++) if (!timeline.seqs.has(seq)) timeline.changeSeqs.add(seq)
   }
 
   private async loadLatest(chatId: ChatId) {
@@ -686,15 +688,15 @@ export class Store {
     if (timeline === undefined || !timeline.loaded) return undefined
     const newest = this.newestSeq(timeline)
     for (let seq = timeline.messages[0]?.seq ?? newest; seq < newest; seq++) {
-      if (!timeline.seqs.has(seq + 1)) return seq
+      if (!timeline.seqs.has(seq + 1) && !timeline.changeSeqs.has(seq + 1)) return seq
     }
     return newest < (this.chats.get(chatId)?.lastSeq ?? 0) ? newest : undefined
   }
 
   /** The newest seq a timeline accounts for, message or change. */
   private newestSeq(timeline: Timeline) {
-    let newest = 0
-    for (const seq of timeline.seqs) if (seq > newest) newest = seq
+    let newest = timeline.messages.at(-1)?.seq ?? 0
+    for (const seq of timeline.changeSeqs) if (seq > newest) newest = seq
     return newest
   }
 
@@ -780,7 +782,7 @@ export class Store {
     const timeline = this.timelines.get(chatId)
     if (timeline?.loaded) {
       const newest = this.newestSeq(timeline)
-      timeline.seqs.add(seq)
+      timeline.changeSeqs.add(seq)
       const index = timeline.messages.findIndex((message) => message.seq === change.targetSeq)
       const message = timeline.messages[index]
       if (message !== undefined && message.deletedAt === undefined) apply(timeline, index, message)
