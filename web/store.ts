@@ -8,8 +8,9 @@
  * `chat_removed`, `chat_deleted`, `unread`) and is reloaded only when the
  * socket (re)opens. Every chat in the list is subscribed, so unread counts move live; the SDK
  * resubscribes from the last seq it delivered after a reconnect, and the
- * timeline keys messages by seq, so a message delivered twice shows once and
- * a hole (a gap the server could not fill) is fetched from history.
+ * timeline keys messages by seq, so a message delivered twice shows once, a
+ * hole is fetched from history, and after a gap the server could not fill
+ * the timeline is loaded again.
  *
  * Edits, deletes and reactions are changes with seqs of their own on the
  * chat's log (docs/protocol.md "Edits, deletes and reactions"): live, each is
@@ -268,14 +269,13 @@ export class Store {
         else void this.loadDetails(chatId)
       }),
       c.on("chat_deleted", ({ chatId }) => this.forget(chatId, "A chat was deleted")),
-      c.on("gap", ({ chatId, fromSeq }) => void this.fill(chatId, fromSeq - 1)),
+      // Missed seqs may be changes to any message shown, not only new messages: start again from history.
+      c.on("gap", ({ chatId }) => this.reload(chatId)),
       // The server's history of the chat is another one (it lost what we saw): start the timeline again from it.
       c.on("reset", ({ chatId, lastSeq }) => {
-        this.timelines.delete(chatId)
         const entry = this.chats.get(chatId)
         if (entry !== undefined) entry.lastSeq = lastSeq
-        if (this.activeChatId === chatId) void this.loadLatest(chatId)
-        this.changed()
+        this.reload(chatId)
       }),
       c.on("error", (error) => {
         // The session ended (its refresh token is dead): back to signing in.
@@ -596,6 +596,15 @@ export class Store {
       this.timelines.set(chatId, timeline)
     }
     return timeline
+  }
+
+  /** Drops what a timeline shows and loads it again from history, keeping what is being sent. */
+  private reload(chatId: ChatId) {
+    const pending = this.timelines.get(chatId)?.pending ?? []
+    this.timelines.delete(chatId)
+    this.timeline(chatId).pending = pending
+    if (this.activeChatId === chatId) void this.loadLatest(chatId)
+    this.changed()
   }
 
   /** Adds messages (any order, any overlap); answers whether any was new. */
