@@ -757,10 +757,7 @@ export class Store {
     this.bumpLastSeq(chatId, message.seq)
     const entry = this.chats.get(chatId)
     if (entry !== undefined) entry.activity = Math.max(entry.activity, Date.parse(message.createdAt) || Date.now())
-    if (entry !== undefined && message.authorId === this.user?.id && entry.lastReadSeq === message.seq - 1) {
-      // What I wrote myself is not unread.
-      entry.lastReadSeq = message.seq
-    }
+    if (entry !== undefined && message.authorId === this.user?.id) this.readOwn(entry, message.seq)
     this.typing.get(chatId)?.delete(message.authorId)
     const timeline = this.timelines.get(chatId)
     if (timeline?.loaded) {
@@ -786,8 +783,7 @@ export class Store {
     const { chatId, seq } = change
     this.bumpLastSeq(chatId, seq)
     const entry = this.chats.get(chatId)
-    // What I did myself is not unread.
-    if (entry !== undefined && change.userId === this.user?.id && entry.lastReadSeq === seq - 1) entry.lastReadSeq = seq
+    if (entry !== undefined && change.userId === this.user?.id) this.readOwn(entry, seq)
     const timeline = this.timelines.get(chatId)
     if (timeline?.loaded) {
       const newest = this.newestSeq(timeline)
@@ -826,6 +822,18 @@ export class Store {
 
   reactionsOf(chatId: ChatId, seq: number): ReadonlyArray<Reaction> {
     return this.timelines.get(chatId)?.reactions.get(seq) ?? []
+  }
+
+  /**
+   * What I wrote or changed myself is not unread, here or after a reload
+   * (the server counts every seq as unread until a read position passes it).
+   */
+  private readOwn(entry: ChatEntry, seq: number) {
+    if (entry.lastReadSeq !== seq - 1) return
+    entry.lastReadSeq = seq
+    this.client.markRead(entry.id, seq).catch(() => {
+      // The next read position covers it.
+    })
   }
 
   private onTyping(chatId: ChatId, userId: UserId) {
