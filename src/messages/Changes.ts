@@ -10,7 +10,7 @@
 import { Clock, Context, Duration, Effect, Layer, Option } from "effect"
 import { randomUUID } from "node:crypto"
 import { MessageStore, type MessageStoreError } from "../ports/MessageStore.ts"
-import type { ChatId, Message, MessageId, UserId } from "../schema/Domain.ts"
+import type { ChatId, Message, MessageId, Role, UserId } from "../schema/Domain.ts"
 import { Forbidden, NotFound, type RateLimited, Unavailable } from "../schema/Errors.ts"
 import { type ChangeRecord, changeIdOf } from "../schema/Records.ts"
 import { Membership } from "../state/Membership.ts"
@@ -97,7 +97,7 @@ export class Changes extends Context.Service<
         chatId: ChatId,
         seq: number,
         key: string | undefined,
-        allowed: (message: Message, role: "owner" | "admin" | "member") => boolean,
+        allowed: (message: Message, role: Role) => boolean,
         record: (id: MessageId, at: string) => ChangeRecord
       ) {
         yield* limits.take("send", userId)

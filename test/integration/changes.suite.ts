@@ -302,6 +302,18 @@ export const changesSuite = (mode: "embedded" | "cluster") => {
       await eventually(gone, [])
     })
 
+    it("the OpenAPI document describes the four calls, with the Idempotency-Key header", async () => {
+      const reply = await http.get("/openapi.json")
+      expectStatus(reply, 200)
+      const paths = reply.body.paths
+      const methods = (path: string) => Object.keys(paths[path] ?? {}).sort()
+      expect(methods("/v1/chats/{chatId}/messages/{seq}")).toEqual(["delete", "patch"])
+      expect(methods("/v1/chats/{chatId}/messages/{seq}/reactions/{emoji}")).toEqual(["delete", "put"])
+      const edit = paths["/v1/chats/{chatId}/messages/{seq}"].patch
+      expect(edit.parameters.map((p: any) => `${p.in}:${p.name}`)).toContain("header:idempotency-key")
+      expect(Object.keys(edit.responses)).toEqual(expect.arrayContaining(["202", "400", "403", "404"]))
+    })
+
     describe.concurrent("authorization", () => {
       it("a non-member gets 404 for every new call, the same as for a chat that does not exist", async () => {
         const [alice, stranger] = await Promise.all([register(), register()])

@@ -181,7 +181,10 @@ export const buildLog = (
       return
     }
     const last = chat.changes.at(-1)
-    if (op.retry === 9 && last !== undefined) return push(last)
+    if (op.retry === 9 && last !== undefined) {
+      push(last)
+      return
+    }
     if (chat.messages.length === 0) {
       records.push(undefined)
       return
@@ -191,22 +194,14 @@ export const buildLog = (
     const userId = UserId.make(`u${op.author}`)
     const id = changeIdOf(chatId, userId, `k${index}`)
     const emoji = emojis[(op.back >> 4) % emojis.length]!
-    switch (op.back % 4) {
-      case 0:
-        return push({
-          type: "message_edited",
-          chatId,
-          id,
-          targetSeq: target,
-          userId,
-          body: `edit ${index}`,
-          editedAt: at
-        })
-      case 1:
-        return push({ type: "message_deleted", chatId, id, targetSeq: target, userId, deletedAt: at })
-      default:
-        return push({ type: "reaction", chatId, id, targetSeq: target, userId, emoji, added: op.back % 4 === 2 })
-    }
+    const kind = op.back % 4
+    push(
+      kind === 0
+        ? { type: "message_edited", chatId, id, targetSeq: target, userId, body: `edit ${index}`, editedAt: at }
+        : kind === 1
+          ? { type: "message_deleted", chatId, id, targetSeq: target, userId, deletedAt: at }
+          : { type: "reaction", chatId, id, targetSeq: target, userId, emoji, added: kind === 2 }
+    )
   })
   return records
 }
