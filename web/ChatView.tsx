@@ -255,7 +255,7 @@ function MessageItem({
           <time dateTime={message.createdAt}>{timeOf(message.createdAt)}</time>
         </div>
       )}
-      {editing ? (
+      {editing && !deleted ? (
         <Editor store={store} chatId={chatId} message={message} onDone={() => setEditing(false)} />
       ) : (
         <div class="line">
