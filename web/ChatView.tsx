@@ -1,14 +1,19 @@
 /**
  * One chat: its messages (older pages load as you scroll up; the view stays
  * pinned to the bottom while you are there), who is typing, read receipts,
- * the composer, and the members panel.
+ * the composer, and the members panel. Each message can be reacted to, and
+ * edited or deleted by whoever may (its author; the owner and admins delete
+ * anyone's).
  */
-import { useLayoutEffect, useRef, useState } from "preact/hooks"
-import { timeOf, useStore } from "./hooks.ts"
+import type { Message } from "../src/client/index.ts"
+import { useEffect, useLayoutEffect, useRef, useState } from "preact/hooks"
+import { errorText, timeOf, useStore } from "./hooks.ts"
 import { Members } from "./Members.tsx"
 import type { Store } from "./store.ts"
 
 const typingEvery = 2_000
+/** What the reaction picker offers (any reaction someone made shows, and can be joined, from its chip). */
+const pickable = ["👍", "❤️", "😂", "🎉", "😮", "😢"]
 
 export function ChatView({
   store,
@@ -69,7 +74,6 @@ export function ChatView({
   const receipts = store.receipts(chatId)
   const typists = store.typists(chatId)
   const online = chat?.members.filter((member) => store.isOnline(chatId, member.userId)).length ?? 0
-  const me = store.user?.id
 
   return (
     <>
@@ -111,34 +115,16 @@ export function ChatView({
                 previous !== undefined &&
                 previous.authorId === message.authorId &&
                 Date.parse(message.createdAt) - Date.parse(previous.createdAt) < 5 * 60_000
-              const mine = message.authorId === me
               const readers = receipts.get(message.seq)
               return (
-                <div
+                <MessageItem
                   key={message.seq}
-                  class={`message${mine ? " mine" : ""}${grouped ? " grouped" : ""}`}
-                  data-testid="message"
-                  data-seq={message.seq}
-                  data-author-id={message.authorId}
-                  data-mine={mine}
-                >
-                  {!grouped && (
-                    <div class="meta">
-                      <span class="author" data-testid="message-author">
-                        {store.nameOf(message.authorId)}
-                      </span>
-                      <time dateTime={message.createdAt}>{timeOf(message.createdAt)}</time>
-                    </div>
-                  )}
-                  <div class="bubble" data-testid="message-body" title={new Date(message.createdAt).toLocaleString()}>
-                    {message.body}
-                  </div>
-                  {readers !== undefined && (
-                    <div class="receipt" data-testid="read-receipt">
-                      Seen by {readers.map((userId) => store.nameOf(userId)).join(", ")}
-                    </div>
-                  )}
-                </div>
+                  store={store}
+                  chatId={chatId}
+                  message={message}
+                  grouped={grouped}
+                  readers={readers}
+                />
               )
             })}
             {timeline.pending.map((pending) => (
@@ -225,6 +211,221 @@ function Composer({ store, chatId, onSent }: { store: Store; chatId: string; onS
       <button type="submit" class="primary" data-testid="composer-send" disabled={text.trim() === ""}>
         Send
       </button>
+    </form>
+  )
+}
+
+function MessageItem({
+  store,
+  chatId,
+  message,
+  grouped,
+  readers
+}: {
+  store: Store
+  chatId: string
+  message: Message
+  grouped: boolean
+  readers: ReadonlyArray<string> | undefined
+}) {
+  const [editing, setEditing] = useState(false)
+  const [picking, setPicking] = useState(false)
+  const mine = message.authorId === store.user?.id
+  const deleted = message.deletedAt !== undefined
+  const reactions = store.reactionsOf(chatId, message.seq)
+  const react = (emoji: string) => {
+    setPicking(false)
+    void store.toggleReaction(chatId, message.seq, emoji)
+  }
+
+  return (
+    <div
+      class={`message${mine ? " mine" : ""}${grouped ? " grouped" : ""}${deleted ? " deleted" : ""}`}
+      data-testid="message"
+      data-seq={message.seq}
+      data-author-id={message.authorId}
+      data-mine={mine}
+      data-deleted={deleted}
+    >
+      {!grouped && (
+        <div class="meta">
+          <span class="author" data-testid="message-author">
+            {store.nameOf(message.authorId)}
+          </span>
+          <time dateTime={message.createdAt}>{timeOf(message.createdAt)}</time>
+        </div>
+      )}
+      {editing && !deleted ? (
+        <Editor store={store} chatId={chatId} message={message} onDone={() => setEditing(false)} />
+      ) : (
+        <div class="line">
+          {deleted ? (
+            <div class="bubble tombstone" data-testid="message-tombstone">
+              This message was deleted
+            </div>
+          ) : (
+            <div class="bubble" data-testid="message-body" title={new Date(message.createdAt).toLocaleString()}>
+              {message.body}
+            </div>
+          )}
+          {!deleted && (
+            <div class="actions">
+              <button
+                type="button"
+                class="link"
+                data-testid="message-react"
+                title="Add a reaction"
+                onClick={() => setPicking(!picking)}
+              >
+                ☺
+              </button>
+              {store.canEdit(message) && (
+                <button type="button" class="link" data-testid="message-edit" onClick={() => setEditing(true)}>
+                  Edit
+                </button>
+              )}
+              {store.canDelete(chatId, message) && (
+                <button
+                  type="button"
+                  class="link danger"
+                  data-testid="message-delete"
+                  onClick={() => {
+                    if (confirm("Delete this message for everyone?")) void store.deleteMessage(chatId, message.seq)
+                  }}
+                >
+                  Delete
+                </button>
+              )}
+            </div>
+          )}
+        </div>
+      )}
+      {picking && !deleted && (
+        <div class="picker" data-testid="reaction-picker">
+          {pickable.map((emoji) => (
+            <button
+              type="button"
+              key={emoji}
+              class="pick"
+              data-testid="reaction-pick"
+              data-emoji={emoji}
+              onClick={() => react(emoji)}
+            >
+              {emoji}
+            </button>
+          ))}
+        </div>
+      )}
+      {(reactions.length > 0 || (message.editedAt !== undefined && !deleted)) && (
+        <div class="reactions">
+          {reactions.map((reaction) => (
+            <button
+              type="button"
+              key={reaction.emoji}
+              class={`reaction${reaction.me ? " me" : ""}`}
+              data-testid="reaction"
+              data-emoji={reaction.emoji}
+              data-count={reaction.count}
+              data-me={reaction.me}
+              title={reaction.me ? "Take your reaction back" : "React with this too"}
+              onClick={() => react(reaction.emoji)}
+            >
+              {reaction.emoji} {reaction.count}
+            </button>
+          ))}
+          {message.editedAt !== undefined && !deleted && (
+            <small class="edited" data-testid="message-edited" title={new Date(message.editedAt).toLocaleString()}>
+              (edited)
+            </small>
+          )}
+        </div>
+      )}
+      {readers !== undefined && (
+        <div class="receipt" data-testid="read-receipt">
+          Seen by {readers.map((userId) => store.nameOf(userId)).join(", ")}
+        </div>
+      )}
+    </div>
+  )
+}
+
+/** The inline editor: Enter saves, Escape (or Cancel) leaves the message as it was. */
+function Editor({
+  store,
+  chatId,
+  message,
+  onDone
+}: {
+  store: Store
+  chatId: string
+  message: Message
+  onDone: () => void
+}) {
+  const [text, setText] = useState(message.body ?? "")
+  const [saving, setSaving] = useState(false)
+  const [error, setError] = useState<string | undefined>(undefined)
+  const input = useRef<HTMLTextAreaElement>(null)
+  useEffect(() => {
+    input.current?.focus()
+  }, [])
+
+  const save = async () => {
+    const body = text.trim()
+    if (body === "" || saving) return
+    if (body === message.body) return onDone()
+    setSaving(true)
+    setError(undefined)
+    try {
+      await store.editMessage(chatId, message.seq, body)
+      onDone()
+    } catch (failure) {
+      setError(errorText(failure))
+      setSaving(false)
+    }
+  }
+
+  return (
+    <form
+      class="editor"
+      data-testid="message-editor"
+      onSubmit={(e) => {
+        e.preventDefault()
+        void save()
+      }}
+    >
+      <textarea
+        data-testid="message-editor-input"
+        rows={1}
+        maxLength={4000}
+        value={text}
+        disabled={saving}
+        ref={input}
+        onInput={(e) => setText(e.currentTarget.value)}
+        onKeyDown={(e) => {
+          if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+            e.preventDefault()
+            void save()
+          } else if (e.key === "Escape") onDone()
+        }}
+      />
+      <div class="editor-buttons">
+        {error !== undefined && (
+          <span class="error" role="alert">
+            {error}
+          </span>
+        )}
+        <button type="button" class="small" onClick={onDone} disabled={saving}>
+          Cancel
+        </button>
+        <button
+          type="submit"
+          class="small primary"
+          data-testid="message-editor-save"
+          disabled={saving || text.trim() === ""}
+        >
+          Save
+        </button>
+      </div>
     </form>
   )
 }

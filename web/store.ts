@@ -8,15 +8,21 @@
  * `chat_removed`, `chat_deleted`, `unread`) and is reloaded only when the
  * socket (re)opens. Every chat in the list is subscribed, so unread counts move live; the SDK
  * resubscribes from the last seq it delivered after a reconnect, and the
- * timeline keys messages by seq, so a message delivered twice shows once and
- * a hole (a gap the server could not fill) is fetched from history.
+ * timeline keys messages by seq, so a message delivered twice shows once, a
+ * hole is fetched from history, and after a gap the server could not fill
+ * the timeline is loaded again.
+ *
+ * Edits, deletes and reactions are changes with seqs of their own on the
+ * chat's log (docs/protocol.md "Edits, deletes and reactions"): live, each is
+ * applied to its message in a loaded timeline; history shows every message
+ * as it is now, and the seqs it skips are changes, not holes.
  */
 import {
   type Chat,
   type ChatSummary,
   createClient,
   type HarmonyClient,
-  type Message,
+  Message,
   newClientMsgId,
   type Role,
   type Session,
@@ -49,10 +55,24 @@ export interface Pending {
   failed?: string
 }
 
+/** One emoji's reactions on a message, as this page sees them. */
+export interface Reaction {
+  readonly emoji: string
+  count: number
+  /** The user reacted with it. */
+  me: boolean
+  /** Others' reactions seen live (true: has it), so a repeated add or remove counts once, as on the server. */
+  readonly others: Map<UserId, boolean>
+}
+
 export interface Timeline {
   /** Ascending seq, each seq once. */
   messages: Array<Message>
   readonly seqs: Set<number>
+  /** The seqs of changes: seen live, or skipped by history (so not holes). */
+  readonly changeSeqs: Set<number>
+  /** By message seq, in the order the emojis first appeared. */
+  readonly reactions: Map<number, Array<Reaction>>
   /** The newest page has been fetched. */
   loaded: boolean
   hasOlder: boolean
@@ -201,6 +221,23 @@ export class Store {
         this.changed()
       }),
       c.on("message", (message) => this.onMessage(message)),
+      c.on("message_edited", (change) =>
+        this.onChange(change, (timeline, index, message) => {
+          timeline.messages[index] = new Message({ ...message, body: change.body, editedAt: change.editedAt })
+        })
+      ),
+      c.on("message_deleted", (change) =>
+        this.onChange(change, (timeline, index, message) => {
+          const { body: _body, editedAt: _editedAt, reactions: _reactions, ...rest } = message
+          timeline.messages[index] = new Message({ ...rest, deletedAt: change.deletedAt })
+          timeline.reactions.delete(message.seq)
+        })
+      ),
+      c.on("reaction", (change) =>
+        this.onChange(change, (timeline, _index, message) =>
+          this.applyReaction(timeline, message.seq, change.userId, change.emoji, change.added)
+        )
+      ),
       c.on("typing", ({ chatId, userId }) => this.onTyping(chatId, userId)),
       c.on("read", ({ chatId, userId, seq }) => this.onRead(chatId, userId, seq)),
       c.on("presence", ({ chatId, online }) => {
@@ -232,14 +269,13 @@ export class Store {
         else void this.loadDetails(chatId)
       }),
       c.on("chat_deleted", ({ chatId }) => this.forget(chatId, "A chat was deleted")),
-      c.on("gap", ({ chatId, fromSeq }) => void this.fill(chatId, fromSeq - 1)),
+      // Missed seqs may be changes to any message shown, not only new messages: start again from history.
+      c.on("gap", ({ chatId }) => this.reload(chatId)),
       // The server's history of the chat is another one (it lost what we saw): start the timeline again from it.
       c.on("reset", ({ chatId, lastSeq }) => {
-        this.timelines.delete(chatId)
         const entry = this.chats.get(chatId)
         if (entry !== undefined) entry.lastSeq = lastSeq
-        if (this.activeChatId === chatId) void this.loadLatest(chatId)
-        this.changed()
+        this.reload(chatId)
       }),
       c.on("error", (error) => {
         // The session ended (its refresh token is dead): back to signing in.
@@ -547,10 +583,28 @@ export class Store {
   timeline(chatId: ChatId): Timeline {
     let timeline = this.timelines.get(chatId)
     if (timeline === undefined) {
-      timeline = { messages: [], seqs: new Set(), loaded: false, hasOlder: true, loadingOlder: false, pending: [] }
+      timeline = {
+        messages: [],
+        seqs: new Set(),
+        changeSeqs: new Set(),
+        reactions: new Map(),
+        loaded: false,
+        hasOlder: true,
+        loadingOlder: false,
+        pending: []
+      }
       this.timelines.set(chatId, timeline)
     }
     return timeline
+  }
+
+  /** Drops what a timeline shows and loads it again from history, keeping what is being sent. */
+  private reload(chatId: ChatId) {
+    const pending = this.timelines.get(chatId)?.pending ?? []
+    this.timelines.delete(chatId)
+    this.timeline(chatId).pending = pending
+    if (this.activeChatId === chatId) void this.loadLatest(chatId)
+    this.changed()
   }
 
   /** Adds messages (any order, any overlap); answers whether any was new. */
@@ -561,6 +615,12 @@ export class Store {
       if (timeline.seqs.has(message.seq)) continue
       timeline.seqs.add(message.seq)
       timeline.messages.push(message)
+      if (message.reactions !== undefined && message.reactions.length > 0) {
+        timeline.reactions.set(
+          message.seq,
+          message.reactions.map(({ emoji, count, me }) => ({ emoji, count, me, others: new Map() }))
+        )
+      }
       added = true
       if (message.authorId === this.user?.id) {
         timeline.pending = timeline.pending.filter((pending) => pending.clientMsgId !== message.clientMsgId)
@@ -577,11 +637,19 @@ export class Store {
     return added
   }
 
+  /** History is authoritative: the seqs from..to it has no message for are changes. */
+  private cover(timeline: Timeline, from: number, to: number) {
+    for (let seq = from; seq <= to; seq++) if (!timeline.seqs.has(seq)) timeline.changeSeqs.add(seq)
+  }
+
   private async loadLatest(chatId: ChatId) {
     const timeline = this.timeline(chatId)
+    const lastSeq = this.chats.get(chatId)?.lastSeq ?? 0
     try {
       const page = await this.client.history(chatId, { limit: 50 })
       this.insert(chatId, page.messages)
+      const oldest = page.messages[0]?.seq
+      if (oldest !== undefined) this.cover(timeline, oldest, Math.max(lastSeq, page.messages.at(-1)!.seq))
       timeline.loaded = true
       timeline.hasOlder = page.next !== null && (timeline.messages[0]?.seq ?? 1) > 1
       this.bumpLastSeq(chatId, timeline.messages.at(-1)?.seq ?? 0)
@@ -608,6 +676,8 @@ export class Store {
     try {
       const page = await this.client.history(chatId, { before: oldest, limit: 50 })
       this.insert(chatId, page.messages)
+      const first = page.messages[0]?.seq
+      if (first !== undefined) this.cover(timeline, first, oldest - 1)
       timeline.hasOlder = page.next !== null && (timeline.messages[0]?.seq ?? 1) > 1
     } catch (error) {
       this.say(`Could not load older messages: ${errorText(error)}`)
@@ -625,12 +695,18 @@ export class Store {
   private firstHole(chatId: ChatId): number | undefined {
     const timeline = this.timelines.get(chatId)
     if (timeline === undefined || !timeline.loaded) return undefined
-    const messages = timeline.messages
-    for (let i = 1; i < messages.length; i++) {
-      if (messages[i]!.seq !== messages[i - 1]!.seq + 1) return messages[i - 1]!.seq
+    const newest = this.newestSeq(timeline)
+    for (let seq = timeline.messages[0]?.seq ?? newest; seq < newest; seq++) {
+      if (!timeline.seqs.has(seq + 1) && !timeline.changeSeqs.has(seq + 1)) return seq
     }
-    const newest = messages.at(-1)?.seq ?? 0
     return newest < (this.chats.get(chatId)?.lastSeq ?? 0) ? newest : undefined
+  }
+
+  /** The newest seq a timeline accounts for, message or change. */
+  private newestSeq(timeline: Timeline) {
+    let newest = timeline.messages.at(-1)?.seq ?? 0
+    for (const seq of timeline.changeSeqs) if (seq > newest) newest = seq
+    return newest
   }
 
   /** Fills holes from history; the store may lag live delivery a little, so it tries again for a while. */
@@ -649,6 +725,7 @@ export class Store {
     const timeline = this.timelines.get(chatId)
     if (timeline === undefined || !timeline.loaded || this.filling.has(chatId)) return
     this.filling.add(chatId)
+    const lastSeq = this.chats.get(chatId)?.lastSeq ?? 0
     try {
       let after = afterSeq
       for (let pages = 0; pages < 100; pages++) {
@@ -656,7 +733,10 @@ export class Store {
         this.insert(chatId, page.messages)
         const newest = page.messages.at(-1)?.seq
         if (newest !== undefined) this.bumpLastSeq(chatId, newest)
-        if (page.next === null || newest === undefined) break
+        const end = page.next === null || newest === undefined
+        // Up to the end, history has every message the chat had when we asked: the rest are changes.
+        this.cover(timeline, after + 1, end ? Math.max(lastSeq, newest ?? 0) : newest)
+        if (end) break
         after = newest
       }
     } catch (error) {
@@ -677,14 +757,11 @@ export class Store {
     this.bumpLastSeq(chatId, message.seq)
     const entry = this.chats.get(chatId)
     if (entry !== undefined) entry.activity = Math.max(entry.activity, Date.parse(message.createdAt) || Date.now())
-    if (entry !== undefined && message.authorId === this.user?.id && entry.lastReadSeq === message.seq - 1) {
-      // What I wrote myself is not unread.
-      entry.lastReadSeq = message.seq
-    }
+    if (entry !== undefined && message.authorId === this.user?.id) this.readOwn(entry, message.seq)
     this.typing.get(chatId)?.delete(message.authorId)
     const timeline = this.timelines.get(chatId)
     if (timeline?.loaded) {
-      const newest = timeline.messages.at(-1)?.seq ?? 0
+      const newest = this.newestSeq(timeline)
       this.insert(chatId, [message])
       if (message.seq > newest + 1) this.repair(chatId)
     } else if (timeline !== undefined && message.authorId === this.user?.id) {
@@ -692,6 +769,71 @@ export class Store {
     }
     if (chatId === this.activeChatId) this.markRead(chatId)
     this.changed()
+  }
+
+  /**
+   * A change to a message, live (in seq order among the messages): applied
+   * to its message if the timeline has it; a timeline loaded later shows it
+   * from history. A change to a deleted message changes nothing, as on the server.
+   */
+  private onChange(
+    change: { readonly chatId: ChatId; readonly seq: number; readonly targetSeq: number; readonly userId: UserId },
+    apply: (timeline: Timeline, index: number, message: Message) => void
+  ) {
+    const { chatId, seq } = change
+    this.bumpLastSeq(chatId, seq)
+    const entry = this.chats.get(chatId)
+    if (entry !== undefined && change.userId === this.user?.id) this.readOwn(entry, seq)
+    const timeline = this.timelines.get(chatId)
+    if (timeline?.loaded) {
+      const newest = this.newestSeq(timeline)
+      timeline.changeSeqs.add(seq)
+      const index = timeline.messages.findIndex((message) => message.seq === change.targetSeq)
+      const message = timeline.messages[index]
+      if (message !== undefined && message.deletedAt === undefined) apply(timeline, index, message)
+      if (seq > newest + 1) this.repair(chatId)
+    }
+    if (chatId === this.activeChatId) this.markRead(chatId)
+    this.changed()
+  }
+
+  /** Adding a reaction one has, or removing one one has not, changes nothing (the server does the same). */
+  private applyReaction(timeline: Timeline, seq: number, userId: UserId, emoji: string, added: boolean) {
+    const reactions = timeline.reactions.get(seq) ?? []
+    let reaction = reactions.find((candidate) => candidate.emoji === emoji)
+    if (reaction === undefined) {
+      if (!added) return
+      reaction = { emoji, count: 0, me: false, others: new Map() }
+      reactions.push(reaction)
+      timeline.reactions.set(seq, reactions)
+    }
+    const mine = userId === this.user?.id
+    // Someone not seen live since the load: history counted them if they had it.
+    const had = mine ? reaction.me : (reaction.others.get(userId) ?? !added)
+    if (had === added) return
+    if (mine) reaction.me = added
+    else reaction.others.set(userId, added)
+    reaction.count += added ? 1 : -1
+    if (reaction.count <= 0) {
+      reactions.splice(reactions.indexOf(reaction), 1)
+      if (reactions.length === 0) timeline.reactions.delete(seq)
+    }
+  }
+
+  reactionsOf(chatId: ChatId, seq: number): ReadonlyArray<Reaction> {
+    return this.timelines.get(chatId)?.reactions.get(seq) ?? []
+  }
+
+  /**
+   * What I wrote or changed myself is not unread, here or after a reload
+   * (the server counts every seq as unread until a read position passes it).
+   */
+  private readOwn(entry: ChatEntry, seq: number) {
+    if (entry.lastReadSeq !== seq - 1) return
+    entry.lastReadSeq = seq
+    this.client.markRead(entry.id, seq).catch(() => {
+      // The next read position covers it.
+    })
   }
 
   private onTyping(chatId: ChatId, userId: UserId) {
@@ -808,6 +950,45 @@ export class Store {
     const timeline = this.timeline(chatId)
     timeline.pending = timeline.pending.filter((pending) => pending.clientMsgId !== clientMsgId)
     this.changed()
+  }
+
+  // --- edits, deletes and reactions ---------------------------------------------------------
+  //
+  // Each shows when its frame comes back (the SDK retries a transient failure
+  // with the same Idempotency-Key); the promise settles with the server's 202.
+
+  /** The user's own messages only. */
+  canEdit(message: Message) {
+    return message.authorId === this.user?.id && message.deletedAt === undefined
+  }
+
+  /** The user's own messages, and anyone's for the chat's owner and admins. */
+  canDelete(chatId: ChatId, message: Message) {
+    const role = this.chats.get(chatId)?.role
+    return message.deletedAt === undefined && (this.canEdit(message) || role === "owner" || role === "admin")
+  }
+
+  async editMessage(chatId: ChatId, seq: number, body: string) {
+    await this.client.editMessage(chatId, seq, body)
+  }
+
+  async deleteMessage(chatId: ChatId, seq: number) {
+    try {
+      await this.client.deleteMessage(chatId, seq)
+    } catch (error) {
+      this.say(`Could not delete the message: ${errorText(error)}`)
+    }
+  }
+
+  /** Adds the user's reaction, or takes it back if they have it. */
+  async toggleReaction(chatId: ChatId, seq: number, emoji: string) {
+    const mine = this.reactionsOf(chatId, seq).some((reaction) => reaction.emoji === emoji && reaction.me)
+    try {
+      if (mine) await this.client.unreact(chatId, seq, emoji)
+      else await this.client.react(chatId, seq, emoji)
+    } catch (error) {
+      this.say(`Could not ${mine ? "remove the" : "add a"} reaction: ${errorText(error)}`)
+    }
   }
 
   typingIn(chatId: ChatId) {

@@ -4,7 +4,9 @@
  * users in two browser contexts. They sign up, create a chat, exchange
  * messages, see each other typing and their read receipts; one reloads and
  * scrolls back through the whole history; the server restarts under them and
- * both pages reconnect by themselves, with nothing lost or doubled.
+ * both pages reconnect by themselves, with nothing lost or doubled. Alice
+ * edits, reacts to and deletes messages, and bob's page shows each change
+ * live, and the same after a reload.
  *
  * Screenshots of each step go to .test-results/screenshots (CI's artifacts),
  * and of both pages whenever a step fails. Chromium comes from
@@ -450,6 +452,148 @@ describe("web client (chromium)", () => {
     await until("alice's unread count clears", async () => (await alicesItem.getAttribute("data-unread")) === "0")
     await shoot(alice, "11-alice-direct-chat")
   }, 120_000)
+
+  it("alice edits, reacts to and deletes messages; bob sees each change live, and the same after a reload", async () => {
+    onFailure()
+    for (const page of [alice, bob]) {
+      await page.locator(`[data-testid=chat-item][data-chat-id="${chatId}"]`).click()
+      await until("the group is open", async () => (await textOf(page, "chat-title")) === "Project Harmony")
+    }
+    const send = async (page: Page, body: string) => {
+      await page.locator("[data-testid=composer-input]").fill(body)
+      await page.locator("[data-testid=composer-input]").press("Enter")
+      for (const other of [alice, bob]) await until(`"${body}" arrives`, () => showsMessage(other, body))
+      const seq = await page
+        .locator("[data-testid=message]", { has: page.locator("[data-testid=message-body]", { hasText: body }) })
+        .getAttribute("data-seq")
+      return Number(seq)
+    }
+    const messageAt = (page: Page, seq: number) => page.locator(`[data-testid=message][data-seq="${seq}"]`)
+    const bodyAt = async (page: Page, seq: number) =>
+      (await messageAt(page, seq).locator("[data-testid=message-body]").textContent({ timeout: 1_000 })) ?? ""
+    /** The reaction chips under a message: "emoji count" and whether they are the viewer's own ("+"). */
+    const reactionsAt = (page: Page, seq: number) =>
+      messageAt(page, seq)
+        .locator("[data-testid=reaction]")
+        .evaluateAll((nodes) =>
+          nodes.map(
+            (node) =>
+              `${node.getAttribute("data-emoji")} ${node.getAttribute("data-count")}${node.getAttribute("data-me") === "true" ? "+" : ""}`
+          )
+        )
+    const react = async (page: Page, seq: number, emoji: string) => {
+      await messageAt(page, seq).hover()
+      await messageAt(page, seq).locator("[data-testid=message-react]").click()
+      await messageAt(page, seq).locator(`[data-testid=reaction-pick][data-emoji="${emoji}"]`).click()
+    }
+    const remove = async (page: Page, seq: number) => {
+      page.once("dialog", (dialog) => void dialog.accept())
+      await messageAt(page, seq).hover()
+      await messageAt(page, seq).locator("[data-testid=message-delete]").click()
+    }
+
+    const kept = await send(alice, "Edits and reactions ship tday")
+    const mistake = await send(bob, "Oops, wrong chat")
+    // Bob may neither edit nor delete alice's message; alice, the owner, may delete bob's but not edit it.
+    expect(await messageAt(bob, kept).locator("[data-testid=message-edit]").count()).toBe(0)
+    expect(await messageAt(bob, kept).locator("[data-testid=message-delete]").count()).toBe(0)
+    expect(await messageAt(alice, mistake).locator("[data-testid=message-edit]").count()).toBe(0)
+    expect(await messageAt(alice, mistake).locator("[data-testid=message-delete]").count()).toBe(1)
+
+    // Alice fixes her typo in the inline editor.
+    await messageAt(alice, kept).hover()
+    await messageAt(alice, kept).locator("[data-testid=message-edit]").click()
+    await alice.locator("[data-testid=message-editor-input]").fill("Edits and reactions ship today")
+    await shoot(alice, "12-alice-edits")
+    await alice.locator("[data-testid=message-editor-input]").press("Enter")
+    await alice.locator("[data-testid=message-editor]").waitFor({ state: "detached" })
+    for (const page of [alice, bob]) {
+      await until("the edit shows", async () => (await bodyAt(page, kept)) === "Edits and reactions ship today")
+      await messageAt(page, kept).locator("[data-testid=message-edited]").waitFor()
+    }
+
+    // Reactions: alice's own shows highlighted for her, not for bob; bob joins in and takes his back.
+    await react(alice, kept, "🎉")
+    await until("bob sees alice's reaction", async () => (await reactionsAt(bob, kept)).join() === "🎉 1")
+    await until("alice's own reaction is highlighted", async () => (await reactionsAt(alice, kept)).join() === "🎉 1+")
+    await react(bob, kept, "🎉")
+    await until("bob's joins it", async () => (await reactionsAt(bob, kept)).join() === "🎉 2+")
+    await until("alice sees two", async () => (await reactionsAt(alice, kept)).join() === "🎉 2+")
+    await messageAt(bob, kept).locator('[data-testid=reaction][data-emoji="🎉"]').click()
+    await until("bob took his back", async () => (await reactionsAt(alice, kept)).join() === "🎉 1+")
+    await react(alice, kept, "👍")
+    await until("bob sees alice's second reaction", async () => (await reactionsAt(bob, kept)).join() === "🎉 1,👍 1")
+    await shoot(bob, "13-bob-sees-edit-and-reactions")
+
+    // The owner deletes bob's message: a tombstone for both.
+    await remove(alice, mistake)
+    for (const page of [alice, bob]) {
+      await messageAt(page, mistake).locator("[data-testid=message-tombstone]").waitFor()
+      expect(await messageAt(page, mistake).getAttribute("data-deleted")).toBe("true")
+    }
+    // Alice deletes a message of her own that has a reaction: its reactions go with it.
+    const gone = await send(alice, "This one will go")
+    await react(bob, gone, "😮")
+    await until("alice sees bob's reaction", async () => (await reactionsAt(alice, gone)).join() === "😮 1")
+    await remove(alice, gone)
+    await until("bob sees the tombstone without reactions", async () => {
+      const message = messageAt(bob, gone)
+      return (
+        (await message.locator("[data-testid=message-tombstone]").count()) === 1 &&
+        (await message.locator("[data-testid=reaction]").count()) === 0
+      )
+    })
+    await shoot(bob, "14-bob-sees-deletes")
+
+    // After a reload bob's page shows the same, from history. The seqs history skips are changes, not
+    // holes to fill: one page of it is all the page asks for (a refill would come again and again).
+    const historyCalls: Array<string> = []
+    const onRequest = (request: { method(): string; url(): string }) => {
+      if (request.method() === "GET" && request.url().includes(`/v1/chats/${chatId}/messages`)) {
+        historyCalls.push(request.url())
+      }
+    }
+    bob.on("request", onRequest)
+    await bob.reload()
+    await until("bob's session resumes after the reload", async () => (await statusOf(bob)) === "open")
+    await until(
+      "bob's reloaded page shows the edit",
+      async () => (await bodyAt(bob, kept)) === "Edits and reactions ship today"
+    )
+    await messageAt(bob, kept).locator("[data-testid=message-edited]").waitFor()
+    expect(await reactionsAt(bob, kept)).toEqual(["🎉 1", "👍 1"])
+    for (const seq of [mistake, gone]) {
+      await messageAt(bob, seq).locator("[data-testid=message-tombstone]").waitFor()
+      expect(await messageAt(bob, seq).locator("[data-testid=message-body]").count()).toBe(0)
+      expect(await messageAt(bob, seq).locator("[data-testid=reaction]").count()).toBe(0)
+    }
+    // The changes' seqs count as read once seen: nothing is left unread.
+    await until(
+      "bob's list shows the group all read",
+      async () =>
+        (await bob.locator(`[data-testid=chat-item][data-chat-id="${chatId}"]`).getAttribute("data-unread")) === "0"
+    )
+    // Bob reacts after the reload: his page knew the count from history and adds to it.
+    await react(bob, kept, "👍")
+    for (const [page, shown] of [
+      [bob, "🎉 1,👍 2+"],
+      [alice, "🎉 1+,👍 2+"]
+    ] as const) {
+      await until("the reaction after the reload counts", async () => (await reactionsAt(page, kept)).join() === shown)
+    }
+    // What bob did himself is not unread for him: his page told the server so (it counts every seq).
+    const bobsToken = await accessTokenOf(bob)
+    await until("the server has bob's group read up to his own reaction", async () => {
+      const list = await api(harmony!.url).get("/v1/me/chats", { token: bobsToken })
+      const group = (list.body.chats as Array<{ id: string; lastSeq: number; lastReadSeq: number }>).find(
+        (chat) => chat.id === chatId
+      )
+      return group !== undefined && group.lastSeq === group.lastReadSeq
+    })
+    bob.off("request", onRequest)
+    expect(historyCalls.length, historyCalls.join("\n")).toBeLessThanOrEqual(2)
+    await shoot(bob, "15-bob-after-reload")
+  }, 180_000)
 
   it("no page threw an uncaught exception", () => {
     expect(pageErrors).toEqual([])
