@@ -27,7 +27,7 @@
  * light load, short faults, one fault of each kind.
  */
 import { randomUUID } from "node:crypto"
-import { mkdirSync, writeFileSync } from "node:fs"
+import { mkdirSync, rmSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
 import { type Exit, repoRoot } from "../support/harmony.ts"
@@ -100,11 +100,17 @@ interface Fault {
 describe("chaos", { timeout: full ? 2_400_000 : 600_000 }, () => {
   const opened = new Set<WsClient>()
   const nodes: Array<Node> = []
+  /** Every node process started, restarts included: their logs go to .test-results/chaos-logs. */
+  const started: Array<Node> = []
   let proxy: Toxiproxy | undefined
   let services: Services | undefined
   afterAll(async () => {
     for (const ws of opened) ws.close()
     await Promise.all(nodes.map((node) => node.harmony.stop("SIGKILL")))
+    const logs = join(repoRoot, ".test-results", "chaos-logs")
+    rmSync(logs, { recursive: true, force: true })
+    mkdirSync(logs, { recursive: true })
+    for (const [i, node] of started.entries()) writeFileSync(join(logs, `${i}-${node.name}.log`), node.harmony.logs())
     await proxy?.stop()
     await services?.down()
   })
@@ -125,7 +131,12 @@ describe("chaos", { timeout: full ? 2_400_000 : 600_000 }, () => {
       SEND_TIMEOUT: "4 seconds"
     }
     const names = Array.from({ length: profile.nodes }, (_, i) => `n${i}`)
-    for (const node of await Promise.all(names.map((name) => startNode(name, env)))) nodes.push(node)
+    const launch = async (name: string) => {
+      const node = await startNode(name, env)
+      started.push(node)
+      return node
+    }
+    for (const node of await Promise.all(names.map(launch))) nodes.push(node)
     const live = () => nodes.filter((node) => !node.harmony.exited())
     const notes: Array<string> = []
     const terms: Array<{ node: string; exit: Exit; ms: number }> = []
@@ -138,7 +149,7 @@ describe("chaos", { timeout: full ? 2_400_000 : 600_000 }, () => {
       notes.push(`${node.name} ${signal}: exited (code ${exit.code}, signal ${exit.signal}) after ${ms} ms`)
     }
     const start = async (index: number) => {
-      nodes[index] = await startNode(nodes[index]!.name, env)
+      nodes[index] = await launch(nodes[index]!.name)
     }
     const restart = async (index: number, signal: NodeJS.Signals) => {
       await stop(index, signal)
@@ -210,17 +221,34 @@ describe("chaos", { timeout: full ? 2_400_000 : 600_000 }, () => {
       }
     }
     // Each send has at most one request in flight: an unacknowledged one is
-    // sent again (same clientMsgId) once its answer came back without an ack.
+    // sent again (same clientMsgId) once its answer came back without an ack,
+    // after a backoff of its own, as the SDK does (jittered, 250 ms doubling
+    // up to 10 s; a reconnect retries every pending send at once).
     const drive = async (client: ChatClient, pinned?: number) => {
       const inFlight = new Set<string>()
+      const notBefore = new Map<string, { at: number; delay: number }>()
       const send = (clientMsgId: string) => {
         if (inFlight.has(clientMsgId)) return
         inFlight.add(clientMsgId)
-        void client.send(client.chats[0]!, clientMsgId).finally(() => inFlight.delete(clientMsgId))
+        void client.send(client.chats[0]!, clientMsgId).then(
+          (acked) => {
+            inFlight.delete(clientMsgId)
+            if (acked) return notBefore.delete(clientMsgId)
+            const delay = Math.min(10_000, 2 * (notBefore.get(clientMsgId)?.delay ?? 125))
+            notBefore.set(clientMsgId, { at: Date.now() + delay * Math.random(), delay })
+          },
+          () => inFlight.delete(clientMsgId)
+        )
       }
       while (running) {
-        if (!client.ws.isOpen) await reconnect(client, pinned)
-        for (const attempt of client.pending()) send(attempt.clientMsgId)
+        if (!client.ws.isOpen) {
+          await reconnect(client, pinned)
+          notBefore.clear()
+        }
+        const now = Date.now()
+        for (const attempt of client.pending()) {
+          if ((notBefore.get(attempt.clientMsgId)?.at ?? 0) <= now) send(attempt.clientMsgId)
+        }
         send(randomUUID())
         await sleep(profile.sendEveryMs * (0.5 + Math.random()))
       }
@@ -334,6 +362,7 @@ describe("chaos", { timeout: full ? 2_400_000 : 600_000 }, () => {
       }
     ].filter((fault) => full || fault.fullOnly !== true)
 
+    const problems: Array<string> = []
     const loadStart = Date.now()
     await sleep(profile.calmMs)
     const calmEnd = Date.now()
@@ -342,6 +371,7 @@ describe("chaos", { timeout: full ? 2_400_000 : 600_000 }, () => {
       await fault.run()
       fault.end = Date.now()
       notes.push(`${fault.name}: injected for ${((fault.end - fault.start) / 1000).toFixed(1)} s`)
+      // Not sending again is recorded, and the run goes on, so that the report covers every fault.
       await until(
         `every node sending again after "${fault.name}"`,
         () => names.every((name) => firstAck(name, fault.end!) !== undefined) || undefined,
@@ -350,7 +380,7 @@ describe("chaos", { timeout: full ? 2_400_000 : 600_000 }, () => {
           intervalMs: 250,
           detail: () => names.map((name) => `${name}: ${firstAck(name, fault.end!) ?? "no ack yet"}`).join(", ")
         }
-      )
+      ).catch((error: unknown) => problems.push(error instanceof Error ? error.message : String(error)))
       await sleep(profile.calmMs)
     }
     running = false
@@ -363,7 +393,6 @@ describe("chaos", { timeout: full ? 2_400_000 : 600_000 }, () => {
       await client.settle(live()[0]!, 120_000)
     }
     const stored = new Map<string, Map<number, string>>()
-    const problems: Array<string> = []
     for (const chat of chats) {
       const acked = everyone
         .filter((client) => client.chats[0] === chat.id)
