@@ -16,6 +16,12 @@
 #   DYNAMODB_PORT=58000
 #   DYNAMODB_STORAGE=memory                     or `disk`: DynamoDB Local keeps its tables in the
 #                                               services dir (-dbPath), so they outlive a stop and start
+#   DYNAMODB_DIR=<services dir>/dynamodb        where `disk` keeps them (a tmpfs such as /dev/shm: they
+#                                               outlive a stop and start without a disk sync per write)
+#   KAFKA_PROXIED_PORT, KAFKA_PROXIED_ADVERTISED  a second Kafka listener on KAFKA_PROXIED_PORT that
+#                                               advertises KAFKA_PROXIED_ADVERTISED (host:port of a proxy
+#                                               in front of it), so clients bootstrapped through the proxy
+#                                               stay behind it (the fault-injection suite's Toxiproxy)
 #   HARMONY_SERVICES_DIR=<repo>/.services      data dirs, logs, pid files
 #   HARMONY_CACHE_DIR=~/.cache/harmony          jars resolved from Maven Central (kept across runs)
 #   HARMONY_MAVEN_REPO=~/.m2/repository         Maven's local repository
@@ -37,6 +43,8 @@ KAFKA_PORT="${KAFKA_PORT:-59092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}"
 DYNAMODB_PORT="${DYNAMODB_PORT:-58000}"
 DYNAMODB_STORAGE="${DYNAMODB_STORAGE:-memory}"
+KAFKA_PROXIED_PORT="${KAFKA_PROXIED_PORT:-}"
+KAFKA_PROXIED_ADVERTISED="${KAFKA_PROXIED_ADVERTISED:-}"
 TIMEOUT="${HARMONY_SERVICES_TIMEOUT:-120}"
 
 USER_HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
@@ -383,16 +391,26 @@ kafka_start() {
     kill_wait "$pid" kafka 30
   fi
   mkdir -p "$KAFKA_DIR/data"
+  # A broker answers metadata with the addresses advertised for the listener a client came in on:
+  # clients that reach PROXIED through a proxy are told the proxy's address, and stay behind it.
+  local listeners="PLAINTEXT://$HOST:$KAFKA_PORT" advertised="PLAINTEXT://$HOST:$KAFKA_PORT"
+  local protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+  if [[ -n "$KAFKA_PROXIED_PORT" ]]; then
+    [[ -n "$KAFKA_PROXIED_ADVERTISED" ]] || die "kafka: KAFKA_PROXIED_PORT needs KAFKA_PROXIED_ADVERTISED (host:port)"
+    listeners+=",PROXIED://$HOST:$KAFKA_PROXIED_PORT"
+    advertised+=",PROXIED://$KAFKA_PROXIED_ADVERTISED"
+    protocols+=",PROXIED:PLAINTEXT"
+  fi
   cat >"$KAFKA_DIR/server.properties" <<EOF
 # Written by scripts/services.sh on each start: single-node KRaft (combined broker+controller).
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$HOST:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT
+listeners=$listeners,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protocols
 log.dirs=$KAFKA_DIR/data
 num.partitions=8
 default.replication.factor=1
@@ -481,10 +499,10 @@ dynamodb_start() {
     kill_wait "$pid" dynamodb 10
   fi
   mkdir -p "$SERVICES_DIR/dynamodb"
-  local storage=(-inMemory)
+  local storage=(-inMemory) db_dir="${DYNAMODB_DIR:-$SERVICES_DIR/dynamodb}"
   case $DYNAMODB_STORAGE in
     memory) ;;
-    disk) storage=(-dbPath "$SERVICES_DIR/dynamodb") ;;
+    disk) mkdir -p "$db_dir" && storage=(-dbPath "$db_dir") ;;
     *) die "dynamodb: DYNAMODB_STORAGE must be memory or disk, not $DYNAMODB_STORAGE" ;;
   esac
   [[ -f "$DYNAMODB_LOG" ]] && mv -f "$DYNAMODB_LOG" "$DYNAMODB_LOG.1"

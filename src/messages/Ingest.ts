@@ -55,6 +55,9 @@ interface Pending {
   readonly span?: Tracer.AnySpan | undefined
 }
 
+/** At most one warning about unacknowledged sends per this long: an outage of the log fails thousands. */
+const WarnEvery = 10_000
+
 /** Sends waiting for a produce request before further senders wait. */
 const MaxQueued = 10_000
 /** The most records in one produce request. */
@@ -114,6 +117,25 @@ export class Ingest extends Context.Service<
         const queue = yield* Queue.bounded<Pending>(MaxQueued)
         const gate = yield* ExportGate
         const context = yield* Effect.context<never>()
+
+        /** A warning logged at most once per WarnEvery, with how many times it stands for. */
+        const warning = (message: string) => {
+          let lastWarning: number | undefined
+          let unwarned = 0
+          return (error: EventLogError) =>
+            Effect.flatMap(Clock.currentTimeMillis, (now) => {
+              if (lastWarning !== undefined && now - lastWarning < WarnEvery) {
+                unwarned++
+                return Effect.void
+              }
+              const more = unwarned > 0 ? ` (${unwarned} more since the last warning)` : ""
+              lastWarning = now
+              unwarned = 0
+              return Effect.logWarning(`${message}${more}`, error)
+            })
+        }
+        const warnUnacknowledged = warning("produce failed: the send is not acknowledged")
+        const warnProduceFailed = warning("a produce request failed")
 
         const produceRequest = (chunk: ReadonlyArray<Pending>) => {
           const startedAt = stampNow()
@@ -177,6 +199,8 @@ export class Ingest extends Context.Service<
           const chunk = all.filter((pending) => !Deferred.isDoneUnsafe(pending.done))
           if (chunk.length === 0) return Effect.void
           return produceRequest(chunk).pipe(
+            // The cause, which a send already answered `unavailable` by its deadline does not show.
+            Effect.tapError(warnProduceFailed),
             Effect.exit,
             Effect.flatMap((exit) =>
               Effect.sync(() => {
@@ -267,7 +291,7 @@ export class Ingest extends Context.Service<
           // with the same clientMsgId, which is stored once).
           yield* enqueue.pipe(
             Effect.catchTag("EventLogError", (error) =>
-              Effect.logWarning("produce failed: the send is not acknowledged", error).pipe(
+              warnUnacknowledged(error).pipe(
                 Effect.andThen(Effect.fail(new Unavailable({ message: "the message log is unavailable, try again" })))
               )
             )

@@ -2,16 +2,22 @@
  * The fault-injection suite's own Postgres, Redis, Kafka and DynamoDB Local
  * (scripts/services.sh with a services directory and ports of its own), so
  * that stopping and starting a service is a real outage for the suite's
- * nodes and nobody else. DynamoDB Local keeps its tables on disk
- * (`DYNAMODB_STORAGE=disk`): they outlive a stop and start, as a real
- * store's do, and its writes are as slow as a disk makes them.
+ * nodes and nobody else. DynamoDB Local keeps its tables in files
+ * (`DYNAMODB_STORAGE=disk`) so that they outlive a stop and start, as a real
+ * store's do — on a tmpfs (/dev/shm) where there is one: on a disk its
+ * SQLite syncs every write (~65 items/s on a two-core machine), far below
+ * the load the suite drives; a slow store is a fault of its own (Toxiproxy).
+ *
+ * Kafka gets a second listener for a proxy in front of it (`kafkaProxy`):
+ * it advertises the proxy's address, so clients bootstrapped through the
+ * proxy stay behind it.
  *
  * Ports are below the kernel's ephemeral range (32768 and up), so a stopped
  * service's port cannot be taken by some process's outgoing connection
  * before the service starts again.
  */
 import { execFile } from "node:child_process"
-import { rmSync } from "node:fs"
+import { existsSync, rmSync } from "node:fs"
 import { createServer } from "node:net"
 import { join } from "node:path"
 import { promisify } from "node:util"
@@ -22,6 +28,8 @@ export type Service = "postgres" | "redis" | "kafka" | "dynamodb"
 export interface Services {
   /** DATABASE_URL, REDIS_URL, KAFKA_BROKERS, DYNAMODB_ENDPOINT and the AWS variables for a node. */
   readonly env: Record<string, string>
+  /** Where a proxy in front of Kafka must listen (the address the broker advertises) and forward to. */
+  readonly kafkaProxy: { readonly listen: number; readonly upstream: string }
   /** Stops the service (its process ends; its data stays). */
   stop(service: Service): Promise<void>
   /** Starts it again and waits until it answers. */
@@ -60,14 +68,19 @@ export const startServices = async (name: string): Promise<Services> => {
     PG_PORT: await lowPort(taken),
     REDIS_PORT: await lowPort(taken),
     KAFKA_PORT: await lowPort(taken, true),
+    KAFKA_PROXIED_PORT: await lowPort(taken),
     DYNAMODB_PORT: await lowPort(taken)
   }
+  const kafkaProxy = { listen: await lowPort(taken), upstream: `127.0.0.1:${ports.KAFKA_PROXIED_PORT}` }
+  const dynamoDir = existsSync("/dev/shm") ? join("/dev/shm", `harmony-${name}-${process.pid}`) : join(dir, "dynamodb")
   const scriptEnv = {
     ...process.env,
     ...Object.fromEntries(Object.entries(ports).map(([key, value]) => [key, String(value)])),
     KAFKA_CONTROLLER_PORT: String(ports.KAFKA_PORT + 1),
+    KAFKA_PROXIED_ADVERTISED: `127.0.0.1:${kafkaProxy.listen}`,
     HARMONY_SERVICES_DIR: dir,
-    DYNAMODB_STORAGE: "disk"
+    DYNAMODB_STORAGE: "disk",
+    DYNAMODB_DIR: dynamoDir
   }
   const services = (...args: Array<string>) =>
     run("bash", ["scripts/services.sh", ...args], { cwd: repoRoot, env: scriptEnv, maxBuffer: 16 * 1024 * 1024 })
@@ -77,6 +90,7 @@ export const startServices = async (name: string): Promise<Services> => {
   for (const [, key, value] of stdout.matchAll(/(\w+)=(\S+)/g)) env[key!] = value!
   return {
     env,
+    kafkaProxy,
     stop: async (service) => {
       await services("stop", service)
     },
@@ -86,6 +100,7 @@ export const startServices = async (name: string): Promise<Services> => {
     down: async () => {
       await services("down")
       rmSync(dir, { recursive: true, force: true })
+      rmSync(dynamoDir, { recursive: true, force: true })
     }
   }
 }

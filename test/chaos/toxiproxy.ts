@@ -9,8 +9,8 @@ import { freePort, repoRoot } from "../support/harmony.ts"
 import { sleep } from "../integration/cluster.support.ts"
 
 export interface Toxiproxy {
-  /** Creates a proxy to `upstream` (host:port); answers the local port to use instead. */
-  proxy(name: string, upstream: string): Promise<number>
+  /** Creates a proxy to `upstream` (host:port), on `listen` or a free port; answers the local port to use instead. */
+  proxy(name: string, upstream: string, listen?: number): Promise<number>
   /** Cuts the proxy: open connections close, new ones are refused. */
   down(name: string): Promise<void>
   /** Brings the proxy back and removes its toxics. */
@@ -19,6 +19,8 @@ export interface Toxiproxy {
   slow(name: string, latencyMs: number): Promise<void>
   /** A black hole: connections stay open, nothing comes back (until `up`). */
   silence(name: string): Promise<void>
+  /** A black hole both ways: connections stay open, nothing gets through to the upstream or back (until `up`). */
+  partition(name: string): Promise<void>
   stop(): Promise<void>
 }
 
@@ -51,14 +53,19 @@ export const startToxiproxy = async (): Promise<Toxiproxy> => {
     await sleep(100)
   }
   const toxics = new Map<string, Array<string>>()
-  const addToxic = async (name: string, type: string, attributes: Record<string, number>) => {
-    const toxic = `${type}-${Date.now()}`
-    await call("POST", `/proxies/${name}/toxics`, { name: toxic, type, stream: "downstream", attributes })
+  const addToxic = async (
+    name: string,
+    type: string,
+    attributes: Record<string, number>,
+    stream: "downstream" | "upstream" = "downstream"
+  ) => {
+    const toxic = `${type}-${stream}-${Date.now()}`
+    await call("POST", `/proxies/${name}/toxics`, { name: toxic, type, stream, attributes })
     toxics.set(name, [...(toxics.get(name) ?? []), toxic])
   }
   return {
-    proxy: async (name, upstream) => {
-      const listen = await freePort()
+    proxy: async (name, upstream, port) => {
+      const listen = port ?? (await freePort())
       await call("POST", "/proxies", { name, listen: `127.0.0.1:${listen}`, upstream, enabled: true })
       return listen
     },
@@ -71,8 +78,12 @@ export const startToxiproxy = async (): Promise<Toxiproxy> => {
       await call("POST", `/proxies/${name}`, { enabled: true })
     },
     slow: (name, latencyMs) => addToxic(name, "latency", { latency: latencyMs, jitter: 0 }),
-    // timeout 0: the data is dropped and the connection held open until the toxic goes.
+    // timeout 0: the data is dropped and the connection held open until the toxic goes (then it is closed).
     silence: (name) => addToxic(name, "timeout", { timeout: 0 }),
+    partition: async (name) => {
+      await addToxic(name, "timeout", { timeout: 0 }, "upstream")
+      await addToxic(name, "timeout", { timeout: 0 })
+    },
     stop: async () => {
       child.kill("SIGTERM")
     }

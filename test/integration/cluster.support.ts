@@ -188,6 +188,8 @@ export class ChatClient {
   readonly receivedAt = new Map<string, number>()
   /** Every send request and its answer, in the order they were answered. */
   readonly answers: Array<Answer> = []
+  /** The clientMsgIds of `attempts` not acknowledged yet (so that `pending` stays cheap under load). */
+  private readonly unacked = new Set<string>()
   private reconnecting: Promise<void> | undefined
 
   readonly name: string
@@ -259,7 +261,7 @@ export class ChatClient {
   }
 
   pending(): Array<Attempt> {
-    return [...this.attempts.values()].filter((attempt) => attempt.id === undefined)
+    return [...this.unacked].map((clientMsgId) => this.attempts.get(clientMsgId)!)
   }
 
   /** Sends (or resends) a message on the current connection; true when acknowledged. */
@@ -268,6 +270,7 @@ export class ChatClient {
     if (attempt === undefined) {
       attempt = { chatId, clientMsgId, body: body ?? `${this.name} ${clientMsgId}`, firstSentAt: Date.now(), sends: 0 }
       this.attempts.set(clientMsgId, attempt)
+      this.unacked.add(clientMsgId)
     }
     const ws = this.ws
     if (!ws.isOpen) return false
@@ -291,6 +294,7 @@ export class ChatClient {
       if (attempt.id !== undefined) expect(answer.id, "a retried send keeps its id").toBe(attempt.id)
       attempt.id = answer.id as string
       attempt.ackedAt ??= Date.now()
+      this.unacked.delete(clientMsgId)
       return true
     } catch {
       return false

@@ -103,7 +103,8 @@ const environmentFor = (options: HarmonyOptions, port: number, dataDir: string |
   if (options.mode === "embedded") {
     env.HARMONY_DATA_DIR = dataDir!
   } else {
-    for (const name of serviceVariables) env[name] = serviceUrl(name)
+    // A suite with services of its own (test/chaos) names them all; the others use the exported ones.
+    for (const name of serviceVariables) env[name] = options.env?.[name] ?? serviceUrl(name)
     for (const name of awsVariables) {
       const value = process.env[name]
       if (value !== undefined) env[name] = value

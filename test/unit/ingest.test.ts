@@ -7,7 +7,7 @@
  * virtual time (TestClock), so nothing depends on the machine's speed.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Fiber, Layer, Option } from "effect"
+import { Context, Duration, Effect, Exit, Fiber, Layer, Logger, Option, References } from "effect"
 import { TestClock } from "effect/testing"
 import { Ingest } from "../../src/messages/Ingest.ts"
 import { EventLog, EventLogError } from "../../src/ports/EventLog.ts"
@@ -71,4 +71,41 @@ describe("Ingest", () => {
       yield* Fiber.interruptAll(sends)
     })
   )
+
+  it.effect("a log that does not answer: one warning per 10 s for the sends it fails, not one per send", () => {
+    const lines: Array<string> = []
+    const logger = Logger.make((options) => {
+      if (options.logLevel === "Warn") lines.push(String(options.message))
+    })
+    return Effect.gen(function* () {
+      const { log } = silentLog()
+      const context = yield* Layer.build(
+        Ingest.layerWith({ sendTimeout: Duration.seconds(3) }).pipe(
+          Layer.provide(
+            Layer.mergeAll(
+              Layer.succeed(EventLog, log),
+              Layer.succeed(Membership, membership),
+              Layer.succeed(RateLimits, limits)
+            )
+          )
+        )
+      )
+      const ingest = Context.get(context, Ingest)
+      const burst = (from: number) =>
+        Effect.forEach(Array.from({ length: 20 }), (_, i) =>
+          Effect.forkChild(ingest.send("u1" as UserId, "c1" as ChatId, `m${from + i}`, "hello"))
+        )
+      const first = yield* burst(0)
+      yield* TestClock.adjust(Duration.seconds(3))
+      const unacknowledged = () => lines.filter((line) => line.includes("the send is not acknowledged"))
+      assert.strictEqual(unacknowledged().length, 1, lines.join("\n"))
+      // Ten seconds on, the next failure warns again and counts the ones it did not log.
+      yield* TestClock.adjust(Duration.seconds(8))
+      const second = yield* burst(20)
+      yield* TestClock.adjust(Duration.seconds(3))
+      assert.strictEqual(unacknowledged().length, 2, lines.join("\n"))
+      assert.include(unacknowledged()[1], "(19 more since the last warning)")
+      yield* Fiber.interruptAll([...first, ...second])
+    }).pipe(Effect.provideService(References.CurrentLoggers, new Set([logger])))
+  })
 })

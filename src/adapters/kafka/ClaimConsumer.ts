@@ -14,6 +14,7 @@ import * as ClaimLifecycle from "./ClaimLifecycle.ts"
 import type { KafkaClient } from "./Client.ts"
 import * as Fetching from "./Fetching.ts"
 import * as Handover from "./Handover.ts"
+import * as Retry from "../../Retry.ts"
 import { attempt, describeError, isRebalancing } from "./errors.ts"
 
 export interface ConsumerSettings {
@@ -226,14 +227,51 @@ export const make = (client: KafkaClient, settings: ConsumerSettings) => {
           onGroupJoin(event.payload.memberAssignment[topic] ?? [], event.payload.memberId)
         )
       )
+      /** Connects, subscribes and runs the consumer (kafkajs keeps the subscription across a crash). */
+      const start = Effect.gen(function* () {
+        yield* attempt(`connecting the consumer of ${describe} to ${where}`, () => consumer.connect())
+        yield* attempt(`subscribing the consumer of ${describe}`, () =>
+          consumer.subscribe({ topic, fromBeginning: true })
+        )
+        yield* attempt(`running the consumer of ${describe}`, () =>
+          consumer.run({
+            autoCommit: false,
+            eachBatchAutoResolve: false,
+            partitionsConsumedConcurrently: Math.max(partitions, 1),
+            eachBatch: fetching.eachBatch
+          })
+        )
+      }).pipe(Effect.onError(() => disconnect(`consumer of ${describe}`, consumer)))
+
+      /**
+       * kafkajs restarts a crashed consumer only after a retriable error; after
+       * any other — such as "Broker not connected" when the broker went away
+       * during a request — it leaves it stopped, and the node would consume
+       * nothing of this group until restarted. So the member starts it again
+       * itself (with backoff, until it runs or the member stops).
+       */
+      const restartAfterCrash = Effect.suspend(() => (stopping ? Effect.void : start)).pipe(
+        Effect.retry({ schedule: Retry.backoff("500 millis", "10 seconds"), while: () => !stopping }),
+        // The member began to stop meanwhile: its stop may have disconnected before this start.
+        Effect.andThen(() =>
+          stopping
+            ? disconnect(`consumer of ${describe}`, consumer)
+            : Effect.logWarning(`${describe}: the consumer started again after its crash`)
+        ),
+        Effect.catch((error) => Effect.logError(`${describe}: the consumer could not start again: ${error.message}`))
+      )
+
       consumer.on(consumer.events.CRASH, (event) =>
         guard("handling a consumer crash", () => {
           const { error, restart } = event.payload
           frozen = true
           for (const claim of [...claims.values()]) revoke(claim, true)
-          const message = `${describe}: the consumer crashed (${describeError(error)})${restart ? "; it restarts and rejoins" : "; it stopped for good"}`
-          runDetached(log(restart ? Effect.logWarning(message) : Effect.logError(message)))
-          if (!restart) Deferred.doneUnsafe(joined, Effect.fail(new EventLogError({ message, cause: error })))
+          // Before the first join, a crash fails the start (the node does not become ready).
+          const restartHere = !restart && !stopping && Deferred.isDoneUnsafe(joined)
+          const message = `${describe}: the consumer crashed (${describeError(error)})${restart ? "; it restarts and rejoins" : restartHere ? "; kafkajs leaves it stopped: it is started again" : "; it stopped for good"}`
+          runDetached(log(restart || restartHere ? Effect.logWarning(message) : Effect.logError(message)))
+          if (restartHere) runDetached(log(restartAfterCrash))
+          else if (!restart) Deferred.doneUnsafe(joined, Effect.fail(new EventLogError({ message, cause: error })))
         })
       )
 
@@ -247,23 +285,7 @@ export const make = (client: KafkaClient, settings: ConsumerSettings) => {
         yield* disconnect(`consumer of ${describe}`, consumer)
       })
 
-      yield* Effect.acquireRelease(
-        Effect.gen(function* () {
-          yield* attempt(`connecting the consumer of ${describe} to ${where}`, () => consumer.connect())
-          yield* attempt(`subscribing the consumer of ${describe}`, () =>
-            consumer.subscribe({ topic, fromBeginning: true })
-          )
-          yield* attempt(`running the consumer of ${describe}`, () =>
-            consumer.run({
-              autoCommit: false,
-              eachBatchAutoResolve: false,
-              partitionsConsumedConcurrently: Math.max(partitions, 1),
-              eachBatch: fetching.eachBatch
-            })
-          )
-        }).pipe(Effect.onError(() => disconnect(`consumer of ${describe}`, consumer))),
-        () => stop
-      )
+      yield* Effect.acquireRelease(start, () => stop)
 
       yield* fetching.keepEndOffsets.pipe(Effect.annotateLogs({ group, topic }))
       yield* Deferred.await(joined).pipe(
