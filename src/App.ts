@@ -148,7 +148,7 @@ const stateLayer = (config: HarmonyConfig) =>
         Accounts.layer,
         Membership.layer,
         RateLimits.layer(config.rateLimits),
-        SearchIndex.layer
+        SearchIndex.layerWith(config.searchLimits)
       ).pipe(Layer.provideMerge(Chats.layer), Layer.provideMerge(Outbox.layer), Layer.provide(tokens))
     })
   )

@@ -9,12 +9,17 @@
  * Words are matched with the `simple` configuration (no stemming, no stop
  * words: chats are in every language); the query is `websearch_to_tsquery`
  * syntax (words, "quoted phrases", `or`, `-word`).
+ *
+ * A search's work is bounded (docs/protocol.md "Search", "Limits"): every
+ * match in the caller's chats is ranked, so a word that is in much of a big
+ * history is refused after counting at most `maxMatches` of them (400), and
+ * each statement runs under `statement_timeout` (503 when it is reached).
  */
-import { Array as Arr, Context, Effect, Layer, Schema } from "effect"
+import { Array as Arr, Context, Duration, Effect, Layer, Schema } from "effect"
 import { SqlClient } from "effect/sql"
-import type { SqlError } from "effect/sql/SqlError"
+import { isSqlError, type SqlError } from "effect/sql/SqlError"
 import type { ChatId, Message, MessageId, UserId } from "../schema/Domain.ts"
-import { BadRequest, type Unavailable } from "../schema/Errors.ts"
+import { BadRequest, Unavailable } from "../schema/Errors.ts"
 import { iso, orUnavailable } from "./Db.ts"
 
 /** One hit: where the message is, and a snippet with the matched words' ranges in it. */
@@ -47,6 +52,16 @@ export interface SearchPage {
 export type IndexedMessage = Pick<Message, "chatId" | "seq" | "id" | "authorId" | "createdAt"> & {
   readonly body: string | null
 }
+
+/** How much one search may cost (SEARCH_TIMEOUT, SEARCH_MAX_MATCHES: docs/operations.md). */
+export interface SearchLimits {
+  /** The longest a search statement may run: Postgres' `statement_timeout`, set for the search's transaction. */
+  readonly timeout: Duration.Duration
+  /** The most matches in the caller's chats a search ranks; a query with more is refused. */
+  readonly maxMatches: number
+}
+
+export const defaultSearchLimits: SearchLimits = { timeout: Duration.seconds(3), maxMatches: 20_000 }
 
 /** A body up to this many characters is its own snippet; a longer one gives fragments around the matches. */
 const WholeBody = 200
@@ -116,115 +131,154 @@ export class SearchIndex extends Context.Service<
     readonly sizeOnDisk: Effect.Effect<number, SqlError>
   }
 >()("harmony/state/SearchIndex") {
-  static readonly layer = Layer.effect(
-    SearchIndex,
-    Effect.gen(function* () {
-      const sql = yield* SqlClient.SqlClient
+  static readonly layerWith = (limits: SearchLimits) =>
+    Layer.effect(
+      SearchIndex,
+      Effect.gen(function* () {
+        const sql = yield* SqlClient.SqlClient
 
-      const rows = (messages: ReadonlyArray<IndexedMessage>) =>
-        messages.map((m) => ({
-          chat_id: m.chatId,
-          seq: m.seq,
-          message_id: m.id,
-          author_id: m.authorId,
-          created_at: m.createdAt,
-          body: m.body
-        }))
+        const rows = (messages: ReadonlyArray<IndexedMessage>) =>
+          messages.map((m) => ({
+            chat_id: m.chatId,
+            seq: m.seq,
+            message_id: m.id,
+            author_id: m.authorId,
+            created_at: m.createdAt,
+            body: m.body
+          }))
 
-      const add = (messages: ReadonlyArray<IndexedMessage>) => {
-        const values = rows(messages)
-        if (!Arr.isArrayNonEmpty(values)) return Effect.void
-        return sql`INSERT INTO search_messages ${sql.insert(values)} ON CONFLICT (chat_id, seq) DO NOTHING`.pipe(
-          Effect.asVoid,
-          Effect.withSpan("SearchIndex.add", { attributes: { "harmony.batch.size": values.length } })
-        )
-      }
+        const add = (messages: ReadonlyArray<IndexedMessage>) => {
+          const values = rows(messages)
+          if (!Arr.isArrayNonEmpty(values)) return Effect.void
+          return sql`INSERT INTO search_messages ${sql.insert(values)} ON CONFLICT (chat_id, seq) DO NOTHING`.pipe(
+            Effect.asVoid,
+            Effect.withSpan("SearchIndex.add", { attributes: { "harmony.batch.size": values.length } })
+          )
+        }
 
-      const replace = (messages: ReadonlyArray<IndexedMessage>) => {
-        const values = rows(messages)
-        if (!Arr.isArrayNonEmpty(values)) return Effect.void
-        return sql`
+        const replace = (messages: ReadonlyArray<IndexedMessage>) => {
+          const values = rows(messages)
+          if (!Arr.isArrayNonEmpty(values)) return Effect.void
+          return sql`
           INSERT INTO search_messages ${sql.insert(values)}
           ON CONFLICT (chat_id, seq) DO UPDATE SET message_id = EXCLUDED.message_id,
             author_id = EXCLUDED.author_id, created_at = EXCLUDED.created_at, body = EXCLUDED.body`.pipe(Effect.asVoid)
-      }
+        }
 
-      const edit = (chatId: ChatId, seq: number, body: string) =>
-        sql`UPDATE search_messages SET body = ${body}
+        const edit = (chatId: ChatId, seq: number, body: string) =>
+          sql`UPDATE search_messages SET body = ${body}
             WHERE chat_id = ${chatId} AND seq = ${seq} AND body IS NOT NULL`.pipe(Effect.asVoid)
 
-      const remove = (chatId: ChatId, seq: number) =>
-        sql`UPDATE search_messages SET body = NULL WHERE chat_id = ${chatId} AND seq = ${seq}`.pipe(Effect.asVoid)
+        const remove = (chatId: ChatId, seq: number) =>
+          sql`UPDATE search_messages SET body = NULL WHERE chat_id = ${chatId} AND seq = ${seq}`.pipe(Effect.asVoid)
 
-      const watermark = (chatId: ChatId) =>
-        sql<{ seq: string | null }>`SELECT max(seq) AS seq FROM search_messages WHERE chat_id = ${chatId}`.pipe(
-          Effect.map(([row]) => Number(row?.seq ?? 0))
-        )
+        const watermark = (chatId: ChatId) =>
+          sql<{ seq: string | null }>`SELECT max(seq) AS seq FROM search_messages WHERE chat_id = ${chatId}`.pipe(
+            Effect.map(([row]) => Number(row?.seq ?? 0))
+          )
 
-      const holds = (chatId: ChatId, ids: ReadonlyArray<string>) =>
-        ids.length === 0
-          ? Effect.succeed(new Set<string>())
-          : sql<{ message_id: string }>`
+        const holds = (chatId: ChatId, ids: ReadonlyArray<string>) =>
+          ids.length === 0
+            ? Effect.succeed(new Set<string>())
+            : sql<{ message_id: string }>`
               SELECT message_id FROM search_messages
               WHERE chat_id = ${chatId} AND ${sql.in("message_id", ids)}`.pipe(
-              Effect.map((found) => new Set(found.map((row) => row.message_id)))
-            )
+                Effect.map((found) => new Set(found.map((row) => row.message_id)))
+              )
 
-      const dropAfter = (chatId: ChatId, seq: number) =>
-        sql`DELETE FROM search_messages WHERE chat_id = ${chatId} AND seq > ${seq}`.pipe(Effect.asVoid)
+        const dropAfter = (chatId: ChatId, seq: number) =>
+          sql`DELETE FROM search_messages WHERE chat_id = ${chatId} AND seq > ${seq}`.pipe(Effect.asVoid)
 
-      const search = Effect.fn("SearchIndex.search")(function* (userId: UserId, query: SearchQuery) {
-        const cursor = query.before === undefined ? undefined : yield* decodeCursor(query.before)
-        const inChat = query.chatId === undefined ? sql`` : sql`AND s.chat_id = ${query.chatId}`
-        const after =
-          cursor === undefined
-            ? sql``
-            : sql`AND (h.rank < ${cursor[0]}::real OR (h.rank = ${cursor[0]}::real
-                  AND (h.chat_id > ${cursor[1]} OR (h.chat_id = ${cursor[1]} AND h.seq < ${cursor[2]}))))`
-        // Ranked over the caller's chats only; snippets are made for the page alone.
-        const found = yield* sql<HitRow>`
-          WITH q AS (SELECT websearch_to_tsquery('simple', ${query.q}) AS query),
-          hits AS (
-            SELECT s.chat_id, s.seq, s.message_id, s.author_id, s.created_at, s.body,
-                   ts_rank_cd(s.tsv, q.query) AS rank
-            FROM q, search_messages s
-            JOIN memberships m ON m.chat_id = s.chat_id AND m.user_id = ${userId}
-            WHERE s.tsv @@ q.query ${inChat}
-          ),
-          page AS (
-            SELECT * FROM hits h WHERE true ${after}
-            ORDER BY h.rank DESC, h.chat_id, h.seq DESC
-            LIMIT ${query.limit + 1}
+        // A statement cut off by statement_timeout: the search is answered `unavailable`.
+        const tooSlow = <A, E, R>(self: Effect.Effect<A, E, R>) =>
+          Effect.catchIf(
+            self,
+            (error) => isSqlError(error) && error.reason._tag === "StatementTimeoutError",
+            () =>
+              Effect.fail(
+                new Unavailable({
+                  message: `the search took longer than ${Duration.format(limits.timeout)}: add words, or search one chat`
+                })
+              )
           )
-          SELECT chat_id, seq, message_id, author_id, created_at, rank::text AS rank,
-                 ts_headline('simple', translate(body, ${Start + Stop}, ''), (SELECT query FROM q),
-                   'StartSel=' || chr(2) || ', StopSel=' || chr(3) || CASE WHEN length(body) <= ${WholeBody}
-                     THEN ', HighlightAll=true'
-                     ELSE ', MaxWords=24, MinWords=8, ShortWord=0, MaxFragments=2, FragmentDelimiter=" … "' END
-                 ) AS snippet
-          FROM page ORDER BY rank DESC, chat_id, seq DESC`
-        const more = found.length > query.limit
-        const hits = found.slice(0, query.limit).map(
-          (row): SearchHit => ({
-            chatId: row.chat_id as ChatId,
-            seq: Number(row.seq),
-            id: row.message_id as MessageId,
-            authorId: row.author_id as UserId,
-            createdAt: iso(row.created_at),
-            ...unmark(row.snippet)
-          })
-        )
-        const last = found[query.limit - 1]
-        return {
-          hits,
-          nextBefore: more && last !== undefined ? encodeCursor(last.rank, last.chat_id, Number(last.seq)) : null
-        }
-      }, orUnavailable)
+        const timeoutMillis = String(Math.max(1, Math.ceil(Duration.toMillis(limits.timeout))))
 
-      const sizeOnDisk = sql<{ bytes: string }>`
+        const search = Effect.fn("SearchIndex.search")(
+          function* (userId: UserId, query: SearchQuery) {
+            const cursor = query.before === undefined ? undefined : yield* decodeCursor(query.before)
+            const inChat = query.chatId === undefined ? sql`` : sql`AND s.chat_id = ${query.chatId}`
+            const after =
+              cursor === undefined
+                ? sql``
+                : sql`AND (h.rank < ${cursor[0]}::real OR (h.rank = ${cursor[0]}::real
+                    AND (h.chat_id > ${cursor[1]} OR (h.chat_id = ${cursor[1]} AND h.seq < ${cursor[2]}))))`
+            const found = yield* sql.withTransaction(
+              Effect.gen(function* () {
+                yield* sql`SELECT set_config('statement_timeout', ${timeoutMillis}, true)`
+                // Counted first, and no further than the limit: ranking is what costs.
+                const [counted] = yield* sql<{ n: number }>`
+                SELECT count(*)::int AS n FROM (
+                  SELECT 1 FROM search_messages s
+                  JOIN memberships m ON m.chat_id = s.chat_id AND m.user_id = ${userId}
+                  WHERE s.tsv @@ websearch_to_tsquery('simple', ${query.q}) ${inChat}
+                  LIMIT ${limits.maxMatches + 1}
+                ) matched`
+                if ((counted?.n ?? 0) > limits.maxMatches) {
+                  return yield* new BadRequest({
+                    message: `q matches more than ${limits.maxMatches} messages: add words, or search one chat`
+                  })
+                }
+                // Ranked over the caller's chats only; snippets are made for the page alone.
+                return yield* sql<HitRow>`
+                WITH q AS (SELECT websearch_to_tsquery('simple', ${query.q}) AS query),
+                hits AS (
+                  SELECT s.chat_id, s.seq, s.message_id, s.author_id, s.created_at, s.body,
+                         ts_rank_cd(s.tsv, q.query) AS rank
+                  FROM q, search_messages s
+                  JOIN memberships m ON m.chat_id = s.chat_id AND m.user_id = ${userId}
+                  WHERE s.tsv @@ q.query ${inChat}
+                ),
+                page AS (
+                  SELECT * FROM hits h WHERE true ${after}
+                  ORDER BY h.rank DESC, h.chat_id, h.seq DESC
+                  LIMIT ${query.limit + 1}
+                )
+                SELECT chat_id, seq, message_id, author_id, created_at, rank::text AS rank,
+                       ts_headline('simple', translate(body, ${Start + Stop}, ''), (SELECT query FROM q),
+                         'StartSel=' || chr(2) || ', StopSel=' || chr(3) || CASE WHEN length(body) <= ${WholeBody}
+                           THEN ', HighlightAll=true'
+                           ELSE ', MaxWords=24, MinWords=8, ShortWord=0, MaxFragments=2, FragmentDelimiter=" … "' END
+                       ) AS snippet
+                FROM page ORDER BY rank DESC, chat_id, seq DESC`
+              })
+            )
+            const more = found.length > query.limit
+            const hits = found.slice(0, query.limit).map(
+              (row): SearchHit => ({
+                chatId: row.chat_id as ChatId,
+                seq: Number(row.seq),
+                id: row.message_id as MessageId,
+                authorId: row.author_id as UserId,
+                createdAt: iso(row.created_at),
+                ...unmark(row.snippet)
+              })
+            )
+            const last = found[query.limit - 1]
+            return {
+              hits,
+              nextBefore: more && last !== undefined ? encodeCursor(last.rank, last.chat_id, Number(last.seq)) : null
+            }
+          },
+          tooSlow,
+          orUnavailable
+        )
+
+        const sizeOnDisk = sql<{ bytes: string }>`
         SELECT pg_total_relation_size('search_messages') AS bytes`.pipe(Effect.map(([row]) => Number(row?.bytes ?? 0)))
 
-      return SearchIndex.of({ add, replace, edit, remove, watermark, holds, dropAfter, search, sizeOnDisk })
-    })
-  )
+        return SearchIndex.of({ add, replace, edit, remove, watermark, holds, dropAfter, search, sizeOnDisk })
+      })
+    )
+
+  static readonly layer = SearchIndex.layerWith(defaultSearchLimits)
 }
