@@ -30,6 +30,9 @@ export function ChatView({
   const lastHeight = useRef(0)
   const lastFirstSeq = useRef<number | undefined>(undefined)
   const [showJump, setShowJump] = useState(false)
+  /** The focused message (a search hit) this view has scrolled to, so it does so once. */
+  const shownFocus = useRef<object | undefined>(undefined)
+  const focus = store.focus?.chatId === chatId ? store.focus : undefined
 
   // Keep the reader's place: older messages prepended keep the view where it
   // was; new ones scroll into view only when the reader was at the bottom.
@@ -41,6 +44,16 @@ export function ChatView({
       el.scrollTop += el.scrollHeight - lastHeight.current
     } else if (atBottom.current) {
       el.scrollTop = el.scrollHeight
+    }
+    // A search hit: once its message is here, bring it into view (and stay there, off the bottom).
+    if (focus !== undefined && shownFocus.current !== focus) {
+      const target = el.querySelector<HTMLElement>(`[data-seq="${focus.seq}"]`)
+      if (target !== null) {
+        shownFocus.current = focus
+        target.scrollIntoView({ block: "center" })
+        atBottom.current = el.scrollHeight - el.scrollTop - el.clientHeight < 48
+        setShowJump(!atBottom.current)
+      }
     }
     lastHeight.current = el.scrollHeight
     lastFirstSeq.current = first
@@ -116,9 +129,10 @@ export function ChatView({
               return (
                 <div
                   key={message.seq}
-                  class={`message${mine ? " mine" : ""}${grouped ? " grouped" : ""}`}
+                  class={`message${mine ? " mine" : ""}${grouped ? " grouped" : ""}${focus?.seq === message.seq ? " focused" : ""}`}
                   data-testid="message"
                   data-seq={message.seq}
+                  data-focused={focus?.seq === message.seq}
                   data-author-id={message.authorId}
                   data-mine={mine}
                 >
