@@ -14,7 +14,7 @@ import {
   type RateLimitSettings,
   rateLimitVariables
 } from "./state/RateLimits.ts"
-import { defaultSearchLimits, type SearchLimits } from "./state/SearchIndex.ts"
+import { defaultSearchLimits } from "./state/SearchIndex.ts"
 
 export class ConfigurationError extends Schema.TaggedError<ConfigurationError>()("ConfigurationError", {
   message: Schema.String
@@ -55,8 +55,8 @@ export interface HarmonyConfig {
   /** How long a silent node keeps its Kafka partitions (and so its chats) before the group moves them. */
   readonly kafkaSessionTimeout: Duration.Duration
   readonly presenceTtl: Duration.Duration
-  /** How much one message search may cost (SEARCH_TIMEOUT, SEARCH_MAX_MATCHES). */
-  readonly searchLimits: SearchLimits
+  /** How much one message search may cost (SEARCH_TIMEOUT, SEARCH_MAX_MATCHES; the timeout holds in cluster mode only). */
+  readonly searchLimits: { readonly timeout: Duration.Duration; readonly maxMatches: number }
 }
 
 /** A token bucket as `capacity/refillPerSecond`, e.g. `100/50`. */

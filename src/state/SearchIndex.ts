@@ -13,7 +13,8 @@
  * A search's work is bounded (docs/protocol.md "Search", "Limits"): every
  * match in the caller's chats is ranked, so a word that is in much of a big
  * history is refused after counting at most `maxMatches` of them (400), and
- * each statement runs under `statement_timeout` (503 when it is reached).
+ * on Postgres the statement runs under `statement_timeout` (503 when it is
+ * reached).
  */
 import { Array as Arr, Context, Duration, Effect, Layer, Schema } from "effect"
 import { SqlClient } from "effect/sql"
@@ -55,13 +56,18 @@ export type IndexedMessage = Pick<Message, "chatId" | "seq" | "id" | "authorId" 
 
 /** How much one search may cost (SEARCH_TIMEOUT, SEARCH_MAX_MATCHES: docs/operations.md). */
 export interface SearchLimits {
-  /** The longest a search statement may run: Postgres' `statement_timeout`, set for the search's transaction. */
-  readonly timeout: Duration.Duration
+  /**
+   * The longest a search statement may run: Postgres' `statement_timeout`, set
+   * for the search's own transaction. Undefined: no timeout, and no
+   * transaction (PGlite cannot cut a statement off: embedded mode).
+   */
+  readonly timeout: Duration.Duration | undefined
   /** The most matches in the caller's chats a search ranks; a query with more is refused. */
   readonly maxMatches: number
 }
 
-export const defaultSearchLimits: SearchLimits = { timeout: Duration.seconds(3), maxMatches: 20_000 }
+/** SEARCH_TIMEOUT and SEARCH_MAX_MATCHES by default. */
+export const defaultSearchLimits = { timeout: Duration.seconds(3), maxMatches: 20_000 } as const satisfies SearchLimits
 
 /** A body up to this many characters is its own snippet; a longer one gives fragments around the matches. */
 const WholeBody = 200
@@ -95,7 +101,7 @@ const decodeCursor = (cursor: string) =>
     Effect.mapError(() => new BadRequest({ message: "before is not a cursor this server gave out" }))
   )
 
-interface HitRow {
+interface Hit {
   readonly chat_id: string
   readonly seq: string | number
   readonly message_id: string
@@ -104,6 +110,9 @@ interface HitRow {
   readonly rank: string
   readonly snippet: string
 }
+
+/** A row of the search statement: the verdict on the match count, with a hit (or nulls when there is none). */
+type HitRow = { readonly too_many: boolean } & (Hit | { readonly [K in keyof Hit]: null })
 
 export class SearchIndex extends Context.Service<
   SearchIndex,
@@ -189,6 +198,7 @@ export class SearchIndex extends Context.Service<
         const dropAfter = (chatId: ChatId, seq: number) =>
           sql`DELETE FROM search_messages WHERE chat_id = ${chatId} AND seq > ${seq}`.pipe(Effect.asVoid)
 
+        const timeout = limits.timeout
         // A statement cut off by statement_timeout: the search is answered `unavailable`.
         const tooSlow = <A, E, R>(self: Effect.Effect<A, E, R>) =>
           Effect.catchIf(
@@ -197,11 +207,18 @@ export class SearchIndex extends Context.Service<
             () =>
               Effect.fail(
                 new Unavailable({
-                  message: `the search took longer than ${Duration.format(limits.timeout)}: add words, or search one chat`
+                  message: `the search took longer than ${timeout === undefined ? "the database allows" : Duration.format(timeout)}: add words, or search one chat`
                 })
               )
           )
-        const timeoutMillis = String(Math.max(1, Math.ceil(Duration.toMillis(limits.timeout))))
+        /** The statement in a transaction of its own under the timeout, when there is one. */
+        const timed = <A, E, R>(statement: Effect.Effect<A, E, R>) => {
+          if (timeout === undefined) return statement
+          const millis = String(Math.max(1, Math.ceil(Duration.toMillis(timeout))))
+          return sql.withTransaction(
+            sql`SELECT set_config('statement_timeout', ${millis}, true)`.pipe(Effect.andThen(statement))
+          )
+        }
 
         const search = Effect.fn("SearchIndex.search")(
           function* (userId: UserId, query: SearchQuery) {
@@ -212,46 +229,45 @@ export class SearchIndex extends Context.Service<
                 ? sql``
                 : sql`AND (h.rank < ${cursor[0]}::real OR (h.rank = ${cursor[0]}::real
                     AND (h.chat_id > ${cursor[1]} OR (h.chat_id = ${cursor[1]} AND h.seq < ${cursor[2]}))))`
-            const found = yield* sql.withTransaction(
-              Effect.gen(function* () {
-                yield* sql`SELECT set_config('statement_timeout', ${timeoutMillis}, true)`
-                // Counted first, and no further than the limit: ranking is what costs.
-                const [counted] = yield* sql<{ n: number }>`
-                SELECT count(*)::int AS n FROM (
-                  SELECT 1 FROM search_messages s
-                  JOIN memberships m ON m.chat_id = s.chat_id AND m.user_id = ${userId}
-                  WHERE s.tsv @@ websearch_to_tsquery('simple', ${query.q}) ${inChat}
-                  LIMIT ${limits.maxMatches + 1}
-                ) matched`
-                if ((counted?.n ?? 0) > limits.maxMatches) {
-                  return yield* new BadRequest({
-                    message: `q matches more than ${limits.maxMatches} messages: add words, or search one chat`
-                  })
-                }
-                // Ranked over the caller's chats only; snippets are made for the page alone.
-                return yield* sql<HitRow>`
-                WITH q AS (SELECT websearch_to_tsquery('simple', ${query.q}) AS query),
-                hits AS (
-                  SELECT s.chat_id, s.seq, s.message_id, s.author_id, s.created_at, s.body,
-                         ts_rank_cd(s.tsv, q.query) AS rank
-                  FROM q, search_messages s
-                  JOIN memberships m ON m.chat_id = s.chat_id AND m.user_id = ${userId}
-                  WHERE s.tsv @@ q.query ${inChat}
-                ),
-                page AS (
-                  SELECT * FROM hits h WHERE true ${after}
-                  ORDER BY h.rank DESC, h.chat_id, h.seq DESC
-                  LIMIT ${query.limit + 1}
-                )
-                SELECT chat_id, seq, message_id, author_id, created_at, rank::text AS rank,
-                       ts_headline('simple', translate(body, ${Start + Stop}, ''), (SELECT query FROM q),
-                         'StartSel=' || chr(2) || ', StopSel=' || chr(3) || CASE WHEN length(body) <= ${WholeBody}
-                           THEN ', HighlightAll=true'
-                           ELSE ', MaxWords=24, MinWords=8, ShortWord=0, MaxFragments=2, FragmentDelimiter=" … "' END
-                       ) AS snippet
-                FROM page ORDER BY rank DESC, chat_id, seq DESC`
+            // One statement: the caller's matches are counted no further than the
+            // limit, and only when they are within it ranked (ranking is what
+            // costs); the verdict row comes back even when no hit does. Ranked
+            // over the caller's chats only; snippets are made for the page alone.
+            const rows = yield* timed(sql<HitRow>`
+              WITH q AS (SELECT websearch_to_tsquery('simple', ${query.q}) AS query),
+              matched AS (
+                SELECT 1 FROM q, search_messages s
+                JOIN memberships m ON m.chat_id = s.chat_id AND m.user_id = ${userId}
+                WHERE s.tsv @@ q.query ${inChat}
+                LIMIT ${limits.maxMatches + 1}
+              ),
+              verdict AS (SELECT count(*) > ${limits.maxMatches} AS too_many FROM matched),
+              hits AS (
+                SELECT s.chat_id, s.seq, s.message_id, s.author_id, s.created_at, s.body,
+                       ts_rank_cd(s.tsv, q.query) AS rank
+                FROM q, search_messages s
+                JOIN memberships m ON m.chat_id = s.chat_id AND m.user_id = ${userId}
+                WHERE s.tsv @@ q.query ${inChat} AND NOT (SELECT too_many FROM verdict)
+              ),
+              page AS (
+                SELECT * FROM hits h WHERE true ${after}
+                ORDER BY h.rank DESC, h.chat_id, h.seq DESC
+                LIMIT ${query.limit + 1}
+              )
+              SELECT v.too_many, p.chat_id, p.seq, p.message_id, p.author_id, p.created_at, p.rank::text AS rank,
+                     ts_headline('simple', translate(p.body, ${Start + Stop}, ''), (SELECT query FROM q),
+                       'StartSel=' || chr(2) || ', StopSel=' || chr(3) || CASE WHEN length(p.body) <= ${WholeBody}
+                         THEN ', HighlightAll=true'
+                         ELSE ', MaxWords=24, MinWords=8, ShortWord=0, MaxFragments=2, FragmentDelimiter=" … "' END
+                     ) AS snippet
+              FROM verdict v LEFT JOIN page p ON true
+              ORDER BY p.rank DESC, p.chat_id, p.seq DESC`)
+            if (rows[0]?.too_many === true) {
+              return yield* new BadRequest({
+                message: `q matches more than ${limits.maxMatches} messages: add words, or search one chat`
               })
-            )
+            }
+            const found = rows.filter((row): row is HitRow & Hit => row.chat_id !== null)
             const more = found.length > query.limit
             const hits = found.slice(0, query.limit).map(
               (row): SearchHit => ({
