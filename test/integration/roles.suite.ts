@@ -4,9 +4,9 @@
  * every pair of roles — the caller owner, admin, member or not a member at all,
  * the target the owner, an admin, a member, the caller themselves or someone
  * outside the chat — is tried for removing a member, renaming the chat,
- * deleting it and changing a role. Each case gets a chat of its own (its own
- * owner; the admins, members and outsiders are shared), and checks the answer
- * and what the chat is afterwards: exactly the change the contract says, or
+ * adding a member, deleting the chat and changing a role. Each case gets a
+ * chat of its own (its own owner; the admins, members and outsiders are
+ * shared), and checks the answer and what the chat is afterwards: exactly the change the contract says, or
  * nothing at all. A caller who is not a member gets what an unknown chat gets,
  * word for word.
  */
@@ -53,12 +53,12 @@ const roleChange: Record<Actor, Partial<Record<Target, Record<Role, number>>>> =
   stranger: { owner: all(404), admin: all(404), member: all(404), self: all(404), outsider: all(404) }
 }
 
-/** Renaming and deleting the chat: the answers for each caller. */
-const chatWide: Record<Actor, { rename: number; delete: number }> = {
-  owner: { rename: 200, delete: 204 },
-  admin: { rename: 200, delete: 403 },
-  member: { rename: 403, delete: 403 },
-  stranger: { rename: 404, delete: 404 }
+/** Renaming the chat, adding a member and deleting the chat: the answers for each caller. */
+const chatWide: Record<Actor, { rename: number; add: number; delete: number }> = {
+  owner: { rename: 200, add: 200, delete: 204 },
+  admin: { rename: 200, add: 200, delete: 403 },
+  member: { rename: 403, add: 403, delete: 403 },
+  stranger: { rename: 404, add: 404, delete: 404 }
 }
 
 const errorCodes: Record<number, string> = { 403: "forbidden", 404: "not_found", 409: "conflict" }
@@ -221,9 +221,9 @@ export const rolesSuite = (mode: "embedded" | "cluster") => {
       }
     })
 
-    describe.concurrent("rename and delete the chat: every caller", () => {
+    describe.concurrent("rename, add to and delete the chat: every caller", () => {
       for (const actor of actors) {
-        const { rename, delete: remove } = chatWide[actor]
+        const { rename, add, delete: remove } = chatWide[actor]
         it(`${actor} renames: ${rename}`, async () => {
           const t = await team()
           const name = `by ${actor} ${randomUUID().slice(0, 8)}`
@@ -235,6 +235,22 @@ export const rolesSuite = (mode: "embedded" | "cluster") => {
             (before) => ({ ...before, name })
           )
           if (rename === 200) expect(reply.body).toMatchObject({ id: t.chatId, name })
+        })
+        it(`${actor} adds a member: ${add}`, async () => {
+          const t = await team()
+          const reply = await check(
+            actor,
+            t.chatId,
+            add,
+            (chatId) =>
+              http.post(
+                `/v1/chats/${chatId}/members`,
+                { userIds: [cast.outsider.id] },
+                { token: t.caller(actor).accessToken }
+              ),
+            (before) => ({ ...before, roles: { ...before.roles, [cast.outsider.id]: "member" } })
+          )
+          if (add === 200) expect(reply.body.members).toContainEqual({ userId: cast.outsider.id, role: "member" })
         })
         it(`${actor} deletes: ${remove}`, async () => {
           const t = await team()
