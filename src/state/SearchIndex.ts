@@ -16,11 +16,12 @@
  * on Postgres the statement runs under `statement_timeout` (503 when it is
  * reached).
  */
-import { Array as Arr, Context, Duration, Effect, Layer, Schema } from "effect"
+import { Array as Arr, Context, Duration, Effect, Layer, Metric, Schema } from "effect"
 import { SqlClient } from "effect/sql"
 import { isSqlError, type SqlError } from "effect/sql/SqlError"
 import type { ChatId, Message, MessageId, UserId } from "../schema/Domain.ts"
 import { BadRequest, Unavailable } from "../schema/Errors.ts"
+import { searchRefused } from "../Metrics.ts"
 import { iso, orUnavailable } from "./Db.ts"
 
 /** One hit: where the message is, and a snippet with the matched words' ranges in it. */
@@ -199,16 +200,24 @@ export class SearchIndex extends Context.Service<
           sql`DELETE FROM search_messages WHERE chat_id = ${chatId} AND seq > ${seq}`.pipe(Effect.asVoid)
 
         const timeout = limits.timeout
+        const refusedFor = {
+          tooManyMatches: Metric.withAttributes(searchRefused, { reason: "too_many_matches" }),
+          timeout: Metric.withAttributes(searchRefused, { reason: "timeout" })
+        }
         // A statement cut off by statement_timeout: the search is answered `unavailable`.
         const tooSlow = <A, E, R>(self: Effect.Effect<A, E, R>) =>
           Effect.catchIf(
             self,
             (error) => isSqlError(error) && error.reason._tag === "StatementTimeoutError",
             () =>
-              Effect.fail(
-                new Unavailable({
-                  message: `the search took longer than ${timeout === undefined ? "the database allows" : Duration.format(timeout)}: add words, or search one chat`
-                })
+              Metric.update(refusedFor.timeout, 1).pipe(
+                Effect.andThen(
+                  Effect.fail(
+                    new Unavailable({
+                      message: `the search took longer than ${timeout === undefined ? "the database allows" : Duration.format(timeout)}: add words, or search one chat`
+                    })
+                  )
+                )
               )
           )
         /** The statement in a transaction of its own under the timeout, when there is one. */
@@ -263,6 +272,7 @@ export class SearchIndex extends Context.Service<
               FROM verdict v LEFT JOIN page p ON true
               ORDER BY p.rank DESC, p.chat_id, p.seq DESC`)
             if (rows[0]?.too_many === true) {
+              yield* Metric.update(refusedFor.tooManyMatches, 1)
               return yield* new BadRequest({
                 message: `q matches more than ${limits.maxMatches} messages: add words, or search one chat`
               })

@@ -74,6 +74,9 @@ export const searchLimitsSuite = (mode: "embedded" | "cluster") => {
       const narrower = await search(`q=${encodeURIComponent(`${word} four`)}`)
       expectStatus(narrower, 200)
       expect(narrower.body.hits.map((hit: { chatId: string }) => hit.chatId)).toEqual([quiet])
+      // Operators see the refusals.
+      const metrics = await http.get("/metrics")
+      expect(metrics.text).toMatch(/^harmony_search_refused_total\{[^}]*reason="too_many_matches"[^}]*\} [1-9]/m)
     })
   })
 }
