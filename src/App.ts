@@ -149,7 +149,11 @@ const stateLayer = (config: HarmonyConfig) =>
         Accounts.layer,
         Membership.layer,
         RateLimits.layer(config.rateLimits),
-        SearchIndex.layer
+        // PGlite cannot cut a statement off: no timeout (and no transaction for it) in embedded mode.
+        SearchIndex.layerWith({
+          maxMatches: config.searchLimits.maxMatches,
+          timeout: config.mode._tag === "Cluster" ? config.searchLimits.timeout : undefined
+        })
       ).pipe(Layer.provideMerge(Chats.layer), Layer.provideMerge(Outbox.layer), Layer.provide(tokens))
     })
   )

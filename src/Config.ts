@@ -14,6 +14,7 @@ import {
   type RateLimitSettings,
   rateLimitVariables
 } from "./state/RateLimits.ts"
+import { defaultSearchLimits } from "./state/SearchIndex.ts"
 
 export class ConfigurationError extends Schema.TaggedError<ConfigurationError>()("ConfigurationError", {
   message: Schema.String
@@ -54,6 +55,8 @@ export interface HarmonyConfig {
   /** How long a silent node keeps its Kafka partitions (and so its chats) before the group moves them. */
   readonly kafkaSessionTimeout: Duration.Duration
   readonly presenceTtl: Duration.Duration
+  /** How much one message search may cost (SEARCH_TIMEOUT, SEARCH_MAX_MATCHES; the timeout holds in cluster mode only). */
+  readonly searchLimits: { readonly timeout: Duration.Duration; readonly maxMatches: number }
 }
 
 /** A token bucket as `capacity/refillPerSecond`, e.g. `100/50`. */
@@ -98,6 +101,8 @@ const raw = Config.all({
   kafkaSessionTimeout: Config.Duration("KAFKA_SESSION_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10))),
   presenceTtl: Config.Duration("PRESENCE_TTL").pipe(Config.withDefault(Duration.seconds(30))),
   metricsPort: Config.option(Config.Port("METRICS_PORT")),
+  searchTimeout: Config.Duration("SEARCH_TIMEOUT").pipe(Config.withDefault(defaultSearchLimits.timeout)),
+  searchMaxMatches: Config.Int("SEARCH_MAX_MATCHES").pipe(Config.withDefault(defaultSearchLimits.maxMatches)),
   rateLimits: Config.all(
     Object.fromEntries(
       (Object.keys(defaultRateLimits) as Array<Limit>).map((limit) => [
@@ -173,9 +178,13 @@ export const load: Effect.Effect<HarmonyConfig, ConfigurationError> = Effect.gen
   for (const [variable, value] of [
     ["MAX_SOCKETS_PER_USER", c.maxSocketsPerUser],
     ["MAX_SOCKETS_PER_ADDRESS", c.maxSocketsPerAddress],
-    ["MAX_SUBSCRIPTIONS_PER_SOCKET", c.maxSubscriptionsPerSocket]
+    ["MAX_SUBSCRIPTIONS_PER_SOCKET", c.maxSubscriptionsPerSocket],
+    ["SEARCH_MAX_MATCHES", c.searchMaxMatches]
   ] as const) {
     if (value < 1) return yield* new ConfigurationError({ message: `${variable} must be at least 1, got ${value}` })
+  }
+  if (Duration.toMillis(c.searchTimeout) < 1) {
+    return yield* new ConfigurationError({ message: "SEARCH_TIMEOUT must be at least 1 millisecond" })
   }
   if (Option.isSome(c.jwtSecret) && secretLength(c.jwtSecret.value) < 32) {
     return yield* new ConfigurationError({ message: "HARMONY_JWT_SECRET must be at least 32 characters" })
@@ -240,7 +249,8 @@ export const load: Effect.Effect<HarmonyConfig, ConfigurationError> = Effect.gen
     },
     metricsPort: Option.getOrElse(c.metricsPort, () => c.port),
     kafkaSessionTimeout: c.kafkaSessionTimeout,
-    presenceTtl: c.presenceTtl
+    presenceTtl: c.presenceTtl,
+    searchLimits: { timeout: c.searchTimeout, maxMatches: c.searchMaxMatches }
   }
 })
 

@@ -113,6 +113,12 @@ export const searchIndexed = Metric.counter("harmony_search_indexed_messages_tot
   description: "Messages the search indexer read from the store and added to the search index",
   incremental: true
 })
+/** Attributes: reason = too_many_matches (400) | timeout (503). */
+export const searchRefused = Metric.counter("harmony_search_refused_total", {
+  description:
+    "Searches refused by the search limits: a query matching more than SEARCH_MAX_MATCHES messages, or cut off by SEARCH_TIMEOUT",
+  incremental: true
+})
 export const actorsActive = Metric.gauge("harmony_actors_active", { description: "Chat actors active on this node" })
 export const actorMailboxDepth = Metric.gauge("harmony_actor_mailbox_depth", {
   description: "Records waiting in the mailboxes of this node's chat actors, all actors together"

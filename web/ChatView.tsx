@@ -35,6 +35,9 @@ export function ChatView({
   const lastHeight = useRef(0)
   const lastFirstSeq = useRef<number | undefined>(undefined)
   const [showJump, setShowJump] = useState(false)
+  /** The focused message (a search hit) this view has scrolled to, so it does so once. */
+  const shownFocus = useRef<object | undefined>(undefined)
+  const focus = store.focus?.chatId === chatId ? store.focus : undefined
 
   // Keep the reader's place: older messages prepended keep the view where it
   // was; new ones scroll into view only when the reader was at the bottom.
@@ -46,6 +49,16 @@ export function ChatView({
       el.scrollTop += el.scrollHeight - lastHeight.current
     } else if (atBottom.current) {
       el.scrollTop = el.scrollHeight
+    }
+    // A search hit: once its message is here, bring it into view (and stay there, off the bottom).
+    if (focus !== undefined && shownFocus.current !== focus) {
+      const target = el.querySelector<HTMLElement>(`[data-seq="${focus.seq}"]`)
+      if (target !== null) {
+        shownFocus.current = focus
+        target.scrollIntoView({ block: "center" })
+        atBottom.current = el.scrollHeight - el.scrollTop - el.clientHeight < 48
+        setShowJump(!atBottom.current)
+      }
     }
     lastHeight.current = el.scrollHeight
     lastFirstSeq.current = first
@@ -124,6 +137,7 @@ export function ChatView({
                   message={message}
                   grouped={grouped}
                   readers={readers}
+                  focused={focus?.seq === message.seq}
                 />
               )
             })}
@@ -220,13 +234,16 @@ function MessageItem({
   chatId,
   message,
   grouped,
-  readers
+  readers,
+  focused
 }: {
   store: Store
   chatId: string
   message: Message
   grouped: boolean
   readers: ReadonlyArray<string> | undefined
+  /** A search hit this view was opened at. */
+  focused: boolean
 }) {
   const [editing, setEditing] = useState(false)
   const [picking, setPicking] = useState(false)
@@ -240,9 +257,10 @@ function MessageItem({
 
   return (
     <div
-      class={`message${mine ? " mine" : ""}${grouped ? " grouped" : ""}${deleted ? " deleted" : ""}`}
+      class={`message${mine ? " mine" : ""}${grouped ? " grouped" : ""}${deleted ? " deleted" : ""}${focused ? " focused" : ""}`}
       data-testid="message"
       data-seq={message.seq}
+      data-focused={focused}
       data-author-id={message.authorId}
       data-mine={mine}
       data-deleted={deleted}

@@ -1,4 +1,4 @@
-/** Search over the history of the user's chats: hits with their highlighted words; picking one opens its chat. */
+/** Search over the history of the user's chats: hits with their highlighted words; picking one opens its chat at it. */
 import { useEffect, useState } from "preact/hooks"
 import type { SearchHit } from "../src/client/index.ts"
 import { errorText } from "./hooks.ts"
@@ -82,7 +82,7 @@ export function MessageSearch({ store }: { store: Store }) {
                   data-chat-id={hit.chatId}
                   data-seq={hit.seq}
                   onClick={() => {
-                    store.open(hit.chatId)
+                    void store.jumpTo(hit.chatId, hit.seq)
                     setQuery("")
                   }}
                 >

@@ -119,6 +119,8 @@ export class Store {
   reads = new Map<ChatId, Map<UserId, number>>()
   users = new Map<UserId, User>()
   activeChatId: ChatId | undefined
+  /** The message a search hit opened: the chat view scrolls to it once and marks it. */
+  focus: { readonly chatId: ChatId; readonly seq: number } | undefined
   notice: string | undefined
   chatsLoaded = false
 
@@ -551,6 +553,7 @@ export class Store {
   // --- the open chat ------------------------------------------------------------------------
 
   open(chatId: ChatId | undefined) {
+    if (this.focus?.chatId !== chatId) this.focus = undefined
     this.activeChatId = chatId
     history.replaceState(null, "", chatId === undefined ? location.pathname : `#chat=${encodeURIComponent(chatId)}`)
     if (chatId !== undefined) {
@@ -561,6 +564,26 @@ export class Store {
       this.markRead(chatId)
     }
     this.changed()
+  }
+
+  /**
+   * Opens a chat at one message (a search hit). A message older than the
+   * loaded pages is fetched with the ones around it; the hole between those and
+   * the newest page is filled like any other (repair), so the timeline stays
+   * whole.
+   */
+  async jumpTo(chatId: ChatId, seq: number) {
+    this.focus = { chatId, seq }
+    this.open(chatId)
+    if (this.timeline(chatId).seqs.has(seq)) return
+    try {
+      const page = await this.client.history(chatId, { after: Math.max(0, seq - 10), limit: 50 })
+      this.insert(chatId, page.messages)
+    } catch (error) {
+      this.say(`Could not load the message: ${errorText(error)}`)
+    }
+    this.changed()
+    this.repair(chatId)
   }
 
   /** Others' read positions as the server has them (live `read` events move them on from there). */

@@ -287,13 +287,18 @@ export class MessagesApi extends HttpApiGroup.make("messages")
 
 /** The longest search query, in characters (docs/protocol.md "Search"). */
 export const MaxSearchQuery = 200
+/** The most words in a search query (runs of letters and digits, as Postgres' parser splits them). */
+export const MaxSearchWords = 32
 /** The most hits on one search page. */
 export const MaxSearchPage = 50
+
+const words = (text: string) => text.match(/[\p{L}\p{N}]+/gu)?.length ?? 0
 
 export const SearchQuery = {
   q: Schema.String.check(
     Schema.isMinLength(1, { message: `q has 1 to ${MaxSearchQuery} characters` }),
     Schema.isMaxLength(MaxSearchQuery, { message: `q has 1 to ${MaxSearchQuery} characters` }),
+    Schema.makeFilter((q: string) => words(q) <= MaxSearchWords || `q has at most ${MaxSearchWords} words`),
     isStorableText
   ),
   chatId: Schema.optionalKey(ChatId),

@@ -83,7 +83,7 @@ const MeHandlers = HttpApiBuilder.group(
           const user = yield* CurrentUser
           yield* limits.take("write", user.id)
           const left = yield* accounts.close(user.id)
-          yield* Effect.forEach(left, (chatId) => refresh(chatId, [user.id]), { discard: true })
+          yield* Effect.forEach(left, ({ chatId, changed }) => refresh(chatId, changed), { discard: true })
         }),
       chats: () =>
         Effect.flatMap(CurrentUser, (user) => Effect.map(chats.listForUser(user.id), (list) => ({ chats: list }))),
@@ -118,7 +118,8 @@ const ChatsHandlers = HttpApiBuilder.group(
         ),
       removeMember: ({ params }) =>
         Effect.flatMap(limitedUser("write"), (user) => chats.removeMember(user.id, params.chatId, params.userId)).pipe(
-          Effect.andThen(refresh(params.chatId, [params.userId]))
+          // The one removed, and the new owner when the owner left: their roles hold from the answer on.
+          Effect.flatMap((changed) => refresh(params.chatId, changed))
         ),
       setRole: ({ params, payload }) =>
         Effect.flatMap(limitedUser("write"), (user) =>

@@ -75,8 +75,10 @@ export class Accounts extends Context.Service<
     >
     readonly get: (userId: UserId) => Effect.Effect<User, NotFound | Unavailable>
     readonly search: (prefix: string, limit: number) => Effect.Effect<ReadonlyArray<User>, Unavailable>
-    /** Closes the account; answers the chats it left. */
-    readonly close: (userId: UserId) => Effect.Effect<ReadonlyArray<ChatId>, Unavailable>
+    /** Closes the account; answers the chats it left, each with the members whose role changed there. */
+    readonly close: (
+      userId: UserId
+    ) => Effect.Effect<ReadonlyArray<{ readonly chatId: ChatId; readonly changed: ReadonlyArray<UserId> }>, Unavailable>
   }
 >()("harmony/state/Accounts") {
   static readonly layer = Layer.effect(

@@ -59,7 +59,12 @@ export class Chats extends Context.Service<
       chatId: ChatId,
       userIds: ReadonlyArray<UserId>
     ) => Effect.Effect<Chat, Failure>
-    readonly removeMember: (callerId: UserId, chatId: ChatId, userId: UserId) => Effect.Effect<void, Failure>
+    /** Answers the members whose role changed: the one removed, and the new owner when the owner left. */
+    readonly removeMember: (
+      callerId: UserId,
+      chatId: ChatId,
+      userId: UserId
+    ) => Effect.Effect<ReadonlyArray<UserId>, Failure>
     /**
      * The owner makes a member an admin or a member again, or hands ownership
      * to them (`owner`: the old owner becomes an admin).
@@ -88,9 +93,12 @@ export class Chats extends Context.Service<
     /**
      * Removes a closing account from every chat, inside the caller's
      * transaction: an owned chat passes to its oldest admin, else its oldest
-     * member, and is deleted when nobody is left.
+     * member, and is deleted when nobody is left. Answers the chats left, each
+     * with the members whose role changed there (the account, and an heir).
      */
-    readonly leaveAll: (userId: UserId) => Effect.Effect<ReadonlyArray<ChatId>, SqlError>
+    readonly leaveAll: (
+      userId: UserId
+    ) => Effect.Effect<ReadonlyArray<{ readonly chatId: ChatId; readonly changed: ReadonlyArray<UserId> }>, SqlError>
   }
 >()("harmony/state/Chats") {
   static readonly layer = Layer.effect(
@@ -153,14 +161,19 @@ export class Chats extends Context.Service<
           }
         })
 
-      /** Removes one membership, passing ownership on or deleting the emptied chat. */
+      /**
+       * Removes one membership, passing ownership on or deleting the emptied
+       * chat; answers the members whose role changed (the one removed, and the
+       * heir when it was the owner), whose cached roles are now stale.
+       */
       const dropMember = (chatId: ChatId, userId: UserId) =>
         Effect.gen(function* () {
           const events: Array<StateEvent> = []
+          const changed: Array<UserId> = [userId]
           const removed = yield* sql<{ role: Role }>`
             DELETE FROM memberships WHERE chat_id = ${chatId} AND user_id = ${userId} RETURNING role`
           const was = removed[0]
-          if (was === undefined) return
+          if (was === undefined) return changed
           events.push({ _tag: "member.removed", chatId, userId })
           yield* sql`UPDATE chats SET direct_key = NULL WHERE id = ${chatId}`
           if (was.role === "owner") {
@@ -175,6 +188,7 @@ export class Chats extends Context.Service<
               yield* sql`UPDATE memberships SET role = 'owner' WHERE chat_id = ${chatId} AND user_id = ${heir.user_id}`
               yield* sql`UPDATE chats SET owner_id = ${heir.user_id} WHERE id = ${chatId}`
               events.push({ _tag: "chat.owner_changed", chatId, ownerId: heir.user_id })
+              changed.push(heir.user_id)
             }
           } else {
             const left = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM memberships WHERE chat_id = ${chatId}`
@@ -184,6 +198,7 @@ export class Chats extends Context.Service<
             }
           }
           yield* outbox.append(events)
+          return changed
         })
 
       const create = Effect.fn("Chats.create")(function* (callerId: UserId, input: CreateChat) {
@@ -298,7 +313,7 @@ export class Chats extends Context.Service<
         chatId: ChatId,
         userId: UserId
       ) {
-        yield* sql.withTransaction(
+        return yield* sql.withTransaction(
           Effect.gen(function* () {
             const { role } = yield* lockAs(chatId, callerId)
             if (userId !== callerId) {
@@ -313,7 +328,7 @@ export class Chats extends Context.Service<
                 return yield* new Forbidden({ message: `an ${role} cannot remove an ${theirs}` })
               }
             }
-            yield* dropMember(chatId, userId)
+            return yield* dropMember(chatId, userId)
           })
         )
       }, orUnavailable)
@@ -423,11 +438,12 @@ export class Chats extends Context.Service<
       const leaveAll = Effect.fn("Chats.leaveAll")(function* (userId: UserId) {
         const chats = yield* sql<{ chat_id: ChatId }>`
           SELECT chat_id FROM memberships WHERE user_id = ${userId} ORDER BY chat_id`
+        const left: Array<{ chatId: ChatId; changed: ReadonlyArray<UserId> }> = []
         for (const { chat_id } of chats) {
           yield* sql`SELECT id FROM chats WHERE id = ${chat_id} FOR UPDATE`
-          yield* dropMember(chat_id, userId)
+          left.push({ chatId: chat_id, changed: yield* dropMember(chat_id, userId) })
         }
-        return chats.map((chat) => chat.chat_id)
+        return left
       })
 
       return Chats.of({

@@ -9,12 +9,19 @@
  * Words are matched with the `simple` configuration (no stemming, no stop
  * words: chats are in every language); the query is `websearch_to_tsquery`
  * syntax (words, "quoted phrases", `or`, `-word`).
+ *
+ * A search's work is bounded (docs/protocol.md "Search", "Limits"): every
+ * match in the caller's chats is ranked, so a word that is in much of a big
+ * history is refused after counting at most `maxMatches` of them (400), and
+ * on Postgres the statement runs under `statement_timeout` (503 when it is
+ * reached).
  */
-import { Array as Arr, Context, Effect, Layer, Schema } from "effect"
+import { Array as Arr, Context, Duration, Effect, Layer, Metric, Schema } from "effect"
 import { SqlClient } from "effect/sql"
-import type { SqlError } from "effect/sql/SqlError"
+import { isSqlError, type SqlError } from "effect/sql/SqlError"
 import type { ChatId, Message, MessageId, UserId } from "../schema/Domain.ts"
-import { BadRequest, type Unavailable } from "../schema/Errors.ts"
+import { BadRequest, Unavailable } from "../schema/Errors.ts"
+import { searchRefused } from "../Metrics.ts"
 import { iso, orUnavailable } from "./Db.ts"
 
 /** One hit: where the message is, and a snippet with the matched words' ranges in it. */
@@ -48,6 +55,21 @@ export type IndexedMessage = Pick<Message, "chatId" | "seq" | "id" | "authorId" 
   readonly body: string | null
 }
 
+/** How much one search may cost (SEARCH_TIMEOUT, SEARCH_MAX_MATCHES: docs/operations.md). */
+export interface SearchLimits {
+  /**
+   * The longest a search statement may run: Postgres' `statement_timeout`, set
+   * for the search's own transaction. Undefined: no timeout, and no
+   * transaction (PGlite cannot cut a statement off: embedded mode).
+   */
+  readonly timeout: Duration.Duration | undefined
+  /** The most matches in the caller's chats a search ranks; a query with more is refused. */
+  readonly maxMatches: number
+}
+
+/** SEARCH_TIMEOUT and SEARCH_MAX_MATCHES by default. */
+export const defaultSearchLimits = { timeout: Duration.seconds(3), maxMatches: 20_000 } as const satisfies SearchLimits
+
 /** A body up to this many characters is its own snippet; a longer one gives fragments around the matches. */
 const WholeBody = 200
 
@@ -80,7 +102,7 @@ const decodeCursor = (cursor: string) =>
     Effect.mapError(() => new BadRequest({ message: "before is not a cursor this server gave out" }))
   )
 
-interface HitRow {
+interface Hit {
   readonly chat_id: string
   readonly seq: string | number
   readonly message_id: string
@@ -89,6 +111,9 @@ interface HitRow {
   readonly rank: string
   readonly snippet: string
 }
+
+/** A row of the search statement: the verdict on the match count, with a hit (or nulls when there is none). */
+type HitRow = { readonly too_many: boolean } & (Hit | { readonly [K in keyof Hit]: null })
 
 export class SearchIndex extends Context.Service<
   SearchIndex,
@@ -116,115 +141,170 @@ export class SearchIndex extends Context.Service<
     readonly sizeOnDisk: Effect.Effect<number, SqlError>
   }
 >()("harmony/state/SearchIndex") {
-  static readonly layer = Layer.effect(
-    SearchIndex,
-    Effect.gen(function* () {
-      const sql = yield* SqlClient.SqlClient
+  static readonly layerWith = (limits: SearchLimits) =>
+    Layer.effect(
+      SearchIndex,
+      Effect.gen(function* () {
+        const sql = yield* SqlClient.SqlClient
 
-      const rows = (messages: ReadonlyArray<IndexedMessage>) =>
-        messages.map((m) => ({
-          chat_id: m.chatId,
-          seq: m.seq,
-          message_id: m.id,
-          author_id: m.authorId,
-          created_at: m.createdAt,
-          body: m.body
-        }))
+        const rows = (messages: ReadonlyArray<IndexedMessage>) =>
+          messages.map((m) => ({
+            chat_id: m.chatId,
+            seq: m.seq,
+            message_id: m.id,
+            author_id: m.authorId,
+            created_at: m.createdAt,
+            body: m.body
+          }))
 
-      const add = (messages: ReadonlyArray<IndexedMessage>) => {
-        const values = rows(messages)
-        if (!Arr.isArrayNonEmpty(values)) return Effect.void
-        return sql`INSERT INTO search_messages ${sql.insert(values)} ON CONFLICT (chat_id, seq) DO NOTHING`.pipe(
-          Effect.asVoid,
-          Effect.withSpan("SearchIndex.add", { attributes: { "harmony.batch.size": values.length } })
-        )
-      }
+        const add = (messages: ReadonlyArray<IndexedMessage>) => {
+          const values = rows(messages)
+          if (!Arr.isArrayNonEmpty(values)) return Effect.void
+          return sql`INSERT INTO search_messages ${sql.insert(values)} ON CONFLICT (chat_id, seq) DO NOTHING`.pipe(
+            Effect.asVoid,
+            Effect.withSpan("SearchIndex.add", { attributes: { "harmony.batch.size": values.length } })
+          )
+        }
 
-      const replace = (messages: ReadonlyArray<IndexedMessage>) => {
-        const values = rows(messages)
-        if (!Arr.isArrayNonEmpty(values)) return Effect.void
-        return sql`
+        const replace = (messages: ReadonlyArray<IndexedMessage>) => {
+          const values = rows(messages)
+          if (!Arr.isArrayNonEmpty(values)) return Effect.void
+          return sql`
           INSERT INTO search_messages ${sql.insert(values)}
           ON CONFLICT (chat_id, seq) DO UPDATE SET message_id = EXCLUDED.message_id,
             author_id = EXCLUDED.author_id, created_at = EXCLUDED.created_at, body = EXCLUDED.body`.pipe(Effect.asVoid)
-      }
+        }
 
-      const edit = (chatId: ChatId, seq: number, body: string) =>
-        sql`UPDATE search_messages SET body = ${body}
+        const edit = (chatId: ChatId, seq: number, body: string) =>
+          sql`UPDATE search_messages SET body = ${body}
             WHERE chat_id = ${chatId} AND seq = ${seq} AND body IS NOT NULL`.pipe(Effect.asVoid)
 
-      const remove = (chatId: ChatId, seq: number) =>
-        sql`UPDATE search_messages SET body = NULL WHERE chat_id = ${chatId} AND seq = ${seq}`.pipe(Effect.asVoid)
+        const remove = (chatId: ChatId, seq: number) =>
+          sql`UPDATE search_messages SET body = NULL WHERE chat_id = ${chatId} AND seq = ${seq}`.pipe(Effect.asVoid)
 
-      const watermark = (chatId: ChatId) =>
-        sql<{ seq: string | null }>`SELECT max(seq) AS seq FROM search_messages WHERE chat_id = ${chatId}`.pipe(
-          Effect.map(([row]) => Number(row?.seq ?? 0))
-        )
+        const watermark = (chatId: ChatId) =>
+          sql<{ seq: string | null }>`SELECT max(seq) AS seq FROM search_messages WHERE chat_id = ${chatId}`.pipe(
+            Effect.map(([row]) => Number(row?.seq ?? 0))
+          )
 
-      const holds = (chatId: ChatId, ids: ReadonlyArray<string>) =>
-        ids.length === 0
-          ? Effect.succeed(new Set<string>())
-          : sql<{ message_id: string }>`
+        const holds = (chatId: ChatId, ids: ReadonlyArray<string>) =>
+          ids.length === 0
+            ? Effect.succeed(new Set<string>())
+            : sql<{ message_id: string }>`
               SELECT message_id FROM search_messages
               WHERE chat_id = ${chatId} AND ${sql.in("message_id", ids)}`.pipe(
-              Effect.map((found) => new Set(found.map((row) => row.message_id)))
-            )
+                Effect.map((found) => new Set(found.map((row) => row.message_id)))
+              )
 
-      const dropAfter = (chatId: ChatId, seq: number) =>
-        sql`DELETE FROM search_messages WHERE chat_id = ${chatId} AND seq > ${seq}`.pipe(Effect.asVoid)
+        const dropAfter = (chatId: ChatId, seq: number) =>
+          sql`DELETE FROM search_messages WHERE chat_id = ${chatId} AND seq > ${seq}`.pipe(Effect.asVoid)
 
-      const search = Effect.fn("SearchIndex.search")(function* (userId: UserId, query: SearchQuery) {
-        const cursor = query.before === undefined ? undefined : yield* decodeCursor(query.before)
-        const inChat = query.chatId === undefined ? sql`` : sql`AND s.chat_id = ${query.chatId}`
-        const after =
-          cursor === undefined
-            ? sql``
-            : sql`AND (h.rank < ${cursor[0]}::real OR (h.rank = ${cursor[0]}::real
-                  AND (h.chat_id > ${cursor[1]} OR (h.chat_id = ${cursor[1]} AND h.seq < ${cursor[2]}))))`
-        // Ranked over the caller's chats only; snippets are made for the page alone.
-        const found = yield* sql<HitRow>`
-          WITH q AS (SELECT websearch_to_tsquery('simple', ${query.q}) AS query),
-          hits AS (
-            SELECT s.chat_id, s.seq, s.message_id, s.author_id, s.created_at, s.body,
-                   ts_rank_cd(s.tsv, q.query) AS rank
-            FROM q, search_messages s
-            JOIN memberships m ON m.chat_id = s.chat_id AND m.user_id = ${userId}
-            WHERE s.tsv @@ q.query ${inChat}
-          ),
-          page AS (
-            SELECT * FROM hits h WHERE true ${after}
-            ORDER BY h.rank DESC, h.chat_id, h.seq DESC
-            LIMIT ${query.limit + 1}
-          )
-          SELECT chat_id, seq, message_id, author_id, created_at, rank::text AS rank,
-                 ts_headline('simple', translate(body, ${Start + Stop}, ''), (SELECT query FROM q),
-                   'StartSel=' || chr(2) || ', StopSel=' || chr(3) || CASE WHEN length(body) <= ${WholeBody}
-                     THEN ', HighlightAll=true'
-                     ELSE ', MaxWords=24, MinWords=8, ShortWord=0, MaxFragments=2, FragmentDelimiter=" … "' END
-                 ) AS snippet
-          FROM page ORDER BY rank DESC, chat_id, seq DESC`
-        const more = found.length > query.limit
-        const hits = found.slice(0, query.limit).map(
-          (row): SearchHit => ({
-            chatId: row.chat_id as ChatId,
-            seq: Number(row.seq),
-            id: row.message_id as MessageId,
-            authorId: row.author_id as UserId,
-            createdAt: iso(row.created_at),
-            ...unmark(row.snippet)
-          })
-        )
-        const last = found[query.limit - 1]
-        return {
-          hits,
-          nextBefore: more && last !== undefined ? encodeCursor(last.rank, last.chat_id, Number(last.seq)) : null
+        const timeout = limits.timeout
+        const refusedFor = {
+          tooManyMatches: Metric.withAttributes(searchRefused, { reason: "too_many_matches" }),
+          timeout: Metric.withAttributes(searchRefused, { reason: "timeout" })
         }
-      }, orUnavailable)
+        // A statement cut off by statement_timeout: the search is answered `unavailable`.
+        const tooSlow = <A, E, R>(self: Effect.Effect<A, E, R>) =>
+          Effect.catchIf(
+            self,
+            (error) => isSqlError(error) && error.reason._tag === "StatementTimeoutError",
+            () =>
+              Metric.update(refusedFor.timeout, 1).pipe(
+                Effect.andThen(
+                  Effect.fail(
+                    new Unavailable({
+                      message: `the search took longer than ${timeout === undefined ? "the database allows" : Duration.format(timeout)}: add words, or search one chat`
+                    })
+                  )
+                )
+              )
+          )
+        /** The statement in a transaction of its own under the timeout, when there is one. */
+        const timed = <A, E, R>(statement: Effect.Effect<A, E, R>) => {
+          if (timeout === undefined) return statement
+          const millis = String(Math.max(1, Math.ceil(Duration.toMillis(timeout))))
+          return sql.withTransaction(
+            sql`SELECT set_config('statement_timeout', ${millis}, true)`.pipe(Effect.andThen(statement))
+          )
+        }
 
-      const sizeOnDisk = sql<{ bytes: string }>`
+        const search = Effect.fn("SearchIndex.search")(
+          function* (userId: UserId, query: SearchQuery) {
+            const cursor = query.before === undefined ? undefined : yield* decodeCursor(query.before)
+            const inChat = query.chatId === undefined ? sql`` : sql`AND s.chat_id = ${query.chatId}`
+            const after =
+              cursor === undefined
+                ? sql``
+                : sql`AND (h.rank < ${cursor[0]}::real OR (h.rank = ${cursor[0]}::real
+                    AND (h.chat_id > ${cursor[1]} OR (h.chat_id = ${cursor[1]} AND h.seq < ${cursor[2]}))))`
+            // One statement: the caller's matches are counted no further than the
+            // limit, and only when they are within it ranked (ranking is what
+            // costs); the verdict row comes back even when no hit does. Ranked
+            // over the caller's chats only; snippets are made for the page alone.
+            const rows = yield* timed(sql<HitRow>`
+              WITH q AS (SELECT websearch_to_tsquery('simple', ${query.q}) AS query),
+              matched AS (
+                SELECT 1 FROM q, search_messages s
+                JOIN memberships m ON m.chat_id = s.chat_id AND m.user_id = ${userId}
+                WHERE s.tsv @@ q.query ${inChat}
+                LIMIT ${limits.maxMatches + 1}
+              ),
+              verdict AS (SELECT count(*) > ${limits.maxMatches} AS too_many FROM matched),
+              hits AS (
+                SELECT s.chat_id, s.seq, s.message_id, s.author_id, s.created_at, s.body,
+                       ts_rank_cd(s.tsv, q.query) AS rank
+                FROM q, search_messages s
+                JOIN memberships m ON m.chat_id = s.chat_id AND m.user_id = ${userId}
+                WHERE s.tsv @@ q.query ${inChat} AND NOT (SELECT too_many FROM verdict)
+              ),
+              page AS (
+                SELECT * FROM hits h WHERE true ${after}
+                ORDER BY h.rank DESC, h.chat_id, h.seq DESC
+                LIMIT ${query.limit + 1}
+              )
+              SELECT v.too_many, p.chat_id, p.seq, p.message_id, p.author_id, p.created_at, p.rank::text AS rank,
+                     ts_headline('simple', translate(p.body, ${Start + Stop}, ''), (SELECT query FROM q),
+                       'StartSel=' || chr(2) || ', StopSel=' || chr(3) || CASE WHEN length(p.body) <= ${WholeBody}
+                         THEN ', HighlightAll=true'
+                         ELSE ', MaxWords=24, MinWords=8, ShortWord=0, MaxFragments=2, FragmentDelimiter=" … "' END
+                     ) AS snippet
+              FROM verdict v LEFT JOIN page p ON true
+              ORDER BY p.rank DESC, p.chat_id, p.seq DESC`)
+            if (rows[0]?.too_many === true) {
+              yield* Metric.update(refusedFor.tooManyMatches, 1)
+              return yield* new BadRequest({
+                message: `q matches more than ${limits.maxMatches} messages: add words, or search one chat`
+              })
+            }
+            const found = rows.filter((row): row is HitRow & Hit => row.chat_id !== null)
+            const more = found.length > query.limit
+            const hits = found.slice(0, query.limit).map(
+              (row): SearchHit => ({
+                chatId: row.chat_id as ChatId,
+                seq: Number(row.seq),
+                id: row.message_id as MessageId,
+                authorId: row.author_id as UserId,
+                createdAt: iso(row.created_at),
+                ...unmark(row.snippet)
+              })
+            )
+            const last = found[query.limit - 1]
+            return {
+              hits,
+              nextBefore: more && last !== undefined ? encodeCursor(last.rank, last.chat_id, Number(last.seq)) : null
+            }
+          },
+          tooSlow,
+          orUnavailable
+        )
+
+        const sizeOnDisk = sql<{ bytes: string }>`
         SELECT pg_total_relation_size('search_messages') AS bytes`.pipe(Effect.map(([row]) => Number(row?.bytes ?? 0)))
 
-      return SearchIndex.of({ add, replace, edit, remove, watermark, holds, dropAfter, search, sizeOnDisk })
-    })
-  )
+        return SearchIndex.of({ add, replace, edit, remove, watermark, holds, dropAfter, search, sizeOnDisk })
+      })
+    )
+
+  static readonly layer = SearchIndex.layerWith(defaultSearchLimits)
 }

@@ -347,6 +347,39 @@ describe("web client (chromium)", () => {
     await shoot(bob, "08-bob-history-after-reload")
   }, 180_000)
 
+  it("a search hit older than the loaded page opens its chat at that message", async () => {
+    onFailure()
+    // A fresh page holds the newest 50 messages; "history line 5" (seq 8) is older than that.
+    await bob.reload()
+    await until("bob's session resumes after the reload", async () => (await statusOf(bob)) === "open")
+    await until("bob's page shows the newest message", () => showsMessage(bob, `history line ${bulk}`))
+    const target = 3 + 5
+    expect(await seqsOn(bob)).not.toContain(target)
+    await bob.locator("[data-testid=message-search]").fill('"line 5"')
+    const hit = bob.locator(`[data-testid=message-result][data-seq="${target}"]`)
+    await until("bob sees the one hit", async () => (await hit.count()) === 1)
+    expect(await hit.locator("mark").allTextContents()).toEqual(["line", "5"])
+    expect(await hit.locator(".snippet").textContent()).toBe("history line 5")
+    await hit.click()
+    const message = bob.locator(`[data-testid=message][data-seq="${target}"]`)
+    await until("the message is shown, marked", async () => (await message.getAttribute("data-focused")) === "true")
+    expect(await message.locator("[data-testid=message-body]").textContent()).toBe("history line 5")
+    // In view inside the message list, not merely in the page.
+    await until("the message is scrolled into view", () =>
+      message.evaluate((node) => {
+        const list = node.closest("[data-testid=message-list]")!.getBoundingClientRect()
+        const box = node.getBoundingClientRect()
+        return box.top >= list.top && box.bottom <= list.bottom
+      })
+    )
+    // The timeline is whole again: what lay between the hit and the newest page was fetched.
+    await until("the timeline is contiguous up to the newest message", async () => {
+      const seqs = await seqsOn(bob)
+      return seqs.at(-1) === 3 + bulk && seqs.every((seq, i) => i === 0 || seq === seqs[i - 1]! + 1)
+    })
+    await shoot(bob, "08b-bob-jumps-to-a-search-hit")
+  }, 120_000)
+
   it("after a server restart both pages reconnect by themselves; nothing is lost or doubled", async () => {
     onFailure()
     const before = 3 + bulk

@@ -1,12 +1,11 @@
 /**
- * The user's own channel and roles (docs/protocol.md "The user's own
- * channel" and "Roles"), black-box against the real `harmony serve`: frames
- * arrive after `ready` without subscribing, through the event path; `unread`
- * reaches only sessions not subscribed to the chat; the owner sets roles and
- * hands the chat over; and every pair of roles is tried for remove, rename
- * and delete. Nothing of another user's channel ever reaches a session:
- * where a test asserts that, it first waits for a barrier frame that was
- * published after what must not arrive.
+ * The user's own channel (docs/protocol.md "The user's own channel"),
+ * black-box against the real `harmony serve`: frames arrive after `ready`
+ * without subscribing, through the event path; `unread` reaches only
+ * sessions not subscribed to the chat (roles: roles.suite.ts). Nothing of
+ * another user's channel ever reaches a session: where a test asserts that,
+ * it first waits for a barrier frame that was published after what must not
+ * arrive.
  */
 import { randomUUID } from "node:crypto"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -19,10 +18,8 @@ const expectStatus = (reply: Reply, status: number) => {
   expect(reply.status, `answered ${reply.status}: ${reply.text}`).toBe(status)
 }
 
-type Role = "owner" | "admin" | "member"
-
 export const chatListSuite = (mode: "embedded" | "cluster") => {
-  describe(`the user's own channel and roles (${mode} mode)`, { timeout: 120_000 }, () => {
+  describe(`the user's own channel (${mode} mode)`, { timeout: 120_000 }, () => {
     let harmony: Harmony | undefined
     let http: Api
     const run = `${Date.now().toString(36).slice(-5)}${Math.random().toString(36).slice(2, 6)}`
@@ -214,120 +211,6 @@ export const chatListSuite = (mode: "embedded" | "cluster") => {
         await send(ownerSession, chatId)
         expect(await joinerSession.waitFor((f) => f.type === "unread")).toEqual({ type: "unread", chatId, lastSeq: 1 })
       })
-    })
-
-    describe.concurrent("roles", () => {
-      /** A chat with an owner, two admins and two members. */
-      const team = async () => {
-        const [owner, admin, admin2, member, member2] = await Promise.all([
-          register("o"),
-          register("a"),
-          register("a"),
-          register("m"),
-          register("m")
-        ])
-        const chatId = await createGroup(owner, [admin, admin2, member, member2])
-        expectStatus(await setRole(owner, chatId, admin.id, "admin"), 200)
-        expectStatus(await setRole(owner, chatId, admin2.id, "admin"), 200)
-        return { chatId, owner, admin, admin2, member, member2 }
-      }
-
-      it("the owner makes admins and members; answers the chat", async () => {
-        const { chatId, owner, admin, member } = await team()
-        const reply = await setRole(owner, chatId, member.id, "admin")
-        expectStatus(reply, 200)
-        expect(reply.body.members).toContainEqual({ userId: member.id, role: "admin" })
-        const back = await setRole(owner, chatId, admin.id, "member")
-        expectStatus(back, 200)
-        expect(back.body.members).toContainEqual({ userId: admin.id, role: "member" })
-        const list = await http.get("/v1/me/chats", { token: admin.accessToken })
-        expect(list.body.chats.find((c: any) => c.id === chatId)).toMatchObject({ role: "member" })
-      })
-
-      it("the owner hands the chat over: the new owner rules, the old one is an admin", async () => {
-        const { chatId, owner, member } = await team()
-        const reply = await setRole(owner, chatId, member.id, "owner")
-        expectStatus(reply, 200)
-        expect(reply.body).toMatchObject({ ownerId: member.id })
-        expect(reply.body.members).toContainEqual({ userId: member.id, role: "owner" })
-        expect(reply.body.members).toContainEqual({ userId: owner.id, role: "admin" })
-        expect(reply.body.members.filter((m: any) => m.role === "owner")).toHaveLength(1)
-        // The old owner rules no more; the new one does.
-        expectStatus(await setRole(owner, chatId, member.id, "member"), 403)
-        expectStatus(await http.delete(`/v1/chats/${chatId}`, { token: owner.accessToken }), 403)
-        expectStatus(await setRole(member, chatId, owner.id, "member"), 200)
-        expectStatus(await http.delete(`/v1/chats/${chatId}`, { token: member.accessToken }), 204)
-      })
-
-      it("the role change is in the OpenAPI document", async () => {
-        const reply = await http.get("/openapi.json")
-        expectStatus(reply, 200)
-        const operation = reply.body.paths["/v1/chats/{chatId}/members/{userId}"]?.patch
-        expect(operation, JSON.stringify(Object.keys(reply.body.paths))).toBeDefined()
-        expect(JSON.stringify(operation.requestBody)).toContain("role")
-      })
-
-      it("only the owner changes roles; strangers learn nothing; bad roles and self-demotion are refused", async () => {
-        const { chatId, owner, admin, member, member2 } = await team()
-        const stranger = await register("s")
-        expectStatus(await setRole(admin, chatId, member.id, "admin"), 403)
-        expectStatus(await setRole(member, chatId, member2.id, "admin"), 403)
-        expectStatus(await setRole(member, chatId, member.id, "owner"), 403)
-        const strangers = await setRole(stranger, chatId, member.id, "admin")
-        expectStatus(strangers, 404)
-        const unknown = await setRole(stranger, randomUUID(), member.id, "admin")
-        expectStatus(unknown, 404)
-        expect(strangers.body.error.message.replace(chatId, "X")).toBe(
-          unknown.body.error.message.replace(/[0-9a-f-]{36}/, "X")
-        )
-        expectStatus(await setRole(owner, chatId, stranger.id, "admin"), 404)
-        expectStatus(await setRole(owner, chatId, member.id, "king"), 400)
-        expectStatus(await setRole(owner, chatId, owner.id, "member"), 409)
-        expectStatus(await http.patch(`/v1/chats/${chatId}/members/${member.id}`, { role: "admin" }), 401)
-      })
-
-      // Every pair of roles: who may remove whom (docs/protocol.md "Roles").
-      const removals: ReadonlyArray<[Role, Role, number]> = [
-        ["owner", "owner", 204], // themselves: the chat passes to its oldest admin
-        ["owner", "admin", 204],
-        ["owner", "member", 204],
-        ["admin", "owner", 403],
-        ["admin", "admin", 403],
-        ["admin", "member", 204],
-        ["member", "owner", 403],
-        ["member", "admin", 403],
-        ["member", "member", 403]
-      ]
-      for (const [actor, target, status] of removals) {
-        it(`remove: ${actor} on ${target} answers ${status}`, async () => {
-          const t = await team()
-          const as = { owner: t.owner, admin: t.admin, member: t.member }[actor]
-          const whom =
-            actor === target && actor !== "owner"
-              ? { admin: t.admin2, member: t.member2 }[actor]
-              : { owner: t.owner, admin: t.admin, member: t.member }[target]
-          const reply = await http.delete(`/v1/chats/${t.chatId}/members/${whom.id}`, { token: as.accessToken })
-          expectStatus(reply, status)
-          const chat = await http.get(`/v1/chats/${t.chatId}`, { token: t.member2.accessToken })
-          const still = (chat.body.members as Array<any>).some((m) => m.userId === whom.id)
-          expect(still).toBe(status !== 204)
-        })
-      }
-      for (const [actor, rename, remove] of [
-        ["owner", 200, 204],
-        ["admin", 200, 403],
-        ["member", 403, 403]
-      ] as const) {
-        it(`rename and delete: ${actor} answers ${rename} and ${remove}`, async () => {
-          const t = await team()
-          const as = { owner: t.owner, admin: t.admin, member: t.member }[actor]
-          expectStatus(
-            await http.patch(`/v1/chats/${t.chatId}`, { name: `by ${actor}` }, { token: as.accessToken }),
-            rename
-          )
-          expectStatus(await http.delete(`/v1/chats/${t.chatId}`, { token: as.accessToken }), remove)
-        })
-      }
     })
   })
 }

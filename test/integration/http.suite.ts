@@ -1066,12 +1066,17 @@ export const httpSuite = (mode: "embedded" | "cluster") => {
         expect((await search(ann, `q=${word}`)).body.hits).toEqual([])
       })
 
-      it("bounds the query: q of 1 to 200 characters, limit 1 to 50, a cursor it gave out", async () => {
+      it("bounds the query: q of 1 to 200 characters and 32 words, limit 1 to 50, a cursor it gave out", async () => {
         const ann = await register("srch")
         expectError(await search(ann, "q="), 400, "bad_request")
         expectError(await search(ann, ""), 400, "bad_request")
         expectError(await search(ann, `q=${"a".repeat(201)}`), 400, "bad_request")
         expectStatus(await search(ann, `q=${"a".repeat(200)}`), 200)
+        const words = (n: number) => encodeURIComponent(Array.from({ length: n }, (_, i) => `w${i}`).join(" "))
+        expectStatus(await search(ann, `q=${words(32)}`), 200)
+        const tooMany = await search(ann, `q=${words(33)}`)
+        expectError(tooMany, 400, "bad_request")
+        expect(tooMany.body.error.message).toContain("at most 32 words")
         expectError(await search(ann, "q=x&limit=51"), 400, "bad_request")
         expectError(await search(ann, "q=x&limit=0"), 400, "bad_request")
         expectError(await search(ann, "q=x&before=garbage"), 400, "bad_request")

@@ -5,7 +5,7 @@
  * the bucket being taken for "the cache is down", let every send through.
  * And `/metrics` can move to a port of its own (METRICS_PORT).
  */
-import { ConfigProvider, Effect, Exit, Layer } from "effect"
+import { ConfigProvider, Duration, Effect, Exit, Layer } from "effect"
 import { spawnSync } from "node:child_process"
 import { existsSync, mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -14,6 +14,7 @@ import { describe, expect, it } from "vitest"
 import * as Config from "../../src/Config.ts"
 import * as Memory from "../../src/adapters/memory/Memory.ts"
 import { defaultRateLimits, RateLimits } from "../../src/state/RateLimits.ts"
+import { defaultSearchLimits } from "../../src/state/SearchIndex.ts"
 import { freePort, repoRoot, startHarmony } from "../support/harmony.ts"
 
 const loadWith = (env: Record<string, string>) =>
@@ -43,7 +44,10 @@ describe("limit settings", () => {
     ["MAX_SOCKETS_PER_USER", "0"],
     ["MAX_SOCKETS_PER_ADDRESS", "-3"],
     ["MAX_SUBSCRIPTIONS_PER_SOCKET", "many"],
-    ["METRICS_PORT", "99999"]
+    ["METRICS_PORT", "99999"],
+    ["SEARCH_MAX_MATCHES", "0"],
+    ["SEARCH_TIMEOUT", "0 millis"],
+    ["SEARCH_TIMEOUT", "soon"]
   ])("%s=%s is refused, naming the variable", async (variable, value) => {
     const message = await messageOf({ [variable]: value })
     expect(message, `${variable}=${value} was accepted`).toBeDefined()
@@ -52,15 +56,24 @@ describe("limit settings", () => {
   })
 
   it("the defaults, and sound values, are accepted", async () => {
-    const exit = await loadWith({ RATE_LIMIT_SEND: "100/0.5", MAX_SOCKETS_PER_USER: "5", METRICS_PORT: "9464" })
+    const exit = await loadWith({
+      RATE_LIMIT_SEND: "100/0.5",
+      MAX_SOCKETS_PER_USER: "5",
+      METRICS_PORT: "9464",
+      SEARCH_MAX_MATCHES: "500",
+      SEARCH_TIMEOUT: "250 millis"
+    })
     expect(Exit.isSuccess(exit), String(Exit.isFailure(exit) && exit.cause)).toBe(true)
     if (Exit.isSuccess(exit)) {
       expect(exit.value.rateLimits.send).toEqual({ capacity: 100, refillPerSecond: 0.5 })
       expect(exit.value.gatewayLimits.maxSocketsPerUser).toBe(5)
       expect(exit.value.metricsPort).toBe(9464)
+      expect(exit.value.searchLimits.maxMatches).toBe(500)
+      expect(Duration.toMillis(exit.value.searchLimits.timeout)).toBe(250)
     }
     const defaults = await loadWith({ PORT: "8123" })
     expect(Exit.isSuccess(defaults) && defaults.value.metricsPort).toBe(8123)
+    expect(Exit.isSuccess(defaults) && defaults.value.searchLimits).toEqual(defaultSearchLimits)
   })
 
   it("the limiter refuses to start with a bucket that cannot refill (never 'the cache is down, let it through')", async () => {

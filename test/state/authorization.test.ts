@@ -215,6 +215,30 @@ describe("no stale authorization", () => {
       }).pipe(logInto(new LogBook()))
     )
 
+    it.effect("the owner leaves: the heir's cached role is written with the answer, before any event", () =>
+      Effect.gen(function* () {
+        // No relay, no invalidator: only what the removal answers refreshes the cache.
+        const state = yield* Layer.build(
+          Membership.layer.pipe(
+            Layer.provideMerge(Chats.layer),
+            Layer.provideMerge(Outbox.layer),
+            Layer.provideMerge(Memory.layer)
+          )
+        )
+        const chats = Context.get(state, Chats)
+        const membership = Context.get(state, Membership)
+        const [owner, heir] = yield* insertUsers(2)
+        const chat = yield* chats.create(owner!, { kind: "group", memberIds: [heir!] }).pipe(Effect.orDie)
+        assert.deepStrictEqual(yield* membership.roleOf(chat.id, heir!).pipe(Effect.orDie), Option.some("member"))
+        // What the HTTP handler does with the answer (src/http/Handlers.ts, removeMember).
+        const changed = yield* chats.removeMember(owner!, chat.id, owner!).pipe(Effect.orDie)
+        assert.deepStrictEqual([...changed].sort(), [owner!, heir!].sort())
+        yield* membership.changed(chat.id, changed)
+        assert.deepStrictEqual(yield* membership.roleOf(chat.id, heir!).pipe(Effect.orDie), Option.some("owner"))
+        assert.deepStrictEqual(yield* membership.roleOf(chat.id, owner!).pipe(Effect.orDie), Option.none())
+      }).pipe(logInto(new LogBook()))
+    )
+
     it.effect(
       "Redis goes away and comes back: roleOf falls back to Postgres meanwhile, and ends at the fresh answer",
       () =>

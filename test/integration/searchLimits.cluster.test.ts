@@ -1,0 +1,3 @@
+import { searchLimitsSuite } from "./searchLimits.suite.ts"
+
+searchLimitsSuite("cluster")
