@@ -14,8 +14,9 @@
  *   when removed), so the highest seq wins. Every update is conditional on
  *   that, so applying changes again, or out of order, changes nothing;
  * - `<chatId>#epoch`, 0: the chat's epoch.
- * A message item itself is never updated: a batch written again (replay)
- * cannot undo a change.
+ * The state lives apart from the message item (which is only updated to take
+ * a deleted message's text out), so a batch written again (a replay) cannot
+ * undo a change.
  */
 import {
   type AttributeValue,
