@@ -5,8 +5,9 @@
  *
  * A record on the log has no seq yet (the chat's actor gives it one), so the
  * indexer takes the messages from the store: for each chat in a batch it
- * reads what the store holds past the index's highest seq for the chat and
- * adds it, until every send of the batch is indexed — waiting, with backoff,
+ * reads the log entries the store holds past the index's highest seq for the
+ * chat and adds the messages among them — the contiguous run only, never
+ * past a gap — until every send of the batch is indexed — waiting, with backoff,
  * for the persistence sink when it is behind. Only then is the batch's
  * offset committed. Adding is idempotent by (chat, seq), so redelivery after
  * a crash or a rebalance changes nothing. A send whose chat is gone is
@@ -28,7 +29,7 @@ import { SqlClient } from "effect/sql"
 import { consumerLag, registerGauge, searchIndexed, searchIndexLag } from "../Metrics.ts"
 import { EventLog, type LogRecord, type PartitionClaim } from "../ports/EventLog.ts"
 import { MessageStore } from "../ports/MessageStore.ts"
-import type { ChatId, Message } from "../schema/Domain.ts"
+import { type ChatId, isChange, type Message } from "../schema/Domain.ts"
 import { ChatRecordJson, isChangeRecord } from "../schema/Records.ts"
 import { MessagesTopic, topicRetry } from "../schema/Topics.ts"
 import { type IndexedMessage, SearchIndex } from "../state/SearchIndex.ts"
@@ -95,13 +96,22 @@ const catchUpChat = Effect.fnUntraced(function* (chatId: ChatId) {
   const added = new Set<string>()
   let after = yield* index.watermark(chatId)
   while (true) {
-    const page = yield* store.page(chatId, { after, limit: PageSize })
-    yield* index.add(page.map(toIndexed))
-    for (const message of page) added.add(message.id)
-    yield* Metric.update(searchIndexed, page.length)
-    const last = page.at(-1)
-    if (page.length < PageSize || last === undefined) return added
-    after = last.seq
+    // The log's entries, not only its messages: the store can hold a seq above a
+    // gap (a batch half written), and indexing past a gap would move the
+    // watermark over messages still to come. Only the contiguous run is taken.
+    const entries = yield* store.entries(chatId, after, PageSize)
+    const messages: Array<Message> = []
+    let contiguous = after
+    for (const entry of entries) {
+      if (entry.seq !== contiguous + 1) break
+      contiguous = entry.seq
+      if (!isChange(entry)) messages.push(entry)
+    }
+    yield* index.add(messages.map(toIndexed))
+    for (const message of messages) added.add(message.id)
+    yield* Metric.update(searchIndexed, messages.length)
+    if (entries.length < PageSize || contiguous < (entries.at(-1)?.seq ?? 0)) return added
+    after = contiguous
   }
 })
 
