@@ -15,6 +15,8 @@ export interface LoadConfig {
   readonly label: string
   /** Base URL of the server, e.g. http://127.0.0.1:1234 */
   readonly url: string
+  /** Every node's URL when the target runs several (the first is `url`): connections are spread over them. */
+  readonly urls?: ReadonlyArray<string>
   readonly chats: number
   readonly members: number
   readonly scenarios: ReadonlyArray<ScenarioName>

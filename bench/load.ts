@@ -21,7 +21,7 @@ import {
   type VerifyResult
 } from "./common.ts"
 import { type CpuSnapshot, snapshot, usageBetween } from "./cpu.ts"
-import { type StageHistograms, scrapeStages, stageOrder, stagesBetween } from "./stages.ts"
+import { type StageHistograms, scrapeStagesOf, stageOrder, stagesBetween } from "./stages.ts"
 import { type Account, makeHarmonyHttp, mapConcurrent } from "./harmony-http.ts"
 import { type Connection, connector, type Member } from "./transports.ts"
 
@@ -78,7 +78,8 @@ class Meter {
 const main = async (config: LoadConfig) => {
   const isHarmony = config.target === "harmony"
   const http = makeHarmonyHttp(config.url)
-  const connect = connector(config.target, config.url)
+  const urls = config.urls ?? [config.url]
+  const connectors = urls.map((url) => connector(config.target, url))
   const notes: Array<string> = []
   const setupStart = performance.now()
 
@@ -208,12 +209,15 @@ const main = async (config: LoadConfig) => {
 
   let connected = 0
   await mapConcurrent(conns, 50, async (conn) => {
-    conn.connection = await connect(members[conn.chat.index]![conn.index % config.members]!, {
-      onAck: (clientMsgId) => onAck(conn, clientMsgId),
-      onSendError: (clientMsgId, code) => onSendError(conn, clientMsgId, code),
-      onMessage: (seq, body) => onMessage(conn, seq, body),
-      onClose: (code) => onClose(conn, code)
-    })
+    conn.connection = await connectors[conn.index % connectors.length]!(
+      members[conn.chat.index]![conn.index % config.members]!,
+      {
+        onAck: (clientMsgId) => onAck(conn, clientMsgId),
+        onSendError: (clientMsgId, code) => onSendError(conn, clientMsgId, code),
+        onMessage: (seq, body) => onMessage(conn, seq, body),
+        onClose: (code) => onClose(conn, code)
+      }
+    )
     conn.open = true
     if (++connected % 250 === 0) log(`connected ${connected}/${conns.length}`)
   })
@@ -316,7 +320,7 @@ const main = async (config: LoadConfig) => {
     const cpu: CpuUsage = usageBetween(cpuStart, snapshot(cpuGroups))
     const persistedAt = await persisted
     // After the drain and persistence: every stage of the window's messages has been observed.
-    const stages = isHarmony ? stagesBetween(await stagesBefore, await scrapeStages(config.url), stageOrder) : undefined
+    const stages = isHarmony ? stagesBetween(await stagesBefore, await scrapeStagesOf(urls), stageOrder) : undefined
     let persistedPerSecond: number | null = null
     let persistLagSeconds: number | null = null
     if (persistedAt !== undefined) {
@@ -384,7 +388,7 @@ const main = async (config: LoadConfig) => {
       m.windowEnd = end
       let index = 0
       for (let now = performance.now(); now < end; now = performance.now()) {
-        if (isHarmony && stagesBefore === undefined && now >= m.windowStart) stagesBefore = scrapeStages(config.url)
+        if (isHarmony && stagesBefore === undefined && now >= m.windowStart) stagesBefore = scrapeStagesOf(urls)
         const due = Math.floor(((now - m.start) / 1000) * config.rate)
         if (index < due)
           m.schedulerLagMaxMs = Math.max(m.schedulerLagMaxMs, now - (m.start + (index * 1000) / config.rate))
@@ -399,7 +403,7 @@ const main = async (config: LoadConfig) => {
       // As fast as acks come: every connection keeps `window` sends in flight.
       m.windowStart = m.start
       m.windowEnd = m.start + config.throughputSeconds * 1000
-      if (isHarmony) stagesBefore = scrapeStages(config.url)
+      if (isHarmony) stagesBefore = scrapeStagesOf(urls)
       throughputRunning = true
       for (const conn of conns) for (let w = 0; w < config.window; w++) send(conn)
       await sleep(config.throughputSeconds * 1000)

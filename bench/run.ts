@@ -9,7 +9,7 @@
  *   npm run bench -- [--mode cluster|embedded|both] [--baselines ws,socketio|none]
  *                    [--scenario latency|throughput|all|connections|search] [--rate 1000] [--chats 100] [--members 10]
  *                    [--duration 60] [--latency-duration 30] [--warmup 5] [--window 1]
- *                    [--body 100] [--quick] [--profile] [--kafka own|shared] [--server-dir DIR]
+ *                    [--body 100] [--quick] [--profile] [--kafka own|shared] [--server-dir DIR] [--nodes 1,2]
  *                    [--otel off|down|up|compare|LIST] [--otel-endpoint URL]
  *
  * --scenario connections [--connections 10000] [--starts 3] [--settle 10]
@@ -20,6 +20,13 @@
  * --scenario search [--search-messages 1000000] [--search-seconds 30] [--search-concurrency 4]
  * [--mode cluster|embedded|both] measures full-text search: queries/s and p99 over a seeded history,
  * with the index's size on disk (bench/search.ts; its own run; cluster = Postgres, embedded = PGlite).
+ *
+ * --nodes LIST (cluster mode; default 1) runs the cluster target once per
+ * entry with that many Harmony nodes on this machine, sharing the services
+ * (one consumer group: the partitions are split between them); the
+ * generator spreads its connections over the nodes, so a chat's members sit
+ * on different nodes and its fanout crosses Redis. `--nodes 1,2` reports
+ * 1 node beside 2 in the same run.
  *
  * --kafka own (default) starts a private Kafka broker for the cluster run (the
  * shared one's `actors` consumer group is joined by every Harmony node that
@@ -105,6 +112,7 @@ const { values: flags } = parseArgs({
     quick: { type: "boolean", default: process.env.BENCH_QUICK === "1" },
     profile: { type: "boolean", default: process.env.BENCH_PROFILE === "1" },
     "server-dir": { type: "string", default: process.env.BENCH_SERVER_DIR ?? "" },
+    nodes: { type: "string", default: process.env.BENCH_NODES ?? "1" },
     kafka: { type: "string", default: process.env.BENCH_KAFKA ?? "own" },
     otel: { type: "string", default: process.env.BENCH_OTEL ?? "off" },
     "otel-endpoint": { type: "string", default: process.env.BENCH_OTEL_ENDPOINT ?? "" },
@@ -160,6 +168,12 @@ const scenarios: Array<ScenarioName> =
       : []
 if (scenarios.length === 0) throw new Error("bench: --scenario must be latency, throughput, all, connections or search")
 if (flags.kafka !== "own" && flags.kafka !== "shared") throw new Error("bench: --kafka must be own or shared")
+const nodeCounts = flags.nodes.split(",").map((entry) => {
+  const count = Number(entry.trim())
+  if (!Number.isInteger(count) || count < 1 || count > 8)
+    throw new Error(`bench: --nodes takes counts 1 to 8, got ${entry}`)
+  return count
+})
 const otelVariants: Array<OtelVariant> = (flags.otel === "compare" ? "off,down" : flags.otel)
   .split(",")
   .map((variant) => variant.trim() as OtelVariant)
@@ -365,7 +379,15 @@ interface Target {
   readonly label: string
   readonly kind: TargetKind
   /** Starts the server; answers its URL, its pid and how to clean up. */
-  readonly start: () => Promise<{ url: string; child: Child; cleanup: () => Promise<void> }>
+  readonly start: () => Promise<{
+    url: string
+    /** Every node's URL, when there are several (the first is `url`). */
+    urls?: ReadonlyArray<string>
+    child: Child
+    /** The other nodes. */
+    others?: ReadonlyArray<Child>
+    cleanup: () => Promise<void>
+  }>
   readonly cpuPids: () => Record<string, Array<number>>
 }
 
@@ -397,8 +419,8 @@ const startOtlpSink = async () => {
   return otlpSink.url
 }
 
-const harmonyTarget = (mode: "cluster" | "embedded", otel: OtelVariant = "off"): Target => {
-  const label = `harmony-${mode}${otelSuffix(otel)}`
+const harmonyTarget = (mode: "cluster" | "embedded", otel: OtelVariant = "off", nodes = 1): Target => {
+  const label = `harmony-${mode}${nodes > 1 ? `-${nodes}nodes` : ""}${otelSuffix(otel)}`
   return {
     label,
     kind: "harmony",
@@ -460,36 +482,56 @@ const harmonyTarget = (mode: "cluster" | "embedded", otel: OtelVariant = "off"):
           out(`bench: warning: ${warning}`)
         }
       }
-      const url = `http://127.0.0.1:${port}`
-      let child: Child | undefined
-      for (let attempt = 1; child === undefined; attempt++) {
-        const candidate = startNode(
-          `${label}${attempt === 1 ? "" : `-${attempt}`}`,
-          ["src/main.ts", "serve"],
-          env,
-          profileArgs(label),
-          serverDir
-        )
-        try {
-          await waitReady(candidate, `${url}/readyz`, 120)
-          child = candidate
-        } catch (error) {
-          await stopChild(candidate)
-          // A node that exits while starting (e.g. racing a fresh broker's topic creation) gets one more try.
-          if (attempt === 1 && candidate.exited) {
-            const warning = `${label} exited while starting and was started again: ${firstError(candidate.logFile)}`
-            warnings.push(warning)
-            out(`bench: warning: ${warning}`)
-            continue
+      const startOne = async (name: string, nodeEnv: Record<string, string>, url: string): Promise<Child> => {
+        for (let attempt = 1; ; attempt++) {
+          const candidate = startNode(
+            `${name}${attempt === 1 ? "" : `-${attempt}`}`,
+            ["src/main.ts", "serve"],
+            nodeEnv,
+            profileArgs(name),
+            serverDir
+          )
+          try {
+            await waitReady(candidate, `${url}/readyz`, 120)
+            return candidate
+          } catch (error) {
+            await stopChild(candidate)
+            // A node that exits while starting (e.g. racing a fresh broker's topic creation) gets one more try.
+            if (attempt === 1 && candidate.exited) {
+              const warning = `${name} exited while starting and was started again: ${firstError(candidate.logFile)}`
+              warnings.push(warning)
+              out(`bench: warning: ${warning}`)
+              continue
+            }
+            throw error
           }
-          for (const cleanup of cleanups) await cleanup()
-          throw error
         }
       }
+      const started: Array<Child> = []
+      const urls: Array<string> = []
+      try {
+        // One after another: the first creates the topics and runs the migrations.
+        for (let node = 0; node < nodes; node++) {
+          const nodePort = node === 0 ? port : await freePort()
+          const url = `http://127.0.0.1:${nodePort}`
+          started.push(
+            await startOne(node === 0 ? label : `${label}-${node + 1}`, { ...env, PORT: String(nodePort) }, url)
+          )
+          urls.push(url)
+        }
+      } catch (error) {
+        for (const child of started) await stopChild(child)
+        for (const cleanup of cleanups) await cleanup()
+        throw error
+      }
+      const [child, ...others] = started
       return {
-        url,
-        child,
+        url: urls[0]!,
+        urls,
+        child: child!,
+        others,
         cleanup: async () => {
+          for (const other of others) await stopChild(other)
           for (const cleanup of cleanups) await cleanup()
         }
       }
@@ -683,7 +725,13 @@ const main = async () => {
   if (connectionsScenario) return connectionsMain()
   if (searchScenario) return searchMain()
   const targets: Array<Target> = [
-    ...modes.flatMap((mode) => otelVariants.map((variant) => harmonyTarget(mode, variant))),
+    ...modes.flatMap((mode) =>
+      otelVariants.flatMap((variant) =>
+        mode === "cluster"
+          ? nodeCounts.map((nodes) => harmonyTarget(mode, variant, nodes))
+          : [harmonyTarget(mode, variant)]
+      )
+    ),
     ...baselines.map((name) => baselineTarget(name as "ws" | "socketio"))
   ]
   const startedAt = new Date().toISOString()
@@ -711,6 +759,7 @@ const main = async () => {
         target: target.kind,
         label: target.label,
         url: started.url,
+        ...(started.urls === undefined ? {} : { urls: started.urls }),
         chats: options.chats,
         members: options.members,
         scenarios,
@@ -723,7 +772,10 @@ const main = async () => {
         drainSeconds: 30,
         persistTimeoutSeconds: 180,
         runId: `${runId}${target.label.slice(-1)}`,
-        cpuPids: { server: [started.child.pid], ...target.cpuPids() }
+        cpuPids: {
+          server: [started.child.pid, ...(started.others ?? []).map((other) => other.pid)],
+          ...target.cpuPids()
+        }
       }
       const result = await runLoad(config, started.child)
       results.push(

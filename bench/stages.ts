@@ -41,6 +41,24 @@ export const scrapeStages = async (url: string): Promise<StageHistograms | undef
   }
 }
 
+/** Several nodes' histograms as one (the buckets are the same on every node). */
+export const scrapeStagesOf = async (urls: ReadonlyArray<string>): Promise<StageHistograms | undefined> => {
+  const scraped = await Promise.all(urls.map(scrapeStages))
+  if (scraped.some((stages) => stages === undefined)) return undefined
+  const merged: StageHistograms = new Map()
+  for (const stages of scraped as Array<StageHistograms>) {
+    for (const [stage, buckets] of stages) {
+      const sum = new Map(merged.get(stage) ?? [])
+      for (const [bound, count] of buckets) sum.set(bound, (sum.get(bound) ?? 0) + count)
+      merged.set(
+        stage,
+        [...sum].sort((a, b) => a[0] - b[0])
+      )
+    }
+  }
+  return merged
+}
+
 /** The quantile `q` of cumulative buckets, linear within its bucket (the last finite bound when it falls past it). */
 const quantile = (buckets: ReadonlyArray<readonly [number, number]>, q: number): number => {
   const total = buckets.at(-1)?.[1] ?? 0

@@ -239,7 +239,11 @@ export const otlp = Layer.unwrap(
       onNone: () => undefined,
       onSome: (value) => parseHeaders(Redacted.value(value))
     })
-    const shutdownTimeout = Duration.seconds(3)
+    // At shutdown one flush drains all three exporters at once within the bound;
+    // each exporter's own final export (run one after another as their layers close)
+    // then gets only a moment for what arrived since.
+    const flushTimeout = Duration.seconds(3)
+    const shutdownTimeout = Duration.millis(250)
     const maxBatchSize = Option.getOrUndefined(config.maxBatchSize)
     const url = (path: string) => `${baseUrl}${path}`
     const tracer = Layer.effect(
@@ -253,7 +257,7 @@ export const otlp = Layer.unwrap(
         shutdownTimeout
       }).pipe(Effect.map((otlpTracer) => gatedTracer(otlpTracer, health, ratio)))
     )
-    return Layer.mergeAll(
+    const exporters = Layer.mergeAll(
       tracer,
       OtlpMetrics.layer({
         url: url("/v1/metrics"),
@@ -273,7 +277,16 @@ export const otlp = Layer.unwrap(
       Layer.succeed(ExportGate, health),
       // Scrapes and probes are not worth a trace each.
       HttpMiddleware.layerTracerDisabledForUrls(["/metrics", "/healthz", "/readyz"])
-    ).pipe(
+    )
+    // Built after the exporters, so its finalizer runs before theirs.
+    const finalFlush = Layer.effectDiscard(
+      Effect.gen(function* () {
+        const flusher = yield* OtlpExporter.Flusher
+        yield* Effect.addFinalizer(() => flusher.flush.pipe(Effect.timeoutOption(flushTimeout)))
+      })
+    )
+    return finalFlush.pipe(
+      Layer.provideMerge(exporters),
       Layer.provideMerge(OtlpExporter.layerFlusher),
       Layer.provide(OtlpSerialization.layerJson),
       Layer.provide(

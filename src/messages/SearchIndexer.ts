@@ -5,7 +5,7 @@
  *
  * A record on the log has no seq yet (the chat's actor gives it one), so the
  * indexer takes the messages from the store: for each chat in a batch it
- * reads the log entries the store holds past the index's highest seq for the
+ * reads the log entries the store holds past how far the index has read the
  * chat and adds the messages among them — the contiguous run only, never
  * past a gap — until every send of the batch is indexed — waiting, with backoff,
  * for the persistence sink when it is behind. Only then is the batch's
@@ -24,7 +24,7 @@
  * Index lag (`harmony_search_index_lag_seconds`) is the age of the oldest
  * record the indexer holds and has not indexed yet: 0 when it is caught up.
  */
-import { Clock, Console, Effect, Layer, Metric, Schema, Stream } from "effect"
+import { Clock, Console, Duration, Effect, Layer, Metric, Schema, Stream } from "effect"
 import { SqlClient } from "effect/sql"
 import { consumerLag, registerGauge, searchIndexed, searchIndexLag } from "../Metrics.ts"
 import { EventLog, type LogRecord, type PartitionClaim } from "../ports/EventLog.ts"
@@ -36,6 +36,14 @@ import { type IndexedMessage, SearchIndex } from "../state/SearchIndex.ts"
 import { backoff, retryForever } from "../Retry.ts"
 
 export const SearchIndexerGroup = "search-indexer"
+
+/**
+ * Records are indexed in batches of up to this many, or what came within the
+ * window: one store read and one index write per chat per batch, instead of
+ * one per fetch (a few records each, under steady load).
+ */
+const BatchSize = 2_000
+const BatchWindow = Duration.millis(250)
 
 /** Messages read from the store per page (the store's most). */
 const PageSize = 100
@@ -80,8 +88,8 @@ const toIndexed = (message: Message): IndexedMessage => ({
 
 class NotYetStored extends Schema.TaggedError<NotYetStored>()("NotYetStored", { chatId: Schema.String }) {}
 
-/** The sink usually persists within milliseconds: look again soon, then less often. */
-const storeWait = backoff("20 millis", "2 seconds")
+/** The sink usually persists within tens of milliseconds: look again soon, then less often. */
+const storeWait = backoff("50 millis", "2 seconds")
 
 const chatExists = Effect.fnUntraced(function* (chatId: ChatId) {
   const sql = yield* SqlClient.SqlClient
@@ -89,16 +97,30 @@ const chatExists = Effect.fnUntraced(function* (chatId: ChatId) {
   return rows.length > 0
 })
 
-/** Adds the store's messages of the chat past the index's highest seq; answers the ids it added. */
-const catchUpChat = Effect.fnUntraced(function* (chatId: ChatId) {
+/**
+ * How far the index has read each chat's log, as far as this claim knows:
+ * the highest seq indexed, read from the index once per chat, then kept as
+ * the claim reads on (only the partition's owner and `reindex` write a chat's
+ * rows, and reindex never lowers what the store holds).
+ */
+type Watermarks = Map<ChatId, number>
+
+/** Enough for every chat a partition sees in a while; beyond it, watermarks are read again. */
+const MaxWatermarks = 10_000
+
+/**
+ * Adds the store's messages of the chat past the watermark; answers the ids
+ * it added. It reads the log's entries, not only its messages: the store can
+ * hold a seq above a gap (a batch half written), and indexing past a gap would
+ * move the watermark over messages still to come, so only the contiguous run
+ * is taken.
+ */
+const catchUpChat = Effect.fnUntraced(function* (chatId: ChatId, watermarks: Watermarks) {
   const store = yield* MessageStore
   const index = yield* SearchIndex
   const added = new Set<string>()
-  let after = yield* index.watermark(chatId)
+  let after = watermarks.get(chatId) ?? (yield* index.watermark(chatId))
   while (true) {
-    // The log's entries, not only its messages: the store can hold a seq above a
-    // gap (a batch half written), and indexing past a gap would move the
-    // watermark over messages still to come. Only the contiguous run is taken.
     const entries = yield* store.entries(chatId, after, PageSize)
     const messages: Array<Message> = []
     let contiguous = after
@@ -110,20 +132,28 @@ const catchUpChat = Effect.fnUntraced(function* (chatId: ChatId) {
     yield* index.add(messages.map(toIndexed))
     for (const message of messages) added.add(message.id)
     yield* Metric.update(searchIndexed, messages.length)
-    if (entries.length < PageSize || contiguous < (entries.at(-1)?.seq ?? 0)) return added
     after = contiguous
+    if (watermarks.size >= MaxWatermarks) watermarks.clear()
+    watermarks.set(chatId, after)
+    if (entries.length < PageSize || contiguous < (entries.at(-1)?.seq ?? 0)) return added
   }
 })
 
-/** Indexes the chat until it holds every one of `ids` (or the chat is gone). */
-const indexChat = (chatId: ChatId, ids: ReadonlyArray<string>) =>
+/**
+ * Indexes the chat until it holds every one of `ids` (or the chat is gone).
+ * Usually the store holds the batch's sends already and the index does not,
+ * so catching up comes first; the index and the chat are looked up only when
+ * something is still missing (a redelivered batch, a sink that is behind).
+ */
+const indexChat = (chatId: ChatId, ids: ReadonlyArray<string>, watermarks: Watermarks) =>
   Effect.gen(function* () {
     const index = yield* SearchIndex
-    const held = yield* index.holds(chatId, ids)
-    if (ids.every((id) => held.has(id))) return
+    const added = yield* catchUpChat(chatId, watermarks)
+    const missing = ids.filter((id) => !added.has(id))
+    if (missing.length === 0) return
+    const held = yield* index.holds(chatId, missing)
+    if (missing.every((id) => held.has(id))) return
     if (!(yield* chatExists(chatId))) return
-    const added = yield* catchUpChat(chatId)
-    if (ids.every((id) => held.has(id) || added.has(id))) return
     return yield* new NotYetStored({ chatId })
   }).pipe(
     Effect.tapError((error) => Effect.logDebug(`search indexer: chat ${chatId} waits for the store`, error)),
@@ -134,7 +164,10 @@ const indexChat = (chatId: ChatId, ids: ReadonlyArray<string>) =>
   )
 
 /** Indexes one batch of a partition's records. */
-export const applyBatch = Effect.fnUntraced(function* (records: ReadonlyArray<LogRecord>) {
+export const applyBatch = Effect.fnUntraced(function* (
+  records: ReadonlyArray<LogRecord>,
+  watermarks: Watermarks = new Map()
+) {
   const index = yield* SearchIndex
   const sends = new Map<ChatId, Array<string>>()
   const changes: Array<Extract<IndexerRecord, { _tag: "Edit" | "Delete" }>> = []
@@ -157,7 +190,7 @@ export const applyBatch = Effect.fnUntraced(function* (records: ReadonlyArray<Lo
       }
     }
   }
-  for (const [chatId, ids] of sends) yield* indexChat(chatId, ids)
+  for (const [chatId, ids] of sends) yield* indexChat(chatId, ids, watermarks)
   // After the catch-ups, in log order: each overwrites what the index holds of its target.
   for (const change of changes) {
     yield* (
@@ -184,15 +217,17 @@ const onClaim = (pending: Map<number, number>) => (claim: PartitionClaim) =>
       partition: String(claim.partition)
     })
     yield* Effect.addFinalizer(() => Effect.sync(() => pending.delete(claim.partition)))
+    const watermarks: Watermarks = new Map()
     yield* claim.records.pipe(
-      Stream.runForEachArray((records) =>
+      Stream.groupedWithin(BatchSize, BatchWindow),
+      Stream.runForEach((records) =>
         Effect.gen(function* () {
           const first = records[0]
           const last = records.at(-1)
           if (first === undefined || last === undefined) return
           position ??= first.offset
           pending.set(claim.partition, first.timestamp)
-          yield* applyBatch(records)
+          yield* applyBatch(records, watermarks)
           pending.delete(claim.partition)
           yield* claim.commit(last.offset + 1).pipe(
             Effect.tap(() =>

@@ -3,9 +3,9 @@
  * (often: short intervals) to a collector that refuses connections (a closed
  * port), one that accepts them and never answers (a hung or blackholed
  * collector), and one that answers 503. Messages must still flow — every send
- * acked, every message delivered, acks as prompt as they were before the
- * exporters noticed — the log must stay quiet (no error spam), and the node
- * must still stop promptly (exporters flush with a bound).
+ * acked, every message delivered, no send waiting on an exporter — the log
+ * must stay quiet (no error spam), and the node must still stop promptly
+ * (exporters flush with a bound).
  *
  * `npm run bench -- --otel compare` measures the same against a run without
  * OTLP (docs/benchmarks.md).
@@ -76,10 +76,8 @@ const startFailingCollector = async () => {
   }
 }
 
-const percentile = (values: ReadonlyArray<number>, p: number) => {
-  const sorted = [...values].sort((a, b) => a - b)
-  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? Number.NaN
-}
+/** The exporters' request timeout here: longer than the harness waits for a stopping node. */
+const ExportTimeoutMs = 30_000
 
 /**
  * Runs a node exporting to `endpoint`, sends `rounds` bursts of messages over
@@ -95,7 +93,8 @@ const messagesFlow = async (mode: "embedded" | "cluster", endpoint: string) => {
       OTEL_BSP_SCHEDULE_DELAY: "100",
       OTEL_METRIC_EXPORT_INTERVAL: "200",
       OTEL_BLRP_SCHEDULE_DELAY: "100",
-      OTEL_EXPORTER_OTLP_TIMEOUT: "2000",
+      // A hung collector holds each export this long: a send that waited on an exporter would take as long.
+      OTEL_EXPORTER_OTLP_TIMEOUT: String(ExportTimeoutMs),
       RATE_LIMIT_SEND: "5000/5000"
     },
     readyTimeoutMs: 120_000
@@ -112,21 +111,18 @@ const messagesFlow = async (mode: "embedded" | "cluster", endpoint: string) => {
     const rounds = 15
     const perRound = 20
     const ackMs: Array<number> = []
-    const roundMs: Array<number> = []
     for (let round = 0; round < rounds; round++) {
-      const started = performance.now()
       const answers = await Promise.all(
         Array.from({ length: perRound }, async (_, i) => {
           const sentAt = performance.now()
           const answer = await sender.request(
             { type: "send", chatId, clientMsgId: randomUUID(), body: `round ${round} #${i}` },
-            { timeoutMs: 10_000 }
+            { timeoutMs: ExportTimeoutMs }
           )
           ackMs.push(performance.now() - sentAt)
           return answer
         })
       )
-      roundMs.push(performance.now() - started)
       for (const answer of answers) expect(answer, JSON.stringify(answer)).toMatchObject({ type: "ack" })
       await sleep(1_000)
     }
@@ -134,9 +130,8 @@ const messagesFlow = async (mode: "embedded" | "cluster", endpoint: string) => {
     const delivered = await receiver.waitForMessages(chatId, total, { timeoutMs: 30_000 })
     expect(delivered.map((m) => m.seq)).toEqual(Array.from({ length: total }, (_, i) => i + 1))
 
-    // Prompt throughout: no round waited on an exporter (generous bounds: two shared cores).
-    expect(percentile(ackMs, 0.99), `ack times ${JSON.stringify(roundMs)}`).toBeLessThan(1_000)
-    expect(Math.max(...roundMs), `round times ${JSON.stringify(roundMs)}`).toBeLessThan(2_500)
+    // No send waited on an exporter: that would take the export's timeout, far beyond a busy machine's worst.
+    expect(Math.max(...ackMs), `ack times ${JSON.stringify(ackMs)}`).toBeLessThan(ExportTimeoutMs / 2)
 
     // Quiet: the exporters' failures are not the operator's error log.
     const lines = harmony.logs().split("\n")
@@ -148,11 +143,11 @@ const messagesFlow = async (mode: "embedded" | "cluster", endpoint: string) => {
     expect(lines.length, "log lines").toBeLessThan(40)
   } finally {
     for (const client of clients) client.terminate()
-    const stoppedAt = performance.now()
+    // The exporters' final flush is bounded (3 s), whatever the collector does: the node
+    // exits by itself, well before the harness's SIGKILL after SHUTDOWN_TIMEOUT (20 s) —
+    // an export that waited on the hung collector would take ExportTimeoutMs.
     const exit = await harmony.stop("SIGTERM")
     expect(exit, harmony.logs()).toEqual({ code: 0, signal: null })
-    // The exporters' final flush is bounded (3 s), whatever the collector does.
-    expect(performance.now() - stoppedAt).toBeLessThan(15_000)
   }
 }
 
