@@ -24,8 +24,12 @@ export interface ChangeAccepted {
 
 export type ChangeError = NotFound | Forbidden | RateLimited | Unavailable
 
-/** How long admission waits for a message the store does not hold yet (just sent, the sink behind). */
-const TargetWaitMillis = 2_000
+/**
+ * How long admission waits for a message the store does not hold yet: a
+ * client reacts to a message the moment it arrives live, and the sink may be
+ * seconds behind under load (as long as a send may wait for the log).
+ */
+const TargetWaitMillis = 5_000
 
 const storeUnavailable = (error: MessageStoreError) =>
   Effect.logWarning("message store unavailable", error).pipe(

@@ -5,8 +5,9 @@
  *
  * A record on the log has no seq yet (the chat's actor gives it one), so the
  * indexer takes the messages from the store: for each chat in a batch it
- * reads what the store holds past the index's highest seq for the chat and
- * adds it, until every send of the batch is indexed — waiting, with backoff,
+ * reads the log entries the store holds past how far the index has read the
+ * chat and adds the messages among them — the contiguous run only, never
+ * past a gap — until every send of the batch is indexed — waiting, with backoff,
  * for the persistence sink when it is behind. Only then is the batch's
  * offset committed. Adding is idempotent by (chat, seq), so redelivery after
  * a crash or a rebalance changes nothing. A send whose chat is gone is
@@ -28,7 +29,7 @@ import { SqlClient } from "effect/sql"
 import { consumerLag, registerGauge, searchIndexed, searchIndexLag } from "../Metrics.ts"
 import { EventLog, type LogRecord, type PartitionClaim } from "../ports/EventLog.ts"
 import { MessageStore } from "../ports/MessageStore.ts"
-import type { ChatId, Message } from "../schema/Domain.ts"
+import { type ChatId, isChange, type Message } from "../schema/Domain.ts"
 import { ChatRecordJson, isChangeRecord } from "../schema/Records.ts"
 import { MessagesTopic, topicRetry } from "../schema/Topics.ts"
 import { type IndexedMessage, SearchIndex } from "../state/SearchIndex.ts"
@@ -97,31 +98,44 @@ const chatExists = Effect.fnUntraced(function* (chatId: ChatId) {
 })
 
 /**
- * The highest seq indexed per chat, as far as this claim knows: read from the
- * index once per chat, then kept as the claim adds (only the partition's owner
- * and `reindex` write a chat's rows, and reindex never lowers what the store holds).
+ * How far the index has read each chat's log, as far as this claim knows:
+ * the highest seq indexed, read from the index once per chat, then kept as
+ * the claim reads on (only the partition's owner and `reindex` write a chat's
+ * rows, and reindex never lowers what the store holds).
  */
 type Watermarks = Map<ChatId, number>
 
 /** Enough for every chat a partition sees in a while; beyond it, watermarks are read again. */
 const MaxWatermarks = 10_000
 
-/** Adds the store's messages of the chat past the index's highest seq; answers the ids it added. */
+/**
+ * Adds the store's messages of the chat past the watermark; answers the ids
+ * it added. It reads the log's entries, not only its messages: the store can
+ * hold a seq above a gap (a batch half written), and indexing past a gap would
+ * move the watermark over messages still to come, so only the contiguous run
+ * is taken.
+ */
 const catchUpChat = Effect.fnUntraced(function* (chatId: ChatId, watermarks: Watermarks) {
   const store = yield* MessageStore
   const index = yield* SearchIndex
   const added = new Set<string>()
   let after = watermarks.get(chatId) ?? (yield* index.watermark(chatId))
   while (true) {
-    const page = yield* store.page(chatId, { after, limit: PageSize })
-    yield* index.add(page.map(toIndexed))
-    for (const message of page) added.add(message.id)
-    yield* Metric.update(searchIndexed, page.length)
-    const last = page.at(-1)
-    if (last !== undefined) after = last.seq
+    const entries = yield* store.entries(chatId, after, PageSize)
+    const messages: Array<Message> = []
+    let contiguous = after
+    for (const entry of entries) {
+      if (entry.seq !== contiguous + 1) break
+      contiguous = entry.seq
+      if (!isChange(entry)) messages.push(entry)
+    }
+    yield* index.add(messages.map(toIndexed))
+    for (const message of messages) added.add(message.id)
+    yield* Metric.update(searchIndexed, messages.length)
+    after = contiguous
     if (watermarks.size >= MaxWatermarks) watermarks.clear()
     watermarks.set(chatId, after)
-    if (page.length < PageSize) return added
+    if (entries.length < PageSize || contiguous < (entries.at(-1)?.seq ?? 0)) return added
   }
 })
 

@@ -114,6 +114,45 @@ layer(adapterLayer, { excludeTestServices: true })("DynamoMessageStore on dynali
     })
   )
 
+  it.effect("a deleted message's text goes from its item too, not only from history", () =>
+    Effect.gen(function* () {
+      const { endpoint } = yield* Dynalite.DynaliteServer
+      const store = yield* MessageStore
+      const chatId = ChatId.make(uniqueName("chat"))
+      yield* store.putBatch([message(chatId, 1), message(chatId, 2)])
+      yield* store.putBatch([
+        {
+          type: "message_deleted",
+          chatId,
+          seq: 3,
+          id: MessageId.make(`${chatId}-d3`),
+          targetSeq: 1,
+          userId: UserId.make("author"),
+          deletedAt: "2025-01-02T00:00:00.000Z"
+        }
+      ])
+      const items: Array<Message> = []
+      yield* DynamoMessageStore.scanTable(
+        {
+          endpoint,
+          region: "us-east-1",
+          table: adapterTable,
+          credentials: { accessKeyId: "test", secretAccessKey: "test" }
+        },
+        (page) => Effect.sync(() => items.push(...page.messages.filter((m) => m.chatId === chatId)))
+      ).pipe(Effect.catch(() => Effect.void))
+      const raw = items.sort((a, b) => a.seq - b.seq)
+      assert.deepStrictEqual(
+        raw.map((m) => [m.seq, m.body]),
+        [
+          [1, undefined],
+          [2, "body 2"]
+        ]
+      )
+      yield* store.deleteChat(chatId)
+    })
+  )
+
   it.effect("an item whose seq is not an integer is a MessageStoreError", () =>
     Effect.gen(function* () {
       const { endpoint } = yield* Dynalite.DynaliteServer

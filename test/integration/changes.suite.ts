@@ -83,14 +83,29 @@ export const changesSuite = (mode: "embedded" | "cluster") => {
       return client
     }
 
-    /** Sends a message over `client` (subscribed to the chat) and answers its seq once it arrived. */
-    const send = async (client: WsClient, chatId: string, body: string) => {
+    /**
+     * Sends a message over `client` (subscribed to the chat) and answers its seq once it arrived — and
+     * once history holds it: a change to a message the store does not hold yet is waited for only so
+     * long (5 s), and a loaded machine must not turn that into a 404 here.
+     */
+    const send = async (client: WsClient, chatId: string, body: string, caller?: Account) => {
       const ack = await client.request({ type: "send", chatId, clientMsgId: randomUUID(), body })
       expect(ack, JSON.stringify(ack)).toMatchObject({ type: "ack" })
       const frame = await client.waitFor((f) => f.type === "message" && f.message.id === ack.id, {
         what: `message ${body}`
       })
-      return frame.message.seq as number
+      const seq = frame.message.seq as number
+      if (caller !== undefined) {
+        const deadline = Date.now() + 30_000
+        for (;;) {
+          const reply = await http.get(`/v1/chats/${chatId}/messages?after=${seq - 1}&limit=1`, {
+            token: caller.accessToken
+          })
+          if (reply.body.messages?.[0]?.seq === seq || Date.now() > deadline) break
+          await sleep(100)
+        }
+      }
+      return seq
     }
 
     const key = () => ({ "idempotency-key": randomUUID() })
@@ -355,6 +370,11 @@ export const changesSuite = (mode: "embedded" | "cluster") => {
         expectStatus(await edit(alice, chatId, 99, "nothing there"), 404)
         expectStatus(await remove(alice, chatId, seq), 202)
         await waitForSeq(aliceSession, chatId, 3)
+        // Admission reads the store, which trails the live stream: once history shows the tombstone.
+        const deadline = Date.now() + 30_000
+        while ((await history(alice, chatId, "?after=0"))[0]?.deletedAt === undefined && Date.now() < deadline) {
+          await sleep(100)
+        }
         for (const reply of [
           await edit(alice, chatId, seq, "back?"),
           await remove(alice, chatId, seq),
@@ -395,12 +415,12 @@ export const changesSuite = (mode: "embedded" | "cluster") => {
           for (const author of roles) {
             const own = actor === author
             const pair = `${actor} on ${own ? "their own" : `the ${author}'s`} message`
-            const forEdit = await send(sessions[author], chatId, `for ${actor} to edit`)
+            const forEdit = await send(sessions[author], chatId, `for ${actor} to edit`, accounts[author])
             const edited = await edit(accounts[actor], chatId, forEdit, `edited by ${actor}`)
             expect(edited.status, `edit: ${pair}: ${edited.text}`).toBe(own ? 202 : 403)
             if (!own) expect(edited.body.error.code).toBe("forbidden")
 
-            const forDelete = await send(sessions[author], chatId, `for ${actor} to delete`)
+            const forDelete = await send(sessions[author], chatId, `for ${actor} to delete`, accounts[author])
             const deleted = await remove(accounts[actor], chatId, forDelete)
             const allowed = own || actor === "owner" || actor === "admin"
             expect(deleted.status, `delete: ${pair}: ${deleted.text}`).toBe(allowed ? 202 : 403)

@@ -291,10 +291,12 @@ export const stallScenario: ArbitraryT<Scenario> = Arbitrary.map(
  * edits, deletes and reactions to earlier messages of their chat (and
  * retries of earlier changes), interleaved with the rest.
  */
-export const changesScenario: ArbitraryT<Scenario> = Arbitrary.map(scenario, (s) => ({
-  ...s,
-  steps: s.steps.map((st): Step => (st._tag === "Send" && st.op.retry >= 6 ? { _tag: "Change", op: st.op } : st))
-}))
+export const withChanges = (scenarios: ArbitraryT<Scenario>): ArbitraryT<Scenario> =>
+  Arbitrary.map(scenarios, (s) => ({
+    ...s,
+    steps: s.steps.map((st): Step => (st._tag === "Send" && st.op.retry >= 6 ? { _tag: "Change", op: st.op } : st))
+  }))
+export const changesScenario = withChanges(scenario)
 
 export const runnerOptions = (s: Scenario): RunnerOptions => ({
   actors: {

@@ -43,7 +43,8 @@ import {
   runMessagePath,
   type Scenario,
   scenario,
-  stallScenario
+  stallScenario,
+  withChanges
 } from "./harness.ts"
 
 const runs = (fallback: number) => Number(process.env.PROPERTY_RUNS ?? fallback)
@@ -76,6 +77,18 @@ describe("message path", () => {
           assert.deepStrictEqual(report.violations, [], explain(report, report.violations))
         }),
       { timeout: 240_000, arbitrary: checkOptions(runs(30), 70, 25) }
+    )
+
+    it.effect.prop(
+      "edits, deletes and reactions survive a store that stalls past the drain timeout while partitions move",
+      { scenario: withChanges(stallScenario) },
+      ({ scenario }) =>
+        Effect.gen(function* () {
+          const report = yield* runMessagePath(scenario)
+          if (process.env.PROPERTY_VERBOSE) console.log(JSON.stringify(report.counters))
+          assert.deepStrictEqual(report.violations, [], explain(report, report.violations))
+        }),
+      { timeout: 240_000, arbitrary: checkOptions(runs(10), 50, 25) }
     )
 
     it.effect.prop(

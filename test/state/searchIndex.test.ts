@@ -302,6 +302,26 @@ layer(services, { timeout: 120_000, excludeTestServices: true })("the search ind
       })
   )
 
+  it.effect("a message stored above a gap (a batch half written) waits: the watermark never passes the gap", () =>
+    Effect.gen(function* () {
+      const ann = yield* user("ann")
+      const chatId = yield* chatOf([ann])
+      const [first, second, third] = [
+        message(chatId, 1, ann, "one axolotl"),
+        message(chatId, 2, ann, "two axolotls"),
+        message(chatId, 3, ann, "three axolotls")
+      ]
+      const store = yield* MessageStore
+      yield* store.putBatch([first, third])
+      yield* SearchIndexer.applyBatch([recordOf(first)])
+      assert.strictEqual(yield* (yield* SearchIndex).watermark(chatId), 1)
+      // The rest of the batch lands; its records index everything.
+      yield* store.putBatch([second])
+      yield* SearchIndexer.applyBatch([recordOf(second), recordOf(third)])
+      assert.deepStrictEqual((yield* search(ann, "axolotls")).hits.map((hit) => hit.seq).sort(), [2, 3])
+    })
+  )
+
   it.effect("pages follow the ranking without repeats; a bad cursor is a bad request", () =>
     Effect.gen(function* () {
       const ann = yield* user("ann")

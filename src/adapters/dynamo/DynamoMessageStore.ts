@@ -14,8 +14,9 @@
  *   when removed), so the highest seq wins. Every update is conditional on
  *   that, so applying changes again, or out of order, changes nothing;
  * - `<chatId>#epoch`, 0: the chat's epoch.
- * A message item itself is never updated: a batch written again (replay)
- * cannot undo a change.
+ * The state lives apart from the message item (which is only updated to take
+ * a deleted message's text out), so a batch written again (a replay) cannot
+ * undo a change.
  */
 import {
   type AttributeValue,
@@ -176,7 +177,8 @@ const MessageItemFields = Schema.Struct({
   seq: Schema.Struct({ N: Schema.String }),
   id: Schema.Struct({ S: Schema.String }),
   authorId: Schema.Struct({ S: Schema.String }),
-  body: Schema.Struct({ S: Schema.String }),
+  // Absent once the message is deleted (its text goes from the store too).
+  body: Schema.optionalKey(Schema.Struct({ S: Schema.String })),
   clientMsgId: Schema.Struct({ S: Schema.String }),
   createdAt: Schema.Struct({ S: Schema.String })
 })
@@ -190,7 +192,7 @@ const MessageItem = MessageItemFields.pipe(
         seq: Number(item.seq.N),
         id: item.id.S,
         authorId: item.authorId.S,
-        body: item.body.S,
+        ...(item.body === undefined ? {} : { body: item.body.S }),
         clientMsgId: item.clientMsgId.S,
         createdAt: item.createdAt.S
       }),
@@ -496,16 +498,35 @@ export const layer = (options: Options): Layer.Layer<MessageStore, MessageStoreE
         Effect.forEach(chunk(requests, batchWriteMax), batchWrite, { concurrency: writeConcurrency, discard: true })
 
       /** Applies a change to its target's state; a change that lost (see the header) changes nothing. */
-      const apply = (change: Change) =>
-        call("UpdateItem", (abortSignal) =>
-          client.send(new UpdateItemCommand(applyInput(table, change)), { abortSignal })
-        ).pipe(
+      /** One conditional update; a condition that does not hold means there is nothing to do. */
+      const update = (input: UpdateItemCommandInput) =>
+        call("UpdateItem", (abortSignal) => client.send(new UpdateItemCommand(input), { abortSignal })).pipe(
           Semaphore.withPermits(writePermits, 1),
           Effect.retry(writeRetry),
           Effect.asVoid,
           Effect.catchIf(
             (error) => errorName(error.cause) === "ConditionalCheckFailedException",
             () => Effect.void
+          )
+        )
+
+      /**
+       * Applies a change to its target's state; a change that lost (see the
+       * header) changes nothing. A deletion then takes the text out of the
+       * message item as well (history hides it by the state already, should
+       * a replay write the item again).
+       */
+      const apply = (change: Change) =>
+        update(applyInput(table, change)).pipe(
+          Effect.andThen(
+            change.type !== "message_deleted"
+              ? Effect.void
+              : update({
+                  TableName: table,
+                  Key: { chatId: { S: change.chatId }, seq: { N: String(change.targetSeq) } },
+                  UpdateExpression: "REMOVE body",
+                  ConditionExpression: "attribute_exists(seq)"
+                })
           )
         )
 
@@ -802,8 +823,9 @@ const decodeEpochItem = Schema.decodeUnknownEffect(EpochItem)
 /**
  * Hands every item of the table to `onPage`, a page (at most 1 MB) at a
  * time, decoded: how embedded mode moves its old dynalite data into its
- * SQLite store (DynaliteImport.ts). An item that is neither a message nor
- * an epoch fails the scan rather than being left behind.
+ * SQLite store (DynaliteImport.ts). Changes and their state are skipped
+ * (no earlier version wrote any); any other item that is neither a message
+ * nor an epoch fails the scan rather than being left behind.
  */
 export const scanTable = <E, R>(
   options: Options,
@@ -840,7 +862,10 @@ export const scanTable = <E, R>(
       const messages: Array<Message> = []
       const epochs: Array<readonly [ChatId, string]> = []
       for (const item of output.Items ?? []) {
-        if (item.chatId?.S?.endsWith("#epoch") === true) {
+        const pk = item.chatId?.S
+        // Changes and their state: no earlier version wrote them, so the import has none to carry.
+        if (pk?.endsWith("#changes") === true || pk?.endsWith("#state") === true) continue
+        if (pk?.endsWith("#epoch") === true) {
           const decoded = yield* decodeEpochItem(item).pipe(Effect.mapError(malformed))
           epochs.push([ChatId.make(decoded.chatId.S.slice(0, -"#epoch".length)), decoded.epoch.S])
         } else {
