@@ -24,7 +24,7 @@
  * Index lag (`harmony_search_index_lag_seconds`) is the age of the oldest
  * record the indexer holds and has not indexed yet: 0 when it is caught up.
  */
-import { Clock, Console, Duration, Effect, Layer, Metric, Schema, Stream } from "effect"
+import { Clock, Console, Duration, Effect, Schedule, Layer, Metric, Schema, Stream } from "effect"
 import { SqlClient } from "effect/sql"
 import { consumerLag, registerGauge, searchIndexed, searchIndexLag } from "../Metrics.ts"
 import { EventLog, type LogRecord, type PartitionClaim } from "../ports/EventLog.ts"
@@ -88,8 +88,12 @@ const toIndexed = (message: Message): IndexedMessage => ({
 
 class NotYetStored extends Schema.TaggedError<NotYetStored>()("NotYetStored", { chatId: Schema.String }) {}
 
+/** Longer than any sink takes to persist what the log holds, a stalled store's retries and a hand-over included. */
+const GiveUpAfter = Duration.minutes(2)
+
 /** The sink usually persists within tens of milliseconds: look again soon, then less often. */
-const storeWait = backoff("50 millis", "2 seconds")
+const storeWait = (giveUpAfter: Duration.Duration) =>
+  backoff("50 millis", "2 seconds").pipe(Schedule.upTo({ duration: giveUpAfter }))
 
 const chatExists = Effect.fnUntraced(function* (chatId: ChatId) {
   const sql = yield* SqlClient.SqlClient
@@ -144,29 +148,55 @@ const catchUpChat = Effect.fnUntraced(function* (chatId: ChatId, watermarks: Wat
  * Usually the store holds the batch's sends already and the index does not,
  * so catching up comes first; the index and the chat are looked up only when
  * something is still missing (a redelivered batch, a sink that is behind).
+ *
+ * The wait for the store is bounded: a send it never holds (dropped by the
+ * chat's actor) must not hold the partition up for good. Past `GiveUpAfter`
+ * the missing sends are logged and left to `harmony reindex`. A chat whose
+ * store holds less than the index (its history wiped: a new epoch) is
+ * indexed again from its first seq.
  */
-const indexChat = (chatId: ChatId, ids: ReadonlyArray<string>, watermarks: Watermarks) =>
+const indexChat = (
+  chatId: ChatId,
+  ids: ReadonlyArray<string>,
+  watermarks: Watermarks,
+  giveUpAfter: Duration.Duration
+) =>
   Effect.gen(function* () {
     const index = yield* SearchIndex
+    const store = yield* MessageStore
     const added = yield* catchUpChat(chatId, watermarks)
     const missing = ids.filter((id) => !added.has(id))
     if (missing.length === 0) return
     const held = yield* index.holds(chatId, missing)
     if (missing.every((id) => held.has(id))) return
     if (!(yield* chatExists(chatId))) return
+    const stored = (yield* store.latest(chatId, 1))[0]?.seq ?? 0
+    if (stored < (watermarks.get(chatId) ?? 0)) {
+      yield* Effect.logWarning(
+        `search indexer: chat ${chatId} holds less than its index (a new epoch); indexing it again`
+      )
+      yield* index.dropAfter(chatId, 0)
+      watermarks.delete(chatId)
+    }
     return yield* new NotYetStored({ chatId })
   }).pipe(
     Effect.tapError((error) => Effect.logDebug(`search indexer: chat ${chatId} waits for the store`, error)),
-    Effect.retry({ schedule: storeWait, while: (error) => error._tag === "NotYetStored" }),
+    Effect.retry({ schedule: storeWait(giveUpAfter), while: (error) => error._tag === "NotYetStored" }),
+    Effect.catchTag("NotYetStored", () =>
+      Effect.logWarning(
+        `search indexer: sends of chat ${chatId} not in the message store after ${Duration.format(giveUpAfter)}; not indexed (harmony reindex adds what the store holds)`
+      )
+    ),
     Effect.tapError((error) => Effect.logWarning(`search indexer: chat ${chatId} failed, retrying`, error)),
     Effect.retry(retryForever),
     Effect.orDie
   )
 
-/** Indexes one batch of a partition's records. */
+/** Indexes one batch of a partition's records (`giveUpAfter`: how long a send missing from the store is waited for). */
 export const applyBatch = Effect.fnUntraced(function* (
   records: ReadonlyArray<LogRecord>,
-  watermarks: Watermarks = new Map()
+  watermarks: Watermarks = new Map(),
+  giveUpAfter: Duration.Duration = GiveUpAfter
 ) {
   const index = yield* SearchIndex
   const sends = new Map<ChatId, Array<string>>()
@@ -190,7 +220,7 @@ export const applyBatch = Effect.fnUntraced(function* (
       }
     }
   }
-  for (const [chatId, ids] of sends) yield* indexChat(chatId, ids, watermarks)
+  for (const [chatId, ids] of sends) yield* indexChat(chatId, ids, watermarks, giveUpAfter)
   // After the catch-ups, in log order: each overwrites what the index holds of its target.
   for (const change of changes) {
     yield* (

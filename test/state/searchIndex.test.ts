@@ -6,7 +6,7 @@
  * the wait for a store that is behind, edits and deletes, and reindex.
  */
 import { assert, describe, layer } from "@effect/vitest"
-import { Effect, Fiber, Layer } from "effect"
+import { Duration, Effect, Fiber, Layer } from "effect"
 import { SqlClient } from "effect/sql"
 import { randomUUID } from "node:crypto"
 import * as Dynalite from "../../src/adapters/dynamo/Dynalite.ts"
@@ -300,6 +300,43 @@ layer(services, { timeout: 120_000, excludeTestServices: true })("the search ind
         yield* SearchIndexer.applyBatch([recordOf(third)])
         assert.deepStrictEqual(yield* found("jaguarundi"), [])
       })
+  )
+
+  it.effect("a send the store never holds is given up on after the bound, not waited for forever", () =>
+    Effect.gen(function* () {
+      const ann = yield* user("ann")
+      const chatId = yield* chatOf([ann])
+      const stored = message(chatId, 1, ann, "a stored quokka")
+      yield* (yield* MessageStore).putBatch([stored])
+      const dropped = message(chatId, 2, ann, "a dropped quokka")
+      yield* SearchIndexer.applyBatch([recordOf(stored), recordOf(dropped)], new Map(), Duration.seconds(1)).pipe(
+        Effect.timeout("60 seconds")
+      )
+      assert.deepStrictEqual(
+        (yield* search(ann, "quokka")).hits.map((hit) => hit.seq),
+        [1]
+      )
+    })
+  )
+
+  it.effect("a chat whose history was wiped (a new epoch) is indexed again from its first seq", () =>
+    Effect.gen(function* () {
+      const ann = yield* user("ann")
+      const chatId = yield* chatOf([ann])
+      const store = yield* MessageStore
+      const before = [1, 2, 3].map((seq) => message(chatId, seq, ann, `old wombat ${seq}`))
+      yield* store.putBatch(before)
+      const watermarks = new Map<ChatId, number>()
+      yield* SearchIndexer.applyBatch(before.map(recordOf), watermarks)
+      yield* store.deleteChat(chatId)
+      const after = new Message({ ...message(chatId, 1, ann, "new wombat"), id: messageIdOf(chatId, ann, "again") })
+      yield* store.putBatch([after])
+      yield* SearchIndexer.applyBatch([recordOf(after)], watermarks).pipe(Effect.timeout("60 seconds"))
+      assert.deepStrictEqual(
+        (yield* search(ann, "wombat")).hits.map((hit) => [hit.seq, hit.id]),
+        [[1, after.id]]
+      )
+    })
   )
 
   it.effect("a message stored above a gap (a batch half written) waits: the watermark never passes the gap", () =>
