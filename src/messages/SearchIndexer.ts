@@ -8,7 +8,9 @@
  * reads what the store holds past the index's highest seq for the chat and
  * adds it, until every send of the batch is indexed — waiting, with backoff,
  * for the persistence sink when it is behind. Only then is the batch's
- * offset committed. Adding is idempotent by (chat, seq), so redelivery after
+ * offset committed. The index's highest seq per chat is kept between
+ * batches and a batch's rows go in one INSERT, so a batch costs the SQL
+ * database one statement, not a few per chat. Adding is idempotent by (chat, seq), so redelivery after
  * a crash or a rebalance changes nothing. A send whose chat is gone is
  * skipped: the actors drop those, and the chat's rows went with it.
  *
@@ -63,10 +65,15 @@ const toIndexed = (message: Message): IndexedMessage => ({
   body: message.body
 })
 
-class NotYetStored extends Schema.TaggedError<NotYetStored>()("NotYetStored", { chatId: Schema.String }) {}
+class NotYetStored extends Schema.TaggedError<NotYetStored>()("NotYetStored", {
+  chatIds: Schema.Array(Schema.String)
+}) {}
 
 /** The sink usually persists within milliseconds: look again soon, then less often. */
 const storeWait = backoff("20 millis", "2 seconds")
+
+/** Rows per INSERT: six bind parameters each, far below Postgres's 65,535. */
+const InsertRows = 1_000
 
 const chatExists = Effect.fnUntraced(function* (chatId: ChatId) {
   const sql = yield* SqlClient.SqlClient
@@ -74,43 +81,114 @@ const chatExists = Effect.fnUntraced(function* (chatId: ChatId) {
   return rows.length > 0
 })
 
-/** Adds the store's messages of the chat past the index's highest seq; answers the ids it added. */
-const catchUpChat = Effect.fnUntraced(function* (chatId: ChatId) {
+/**
+ * The index's highest seq per chat, as this indexer last saw or wrote it
+ * (per claimed partition: only its owner indexes a chat). It may fall
+ * behind the index — someone else indexed more, and re-adding is a no-op —
+ * but never runs ahead of it: it moves only once an INSERT has committed.
+ */
+export class Watermarks {
+  private readonly seqs = new Map<ChatId, number>()
+  get(chatId: ChatId): number | undefined {
+    return this.seqs.get(chatId)
+  }
+  set(chatId: ChatId, seq: number): void {
+    this.seqs.delete(chatId)
+    this.seqs.set(chatId, seq)
+    // The least recently indexed chat goes first: it is read again when it comes back.
+    if (this.seqs.size > MaxWatermarks) this.seqs.delete(this.seqs.keys().next().value as ChatId)
+  }
+}
+
+/** Chats whose watermark an indexer keeps per partition. */
+const MaxWatermarks = 10_000
+
+/**
+ * Adds the store's messages of the chats past the index's highest seq for
+ * each; answers the ids it added. The chats' watermarks come from `known`
+ * (one query for those it does not hold), and one INSERT per `InsertRows`
+ * rows serves every chat: on PGlite every statement costs the event loop a
+ * round trip through the Postgres protocol.
+ */
+const catchUp = Effect.fnUntraced(function* (chatIds: ReadonlyArray<ChatId>, known: Watermarks) {
   const store = yield* MessageStore
   const index = yield* SearchIndex
+  const unknown = chatIds.filter((chatId) => known.get(chatId) === undefined)
+  const read = yield* index.watermarks(unknown)
+  for (const chatId of unknown) known.set(chatId, read.get(chatId) ?? 0)
   const added = new Set<string>()
-  let after = yield* index.watermark(chatId)
-  while (true) {
-    const page = yield* store.page(chatId, { after, limit: PageSize })
-    yield* index.add(page.map(toIndexed))
-    for (const message of page) added.add(message.id)
-    yield* Metric.update(searchIndexed, page.length)
-    const last = page.at(-1)
-    if (page.length < PageSize || last === undefined) return added
-    after = last.seq
+  let rows: Array<IndexedMessage> = []
+  const flush = Effect.suspend(() => {
+    const batch = rows
+    rows = []
+    return index.add(batch).pipe(
+      Effect.andThen(
+        Effect.sync(() => {
+          for (const row of batch) if (row.seq > (known.get(row.chatId) ?? 0)) known.set(row.chatId, row.seq)
+        })
+      ),
+      Effect.andThen(Metric.update(searchIndexed, batch.length))
+    )
+  })
+  for (const chatId of chatIds) {
+    let after = known.get(chatId) ?? 0
+    while (true) {
+      const page = yield* store.page(chatId, { after, limit: PageSize })
+      for (const message of page) {
+        rows.push(toIndexed(message))
+        added.add(message.id)
+      }
+      if (rows.length >= InsertRows) yield* flush
+      const last = page.at(-1)
+      if (page.length < PageSize || last === undefined) break
+      after = last.seq
+    }
   }
+  if (rows.length > 0) yield* flush
+  return added
 })
 
-/** Indexes the chat until it holds every one of `ids` (or the chat is gone). */
-const indexChat = (chatId: ChatId, ids: ReadonlyArray<string>) =>
-  Effect.gen(function* () {
+/**
+ * Indexes the chats until the index holds every one of their sends (or the
+ * chat is gone). A send the catch-up did not find was indexed before (a
+ * redelivery), or its chat is gone, or the store is behind: only the last
+ * is waited for, and only those chats are looked at again.
+ */
+const indexChats = (sends: ReadonlyMap<ChatId, ReadonlyArray<string>>, known: Watermarks) => {
+  let waiting = sends
+  return Effect.gen(function* () {
     const index = yield* SearchIndex
-    const held = yield* index.holds(chatId, ids)
-    if (ids.every((id) => held.has(id))) return
-    if (!(yield* chatExists(chatId))) return
-    const added = yield* catchUpChat(chatId)
-    if (ids.every((id) => held.has(id) || added.has(id))) return
-    return yield* new NotYetStored({ chatId })
+    const added = yield* catchUp([...waiting.keys()], known)
+    const left = new Map<ChatId, ReadonlyArray<string>>()
+    for (const [chatId, ids] of waiting) {
+      const missing = ids.filter((id) => !added.has(id))
+      if (missing.length === 0) continue
+      const held = yield* index.holds(chatId, missing)
+      if (missing.every((id) => held.has(id))) continue
+      if (!(yield* chatExists(chatId))) continue
+      left.set(chatId, missing)
+    }
+    waiting = left
+    if (left.size > 0) return yield* new NotYetStored({ chatIds: [...left.keys()] })
   }).pipe(
-    Effect.tapError((error) => Effect.logDebug(`search indexer: chat ${chatId} waits for the store`, error)),
+    Effect.tapError((error) =>
+      Effect.logDebug(
+        `search indexer: ${error._tag === "NotYetStored" ? `chats ${error.chatIds.join(", ")}` : "a batch"} waits for the store`,
+        error
+      )
+    ),
     Effect.retry({ schedule: storeWait, while: (error) => error._tag === "NotYetStored" }),
-    Effect.tapError((error) => Effect.logWarning(`search indexer: chat ${chatId} failed, retrying`, error)),
+    Effect.tapError((error) => Effect.logWarning("search indexer: indexing a batch failed, retrying", error)),
     Effect.retry(retryForever),
     Effect.orDie
   )
+}
 
-/** Indexes one batch of a partition's records. */
-export const applyBatch = Effect.fnUntraced(function* (records: ReadonlyArray<LogRecord>) {
+/** Indexes one batch of a partition's records; `known`: the partition's watermarks, kept between batches. */
+export const applyBatch = Effect.fnUntraced(function* (
+  records: ReadonlyArray<LogRecord>,
+  known: Watermarks = new Watermarks()
+) {
   const sends = new Map<ChatId, Array<string>>()
   for (const record of records) {
     const decoded = decodeRecord(record)
@@ -122,7 +200,7 @@ export const applyBatch = Effect.fnUntraced(function* (records: ReadonlyArray<Lo
     if (ids === undefined) sends.set(decoded.chatId, [decoded.id])
     else ids.push(decoded.id)
   }
-  for (const [chatId, ids] of sends) yield* indexChat(chatId, ids)
+  if (sends.size > 0) yield* indexChats(sends, known)
   // Edits and deletes are applied here, in log order, once they are on the log.
 })
 
@@ -136,6 +214,7 @@ const onClaim = (pending: Map<number, number>) => (claim: PartitionClaim) =>
       partition: String(claim.partition)
     })
     yield* Effect.addFinalizer(() => Effect.sync(() => pending.delete(claim.partition)))
+    const known = new Watermarks()
     yield* claim.records.pipe(
       Stream.runForEachArray((records) =>
         Effect.gen(function* () {
@@ -144,7 +223,7 @@ const onClaim = (pending: Map<number, number>) => (claim: PartitionClaim) =>
           if (first === undefined || last === undefined) return
           position ??= first.offset
           pending.set(claim.partition, first.timestamp)
-          yield* applyBatch(records)
+          yield* applyBatch(records, known)
           pending.delete(claim.partition)
           yield* claim.commit(last.offset + 1).pipe(
             Effect.tap(() =>

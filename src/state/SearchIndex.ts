@@ -106,6 +106,8 @@ export class SearchIndex extends Context.Service<
     readonly remove: (chatId: ChatId, seq: number) => Effect.Effect<void, SqlError>
     /** The highest seq indexed for the chat (0 when none). */
     readonly watermark: (chatId: ChatId) => Effect.Effect<number, SqlError>
+    /** `watermark` of several chats in one query (a chat absent from the answer has none). */
+    readonly watermarks: (chatIds: ReadonlyArray<ChatId>) => Effect.Effect<ReadonlyMap<ChatId, number>, SqlError>
     /** Of `ids`, the message ids the index holds for the chat. */
     readonly holds: (chatId: ChatId, ids: ReadonlyArray<string>) => Effect.Effect<ReadonlySet<string>, SqlError>
     /** Drops the chat's rows past `seq` (reindex: what the store no longer holds). */
@@ -160,6 +162,20 @@ export class SearchIndex extends Context.Service<
         sql<{ seq: string | null }>`SELECT max(seq) AS seq FROM search_messages WHERE chat_id = ${chatId}`.pipe(
           Effect.map(([row]) => Number(row?.seq ?? 0))
         )
+
+      // One index probe per chat (the primary key, newest first), however many rows the chats hold.
+      const watermarks = (chatIds: ReadonlyArray<ChatId>) => {
+        const values = chatIds.map((chat_id) => ({ chat_id }))
+        if (!Arr.isArrayNonEmpty(values)) return Effect.succeed(new Map<ChatId, number>())
+        return sql<{ chat_id: ChatId; seq: string | number | null }>`
+          SELECT v.chat_id, (SELECT max(s.seq) FROM search_messages s WHERE s.chat_id = v.chat_id) AS seq
+          FROM ${sql.updateValues(values, "v")}`.pipe(
+          Effect.map(
+            (found) =>
+              new Map(found.flatMap((row) => (row.seq === null ? [] : [[row.chat_id, Number(row.seq)] as const])))
+          )
+        )
+      }
 
       const holds = (chatId: ChatId, ids: ReadonlyArray<string>) =>
         ids.length === 0
@@ -224,7 +240,7 @@ export class SearchIndex extends Context.Service<
       const sizeOnDisk = sql<{ bytes: string }>`
         SELECT pg_total_relation_size('search_messages') AS bytes`.pipe(Effect.map(([row]) => Number(row?.bytes ?? 0)))
 
-      return SearchIndex.of({ add, replace, edit, remove, watermark, holds, dropAfter, search, sizeOnDisk })
+      return SearchIndex.of({ add, replace, edit, remove, watermark, watermarks, holds, dropAfter, search, sizeOnDisk })
     })
   )
 }
