@@ -194,7 +194,10 @@ export const make = Effect.fnUntraced(function* (
     job.records.forEach((record, i) => {
       const key = partitionKey(job.topic, record.partition)
       let tail = tails.get(key)
-      if (tail === undefined) tails.set(key, (tail = []))
+      if (tail === undefined) {
+        tail = []
+        tails.set(key, tail)
+      }
       const offset = offsets[i]!
       // Only contiguous offsets: a gap (never expected) starts the tail afresh.
       if (tail.length > 0 && tail[tail.length - 1]!.offset !== offset - 1) tail.length = 0
