@@ -43,5 +43,10 @@ export class Cache extends Context.Service<
     readonly take: (key: string, bucket: TokenBucket, tokens?: 1 | -1) => Effect.Effect<TakeResult, CacheError>
     /** Answers when the cache is reachable (readiness). */
     readonly ping: Effect.Effect<void, CacheError>
+    /**
+     * True when the cache lives in this process and answers without I/O:
+     * there is no slow or unreachable server to guard against (CacheBreaker).
+     */
+    readonly inProcess?: boolean | undefined
   }
 >()("harmony/ports/Cache") {}

@@ -53,7 +53,8 @@ const finalCommitTimeout = Duration.seconds(5)
 export const run = (
   claim: PartitionClaim,
   options: RunnerOptions,
-  fanout: Fanout["Service"]
+  fanout: Fanout["Service"],
+  lastSeqs: PersistenceSink.LastSeqs
 ): Effect.Effect<void, never, MessageStore | SqlClient.SqlClient | ActiveChats> =>
   Effect.gen(function* () {
     const tracker = new OffsetTracker()
@@ -67,6 +68,7 @@ export const run = (
     const inFlightLimit = Math.min(options.backlog, options.actors.dedupeWindow)
     const sink = yield* PersistenceSink.make({
       partition: claim.partition,
+      lastSeqs,
       tracker,
       backlog: options.backlog,
       batchSize: options.batchSize

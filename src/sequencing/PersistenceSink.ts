@@ -14,7 +14,7 @@
  * Each write is a span (`PersistenceSink.persist`, a root: a batch belongs to
  * many traces) linking the sequencing spans of the messages it carries.
  */
-import { Cause, Effect, Fiber, Metric, Queue } from "effect"
+import { Cause, Deferred, Effect, Exit, Fiber, Metric, Queue } from "effect"
 import { messagesPersisted, observeStage, sinkBatchSize, sinkRetries, stampNow } from "../Metrics.ts"
 import type { Scope, Tracer } from "effect"
 import { SqlClient } from "effect/sql"
@@ -38,6 +38,8 @@ export interface SinkItem {
 
 export interface SinkOptions {
   readonly partition: number
+  /** Where the persisted chats' last seqs are recorded (shared by the node's sinks). */
+  readonly lastSeqs: LastSeqs
   readonly tracker: OffsetTracker
   /** The most messages waiting to be persisted before the sink back-pressures. */
   readonly backlog: number
@@ -54,11 +56,74 @@ export interface PersistenceSink {
   readonly backlog: Effect.Effect<number>
 }
 
+/**
+ * `chats.last_seq` (it feeds `lastSeq` of /v1/me/chats) for every sink of
+ * the node, group-committed: what the sinks hand in while one UPDATE runs
+ * goes in the next one. The partitions' sinks finish their store writes
+ * together (the store group-commits too), and one statement then serves them
+ * all instead of one each — on PGlite every statement is a round trip
+ * through the Postgres protocol on the event loop.
+ */
+export interface LastSeqs {
+  /**
+   * Raises the chats' last seqs (never lowers them) and answers once that is
+   * done. A failure costs freshness, not messages: it is logged, not returned.
+   */
+  readonly record: (lastSeqs: ReadonlyMap<ChatId, number>) => Effect.Effect<void>
+}
+
+interface LastSeqsRequest {
+  readonly lastSeqs: ReadonlyMap<ChatId, number>
+  readonly done: Deferred.Deferred<void>
+}
+
+/** The node's LastSeqs, for the scope's lifetime (what is queued when it closes is still written). */
+export const makeLastSeqs = Effect.fnUntraced(function* (): Effect.fn.Return<
+  LastSeqs,
+  never,
+  Scope.Scope | SqlClient.SqlClient
+> {
+  const sql = yield* SqlClient.SqlClient
+  const write = (lastSeqs: ReadonlyMap<ChatId, number>) =>
+    Chats.recordLastSeqs(lastSeqs).pipe(
+      Effect.provideService(SqlClient.SqlClient, sql),
+      Effect.catchCause((cause) => Effect.logWarning("could not record chats' last seq", cause))
+    )
+  const queue = yield* Queue.unbounded<LastSeqsRequest, Cause.Done>()
+  const flush = (requests: ReadonlyArray<LastSeqsRequest>) => {
+    const merged = new Map<ChatId, number>()
+    for (const { lastSeqs } of requests)
+      for (const [chatId, seq] of lastSeqs) merged.set(chatId, Math.max(merged.get(chatId) ?? 0, seq))
+    return write(merged).pipe(
+      Effect.ensuring(
+        Effect.sync(() => {
+          for (const { done } of requests) Deferred.doneUnsafe(done, Exit.void)
+        })
+      )
+    )
+  }
+  const writer = yield* Queue.takeAll(queue).pipe(
+    Effect.flatMap(flush),
+    Effect.forever,
+    Effect.catchIf(Cause.isDone, () => Effect.void),
+    Effect.forkScoped
+  )
+  yield* Effect.addFinalizer(() => Queue.end(queue).pipe(Effect.andThen(Fiber.join(writer))))
+  return {
+    record: (lastSeqs) =>
+      Effect.suspend(() => {
+        if (lastSeqs.size === 0) return Effect.void
+        const done = Deferred.makeUnsafe<void>()
+        // Closed (the node is stopping): written on its own.
+        return Queue.offerUnsafe(queue, { lastSeqs, done }) ? Deferred.await(done) : write(lastSeqs)
+      })
+  }
+})
+
 export const make = Effect.fnUntraced(function* (
   options: SinkOptions
-): Effect.fn.Return<PersistenceSink, never, Scope.Scope | MessageStore | SqlClient.SqlClient> {
+): Effect.fn.Return<PersistenceSink, never, Scope.Scope | MessageStore> {
   const store = yield* MessageStore
-  const sql = yield* SqlClient.SqlClient
   const queue = yield* Queue.bounded<SinkItem, Cause.Done>(options.backlog)
   const context = yield* Effect.context<never>()
 
@@ -100,17 +165,11 @@ export const make = Effect.fnUntraced(function* (
     )
   }
 
-  // `chats.last_seq` feeds `lastSeq` of /v1/me/chats; it trails the store and
-  // never goes backwards. A failure here costs freshness, not messages.
+  // `chats.last_seq` trails the store and never goes backwards.
   const recordLastSeqs = (batch: ReadonlyArray<SinkItem>) => {
     const last = new Map<ChatId, number>()
     for (const { message } of batch) last.set(message.chatId, Math.max(last.get(message.chatId) ?? 0, message.seq))
-    return Chats.recordLastSeqs(last).pipe(
-      Effect.provideService(SqlClient.SqlClient, sql),
-      Effect.catchCause((cause) =>
-        Effect.logWarning(`partition ${options.partition}: could not record chats' last seq`, cause)
-      )
-    )
+    return options.lastSeqs.record(last)
   }
 
   const run = Queue.takeBetween(queue, 1, options.batchSize).pipe(

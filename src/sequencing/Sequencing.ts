@@ -10,6 +10,7 @@ import { EventLog } from "../ports/EventLog.ts"
 import type { MessageStore } from "../ports/MessageStore.ts"
 import { Fanout } from "../messages/Fanout.ts"
 import * as PartitionRunner from "./PartitionRunner.ts"
+import * as PersistenceSink from "./PersistenceSink.ts"
 import { ActorsGroup, MessagesTopic, topicRetry } from "../schema/Topics.ts"
 import type { ActiveChats } from "./ActiveChats.ts"
 
@@ -41,11 +42,13 @@ export const layer = (options: {
       const runner = options.drainTimeout === undefined ? base : { ...base, drainTimeout: options.drainTimeout }
       const fanout = yield* Fanout
       const context = yield* Effect.context<MessageStore | SqlClient.SqlClient | ActiveChats>()
+      // Before joining the group, so it outlives the runners: their sinks drain into it on the way out.
+      const lastSeqs = yield* PersistenceSink.makeLastSeqs()
       yield* log.createTopic(MessagesTopic, options.partitions).pipe(Effect.retry(topicRetry))
       yield* log.consume({
         group: ActorsGroup,
         topic: MessagesTopic,
-        onClaim: (claim) => PartitionRunner.run(claim, runner, fanout).pipe(Effect.provideContext(context))
+        onClaim: (claim) => PartitionRunner.run(claim, runner, fanout, lastSeqs).pipe(Effect.provideContext(context))
       })
       yield* Effect.logInfo(`actors: joined group "${ActorsGroup}" on ${MessagesTopic}`)
     })

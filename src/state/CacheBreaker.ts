@@ -21,6 +21,11 @@ export interface BreakerOptions {
   readonly cooldown?: Duration.Input | undefined
   /** At most one warning per this long (default 10 s). */
   readonly warnEvery?: Duration.Input | undefined
+  /**
+   * The cache is in this process (`Cache.inProcess`): lookups run as they
+   * are, without a timeout (a race and a fiber per lookup) or a cooldown.
+   */
+  readonly inProcess?: boolean | undefined
 }
 
 export interface CacheBreaker {
@@ -39,7 +44,7 @@ export const make = (options: BreakerOptions): CacheBreaker => {
   let suppressed = 0
   const skipped = new CacheError({ message: `the cache failed within the last ${cooldown} ms; skipped` })
 
-  const run = <A>(lookup: Effect.Effect<A, CacheError>): Effect.Effect<A, CacheError> =>
+  const guarded = <A>(lookup: Effect.Effect<A, CacheError>): Effect.Effect<A, CacheError> =>
     Effect.gen(function* () {
       const now = yield* Clock.currentTimeMillis
       if (now < openUntil) return yield* skipped
@@ -57,6 +62,8 @@ export const make = (options: BreakerOptions): CacheBreaker => {
         )
       )
     })
+
+  const run = options.inProcess === true ? <A>(lookup: Effect.Effect<A, CacheError>) => lookup : guarded
 
   const warn = (fallback: string, error: CacheError): Effect.Effect<void> =>
     Effect.gen(function* () {

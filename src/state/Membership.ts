@@ -48,7 +48,7 @@ export class Membership extends Context.Service<
     Effect.gen(function* () {
       const cache = yield* Cache
       const chats = yield* Chats
-      const breaker = CacheBreaker.make({ what: "membership lookups" })
+      const breaker = CacheBreaker.make({ what: "membership lookups", inProcess: cache.inProcess })
 
       const gate = yield* ExportGate
       const lookups = {

@@ -78,7 +78,7 @@ export class RateLimits extends Context.Service<
         }
         const cache = yield* Cache
         // Fail-open without waiting: a cache that is down or silent is skipped (issue 11).
-        const breaker = CacheBreaker.make({ what: "rate limits" })
+        const breaker = CacheBreaker.make({ what: "rate limits", inProcess: cache.inProcess })
         const gate = yield* ExportGate
         const take = Effect.fnUntraced(
           function* (limit: Limit, key: string) {

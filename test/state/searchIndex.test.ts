@@ -179,6 +179,35 @@ layer(services, { timeout: 120_000, excludeTestServices: true })("the search ind
     })
   )
 
+  it.effect("watermarks kept between batches: several chats per batch; a stale one only adds again what is there", () =>
+    Effect.gen(function* () {
+      const ann = yield* user("ann")
+      const [one, two] = [yield* chatOf([ann]), yield* chatOf([ann])]
+      const store = yield* MessageStore
+      const known = new SearchIndexer.Watermarks()
+      const first = [message(one, 1, ann, "gannet one"), message(two, 1, ann, "gannet two")]
+      yield* store.putBatch(first)
+      yield* SearchIndexer.applyBatch(first.map(recordOf), known)
+      assert.deepStrictEqual([known.get(one), known.get(two)], [1, 1])
+      const second = [
+        message(one, 2, ann, "gannet three"),
+        message(two, 2, ann, "gannet four"),
+        message(two, 3, ann, "gannet five")
+      ]
+      yield* store.putBatch(second)
+      yield* SearchIndexer.applyBatch(second.map(recordOf), known)
+      assert.deepStrictEqual([known.get(one), known.get(two)], [2, 3])
+      // Behind the index (another writer indexed meanwhile): the catch-up re-adds, which changes nothing.
+      const stale = new SearchIndexer.Watermarks()
+      stale.set(one, 0)
+      stale.set(two, 1)
+      yield* SearchIndexer.applyBatch([...first, ...second].map(recordOf), stale)
+      assert.strictEqual(yield* rowsOf(one), 2)
+      assert.strictEqual(yield* rowsOf(two), 3)
+      assert.strictEqual((yield* search(ann, "gannet")).hits.length, 5)
+    })
+  )
+
   it.effect("a send the store does not hold yet is waited for; a deleted chat's sends are skipped", () =>
     Effect.gen(function* () {
       const ann = yield* user("ann")

@@ -243,7 +243,7 @@ const makeCache = Effect.gen(function* () {
     return result
   })
 
-  return Cache.of({ get, set, setIfAbsent, delete: del, take, ping: Effect.void })
+  return Cache.of({ get, set, setIfAbsent, delete: del, take, ping: Effect.void, inProcess: true })
 })
 
 const makePubSub = Effect.gen(function* () {

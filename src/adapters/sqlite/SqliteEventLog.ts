@@ -16,6 +16,11 @@
  * checksums every frame), so a write torn by `kill -9` or a power cut is
  * dropped on the next open, whole, and everything committed before it is
  * kept: a partial record cannot be read back, and none was acknowledged.
+ *
+ * The newest records of each partition are also kept in memory once
+ * written (`TailSize`): consumers that keep up — the actors and the search
+ * indexer each read every record right after it is appended — are served
+ * from there, and only one that fell behind reads from the database.
  */
 import { Cause, Deferred, Duration, Effect, Exit, Fiber, Layer, Queue, Schedule, type Scope } from "effect"
 import { existsSync, mkdirSync, statSync } from "node:fs"
@@ -81,6 +86,9 @@ const createTopicSql = "INSERT OR IGNORE INTO topics (name, partitions) VALUES (
 const trimSql = "DELETE FROM records WHERE topic = ? AND partition = ? AND offset < ?"
 
 const partitionKey = (topic: string, partition: number) => `${topic}\u0000${partition}`
+
+/** Records per partition kept in memory after they are written, for consumers that keep up. */
+const TailSize = 512
 
 const failure = (message: string) => (cause: unknown) => new EventLogError({ message, cause })
 
@@ -180,6 +188,30 @@ export const make = Effect.fnUntraced(function* (
     }
   }
 
+  // The newest written records of each partition, oldest first with contiguous offsets.
+  const tails = new Map<string, Array<LogRecord>>()
+  const remember = (job: Extract<Job, { _tag: "Append" }>, offsets: ReadonlyArray<number>, timestamp: number) => {
+    job.records.forEach((record, i) => {
+      const key = partitionKey(job.topic, record.partition)
+      let tail = tails.get(key)
+      if (tail === undefined) {
+        tail = []
+        tails.set(key, tail)
+      }
+      const offset = offsets[i]!
+      // Only contiguous offsets: a gap (never expected) starts the tail afresh.
+      if (tail.length > 0 && tail[tail.length - 1]!.offset !== offset - 1) tail.length = 0
+      tail.push({ ...record, topic: job.topic, offset, timestamp })
+      if (tail.length >= 2 * TailSize) tail.splice(0, tail.length - TailSize)
+    })
+  }
+  const fromTail = (topic: string, partition: number, from: number, max: number) => {
+    const tail = tails.get(partitionKey(topic, partition))
+    const first = tail?.[0]
+    if (tail === undefined || first === undefined || from < first.offset) return undefined
+    return tail.slice(from - first.offset, from - first.offset + max)
+  }
+
   /** Writes the jobs in one transaction (one fsync), then answers every one of them. */
   const flush = (jobs: ReadonlyArray<Job>) =>
     Effect.gen(function* () {
@@ -199,6 +231,9 @@ export const make = Effect.fnUntraced(function* (
         return
       }
       for (const [key, end] of staged) ends.set(key, end)
+      jobs.forEach((job, i) => {
+        if (job._tag === "Append") remember(job, results[i]!, timestamp)
+      })
       for (const job of jobs) {
         if (job._tag === "CreateTopic") topics.set(job.topic, job.partitions)
       }
@@ -240,7 +275,20 @@ export const make = Effect.fnUntraced(function* (
     Effect.flatMap((steps) =>
       steps.length === 0
         ? Effect.void
-        : sqliteWriter.run(steps).pipe(Effect.mapError(failure(`event log ${path}: retention failed`)))
+        : sqliteWriter.run(steps).pipe(
+            Effect.mapError(failure(`event log ${path}: retention failed`)),
+            // What retention deleted is not read from memory either.
+            Effect.andThen(
+              Effect.sync(() => {
+                for (const [, [topic, partition, below]] of steps) {
+                  const tail = tails.get(partitionKey(String(topic), Number(partition)))
+                  const first = tail?.[0]
+                  if (tail !== undefined && first !== undefined && first.offset < Number(below))
+                    tail.splice(0, Number(below) - first.offset)
+                }
+              })
+            )
+          )
     ),
     Effect.catchCause((cause) => Effect.logWarning("event log retention failed; retrying later", cause))
   )
@@ -252,6 +300,7 @@ export const make = Effect.fnUntraced(function* (
       Effect.asVoid(submit((done) => ({ _tag: "CreateTopic", topic, partitions, done }))),
     append: (topic, records) => submit((done) => ({ _tag: "Append", topic, records, done })),
     read: (topic, partition, from, max) =>
+      fromTail(topic, partition, from, max) ??
       (statements.read.all(topic, partition, from, max) as unknown as ReadonlyArray<RecordRow>).map(
         (row): LogRecord => ({
           topic,
