@@ -184,7 +184,7 @@ layer(services, { timeout: 120_000, excludeTestServices: true })("the search ind
       const ann = yield* user("ann")
       const [one, two] = [yield* chatOf([ann]), yield* chatOf([ann])]
       const store = yield* MessageStore
-      const known = new SearchIndexer.Watermarks()
+      const known = new Map<ChatId, number>()
       const first = [message(one, 1, ann, "gannet one"), message(two, 1, ann, "gannet two")]
       yield* store.putBatch(first)
       yield* SearchIndexer.applyBatch(first.map(recordOf), known)
@@ -198,7 +198,7 @@ layer(services, { timeout: 120_000, excludeTestServices: true })("the search ind
       yield* SearchIndexer.applyBatch(second.map(recordOf), known)
       assert.deepStrictEqual([known.get(one), known.get(two)], [2, 3])
       // Behind the index (another writer indexed meanwhile): the catch-up re-adds, which changes nothing.
-      const stale = new SearchIndexer.Watermarks()
+      const stale = new Map<ChatId, number>()
       stale.set(one, 0)
       stale.set(two, 1)
       yield* SearchIndexer.applyBatch([...first, ...second].map(recordOf), stale)
