@@ -9,7 +9,7 @@
  */
 import { randomUUID } from "node:crypto"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { type Api, api, type Harmony, type Reply, startHarmony } from "../support/harmony.ts"
+import { type Api, api, type Harmony, type Reply, registerUser, startHarmony } from "../support/harmony.ts"
 import { type Frame, WsClient } from "../support/wsClient.ts"
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
@@ -31,19 +31,8 @@ export const chatListSuite = (mode: "embedded" | "cluster") => {
       readonly accessToken: string
     }
 
-    const register = async (label = "l"): Promise<Account> => {
-      const username = `${label}-${run}-${(counter++).toString(36)}`
-      const deadline = Date.now() + 60_000
-      for (;;) {
-        const reply = await http.post("/v1/auth/register", { username, password: "correct horse battery" })
-        if (reply.status === 429 && Date.now() < deadline) {
-          await sleep(1_000 * Number(reply.headers.get("retry-after") ?? "1"))
-          continue
-        }
-        expectStatus(reply, 201)
-        return { id: reply.body.user.id, accessToken: reply.body.accessToken }
-      }
-    }
+    const register = (label = "l"): Promise<Account> =>
+      registerUser(http, `${label}-${run}-${(counter++).toString(36)}`)
 
     const createGroup = async (owner: Account, members: ReadonlyArray<Account>, name = `list ${run}`) => {
       const reply = await http.post(

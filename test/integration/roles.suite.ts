@@ -12,9 +12,7 @@
  */
 import { randomUUID } from "node:crypto"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { type Api, api, type Harmony, type Reply, startHarmony } from "../support/harmony.ts"
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+import { type Api, api, type Harmony, type Reply, registerUser, startHarmony } from "../support/harmony.ts"
 
 const expectStatus = (reply: Reply, status: number) => {
   expect(reply.status, `answered ${reply.status}: ${reply.text}`).toBe(status)
@@ -82,19 +80,8 @@ export const rolesSuite = (mode: "embedded" | "cluster") => {
       readonly accessToken: string
     }
 
-    const register = async (label: string): Promise<Account> => {
-      const username = `${label}-${run}-${(counter++).toString(36)}`
-      const deadline = Date.now() + 60_000
-      for (;;) {
-        const reply = await http.post("/v1/auth/register", { username, password: "correct horse battery" })
-        if (reply.status === 429 && Date.now() < deadline) {
-          await sleep(1_000 * Number(reply.headers.get("retry-after") ?? "1"))
-          continue
-        }
-        expectStatus(reply, 201)
-        return { id: reply.body.user.id, accessToken: reply.body.accessToken }
-      }
-    }
+    const register = (label: string): Promise<Account> =>
+      registerUser(http, `${label}-${run}-${(counter++).toString(36)}`)
 
     const setRole = (caller: Account, chatId: string, userId: string, role: string) =>
       http.patch(`/v1/chats/${chatId}/members/${userId}`, { role }, { token: caller.accessToken })
