@@ -39,6 +39,7 @@ import { Chats } from "./state/Chats.ts"
 import { Membership } from "./state/Membership.ts"
 import { RateLimits } from "./state/RateLimits.ts"
 import { SearchIndex } from "./state/SearchIndex.ts"
+import { ActorsGroup } from "./schema/Topics.ts"
 import * as SearchIndexer from "./messages/SearchIndexer.ts"
 import { Outbox } from "./state/Outbox.ts"
 import { Tokens } from "./state/Tokens.ts"
@@ -93,10 +94,12 @@ export const cacheLayer = (config: HarmonyConfig) => {
 
 /**
  * Embedded mode: how many records a partition of the log may hold past what
- * its consumers have made durable before senders wait (a bounded backlog
- * between the ack and the message store).
+ * the actors have persisted before senders wait (a bounded backlog between
+ * the ack and the message store). The search indexer is not waited for: it
+ * reads the store, so it trails the actors by their persist latency at least,
+ * and a search index behind is search lag, not messages at risk.
  */
-const embeddedMaxUncommitted = 1_000
+const embeddedMaxUncommitted = { records: 1_000, groups: new Set([ActorsGroup]) }
 
 /** The EventLog port: Kafka, or the durable in-process log under the data directory. */
 export const eventLogLayer = (config: HarmonyConfig) => {

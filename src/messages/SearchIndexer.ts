@@ -24,7 +24,7 @@
  * Index lag (`harmony_search_index_lag_seconds`) is the age of the oldest
  * record the indexer holds and has not indexed yet: 0 when it is caught up.
  */
-import { Clock, Console, Duration, Effect, Schedule, Layer, Metric, Schema, Stream } from "effect"
+import { Array as Arr, Clock, Console, Duration, Effect, Schedule, Layer, Metric, Schema, Stream } from "effect"
 import { SqlClient } from "effect/sql"
 import { consumerLag, registerGauge, searchIndexed, searchIndexLag } from "../Metrics.ts"
 import { EventLog, type LogRecord, type PartitionClaim } from "../ports/EventLog.ts"
@@ -47,6 +47,9 @@ const BatchWindow = Duration.millis(250)
 
 /** Messages read from the store per page (the store's most). */
 const PageSize = 100
+
+/** Rows in one index write. */
+const RowsPerWrite = 5_000
 
 /** What the indexer does with a record of `chat.messages`. */
 export type IndexerRecord =
@@ -112,35 +115,62 @@ type Watermarks = Map<ChatId, number>
 /** Enough for every chat a partition sees in a while; beyond it, watermarks are read again. */
 const MaxWatermarks = 10_000
 
+/** A chat's unindexed messages read from the store, and how far that takes its watermark. */
+interface Unindexed {
+  readonly chatId: ChatId
+  readonly messages: ReadonlyArray<Message>
+  readonly upTo: number
+  /** The page was full and contiguous: the store may hold more past `upTo`. */
+  readonly more: boolean
+}
+
 /**
- * Adds the store's messages of the chat past the watermark; answers the ids
- * it added. It reads the log's entries, not only its messages: the store can
+ * The store's next page of the chat's log past the watermark, the messages
+ * among it. It reads the log's entries, not only its messages: the store can
  * hold a seq above a gap (a batch half written), and indexing past a gap would
  * move the watermark over messages still to come, so only the contiguous run
  * is taken.
  */
-const catchUpChat = Effect.fnUntraced(function* (chatId: ChatId, watermarks: Watermarks) {
+const nextPage = Effect.fnUntraced(function* (chatId: ChatId, watermarks: Watermarks) {
   const store = yield* MessageStore
   const index = yield* SearchIndex
-  const added = new Set<string>()
-  let after = watermarks.get(chatId) ?? (yield* index.watermark(chatId))
-  while (true) {
-    const entries = yield* store.entries(chatId, after, PageSize)
-    const messages: Array<Message> = []
-    let contiguous = after
-    for (const entry of entries) {
-      if (entry.seq !== contiguous + 1) break
-      contiguous = entry.seq
-      if (!isChange(entry)) messages.push(entry)
-    }
-    yield* index.add(messages.map(toIndexed))
-    for (const message of messages) added.add(message.id)
-    yield* Metric.update(searchIndexed, messages.length)
-    after = contiguous
-    if (watermarks.size >= MaxWatermarks) watermarks.clear()
-    watermarks.set(chatId, after)
-    if (entries.length < PageSize || contiguous < (entries.at(-1)?.seq ?? 0)) return added
+  const after = watermarks.get(chatId) ?? (yield* index.watermark(chatId))
+  const entries = yield* store.entries(chatId, after, PageSize)
+  const messages: Array<Message> = []
+  let upTo = after
+  for (const entry of entries) {
+    if (entry.seq !== upTo + 1) break
+    upTo = entry.seq
+    if (!isChange(entry)) messages.push(entry)
   }
+  return { chatId, messages, upTo, more: entries.length === PageSize && upTo === entries.at(-1)?.seq }
+})
+
+/**
+ * Adds the store's messages of the chats past their watermarks, a page of
+ * each chat per round and one index write per round (on PGlite every
+ * statement is a round trip through one connection, so a statement per chat
+ * capped the indexer, and the log's back-pressure the senders). Answers the
+ * ids it added; watermarks move only once their round is written.
+ */
+const catchUp = Effect.fnUntraced(function* (chatIds: Iterable<ChatId>, watermarks: Watermarks) {
+  const index = yield* SearchIndex
+  const added = new Set<string>()
+  let behind = Array.from(chatIds)
+  while (behind.length > 0) {
+    const pages: ReadonlyArray<Unindexed> = yield* Effect.forEach(behind, (chatId) => nextPage(chatId, watermarks))
+    const messages = pages.flatMap((page) => page.messages.map(toIndexed))
+    // Within Postgres's 65,535 parameters a statement (six a row).
+    for (const rows of Arr.chunksOf(messages, RowsPerWrite)) yield* index.add(rows)
+    yield* Metric.update(searchIndexed, messages.length)
+    if (watermarks.size + pages.length > MaxWatermarks) watermarks.clear()
+    for (const page of pages) {
+      watermarks.set(page.chatId, page.upTo)
+      for (const message of page.messages) added.add(message.id)
+    }
+    behind = pages.filter((page) => page.more).map((page) => page.chatId)
+  }
+  return added
 })
 
 /**
@@ -164,7 +194,7 @@ const indexChat = (
   Effect.gen(function* () {
     const index = yield* SearchIndex
     const store = yield* MessageStore
-    const added = yield* catchUpChat(chatId, watermarks)
+    const added = yield* catchUp([chatId], watermarks)
     const missing = ids.filter((id) => !added.has(id))
     if (missing.length === 0) return
     const held = yield* index.holds(chatId, missing)
@@ -220,7 +250,17 @@ export const applyBatch = Effect.fnUntraced(function* (
       }
     }
   }
-  for (const [chatId, ids] of sends) yield* indexChat(chatId, ids, watermarks, giveUpAfter)
+  // Usually the store holds the batch's sends already: one catch-up for all
+  // its chats. A chat still missing some goes the way of `indexChat`.
+  const added = yield* catchUp(sends.keys(), watermarks).pipe(
+    Effect.tapError((error) => Effect.logWarning("search indexer: a batch failed, retrying", error)),
+    Effect.retry(retryForever),
+    Effect.orDie
+  )
+  for (const [chatId, ids] of sends) {
+    const missing = ids.filter((id) => !added.has(id))
+    if (missing.length > 0) yield* indexChat(chatId, missing, watermarks, giveUpAfter)
+  }
   // After the catch-ups, in log order: each overwrites what the index holds of its target.
   for (const change of changes) {
     yield* (

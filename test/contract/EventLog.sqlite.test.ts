@@ -6,7 +6,7 @@
  * second process on a data directory in use is refused.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Exit, Layer, Scope, Stream } from "effect"
+import { Context, Effect, Exit, Fiber, Layer, Scope, Stream } from "effect"
 import { spawnSync } from "node:child_process"
 import { appendFileSync, existsSync, mkdtempSync, statSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -204,6 +204,52 @@ describe("SqliteEventLog durability", () => {
               rest.map((r) => r.offset),
               Array.from({ length: 20 }, (_, i) => i + 10)
             )
+          })
+        )
+      }),
+    60_000
+  )
+
+  it.live(
+    "producers wait for the groups they are held to, and only for those",
+    () =>
+      Effect.gen(function* () {
+        const held = new Set(["actors"])
+        const layer = SqliteEventLog.layer({
+          directory: freshDir("harmony-log-held-"),
+          partitions: 1,
+          maxUncommitted: { records: 5, groups: held }
+        })
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const log = Context.get(yield* Layer.build(layer), EventLog)
+            yield* log.createTopic("held", 1)
+            const claims = new Map<string, { commit: (next: number) => Effect.Effect<void, unknown> }>()
+            const join = (group: string) =>
+              log.consume({
+                group,
+                topic: "held",
+                onClaim: (claim) =>
+                  Effect.sync(() => claims.set(group, claim)).pipe(Effect.andThen(Stream.runDrain(claim.records)))
+              })
+            const claimOf = (group: string) =>
+              Effect.gen(function* () {
+                while (!claims.has(group)) yield* Effect.sleep("20 millis")
+                return claims.get(group)!
+              })
+            // A group not held to never commits: producing goes on past the limit.
+            yield* join("indexer")
+            yield* claimOf("indexer")
+            for (let i = 0; i < 20; i++) yield* log.produce("held", [{ key: "k", value: `m${i}` }])
+            // The held-to group is 20 behind: the next send waits until it commits.
+            yield* join("actors")
+            const actors = yield* claimOf("actors")
+            const waiting = yield* Effect.forkChild(log.produce("held", [{ key: "k", value: "m20" }]))
+            yield* Effect.sleep("300 millis")
+            assert.isUndefined(waiting.pollUnsafe(), "a send waited for nothing while the actors were 20 behind")
+            yield* actors.commit(20)
+            const [position] = yield* Fiber.join(waiting)
+            assert.deepStrictEqual(position, { partition: 0, offset: 20 })
           })
         )
       }),

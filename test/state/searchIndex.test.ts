@@ -179,6 +179,25 @@ layer(services, { timeout: 120_000, excludeTestServices: true })("the search ind
     })
   )
 
+  it.effect("one batch of chats of one, two and three pages indexes every message of each once", () =>
+    Effect.gen(function* () {
+      const ann = yield* user("ann")
+      const chats = [yield* chatOf([ann]), yield* chatOf([ann]), yield* chatOf([ann])]
+      const sizes = [1, 150, 250]
+      const messages = chats.flatMap((chatId, c) =>
+        Array.from({ length: sizes[c] ?? 0 }, (_, i) => message(chatId, i + 1, ann, `puffin ${c} ${i + 1}`))
+      )
+      yield* (yield* MessageStore).putBatch(messages)
+      const known = new Map<ChatId, number>()
+      yield* SearchIndexer.applyBatch(messages.map(recordOf), known)
+      assert.deepStrictEqual(
+        chats.map((chatId) => known.get(chatId)),
+        sizes
+      )
+      for (const [c, chatId] of chats.entries()) assert.strictEqual(yield* rowsOf(chatId), sizes[c])
+    })
+  )
+
   it.effect("watermarks kept between batches: several chats per batch; a stale one only adds again what is there", () =>
     Effect.gen(function* () {
       const ann = yield* user("ann")

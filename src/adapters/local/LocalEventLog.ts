@@ -59,10 +59,11 @@ export interface LocalEventLogOptions {
   readonly drainTimeout?: Duration.Input | undefined
   /**
    * When set, `produce` waits while a partition it writes to holds more than
-   * this many records past the commit of a consuming group: producers slow
-   * down to what the consumers make durable instead of the log running ahead.
+   * `records` records past the commit of one of `groups`: producers slow
+   * down to what those consumers make durable instead of the log running
+   * ahead. Other groups may fall behind; their records stay in the log.
    */
-  readonly maxUncommitted?: number | undefined
+  readonly maxUncommitted?: { readonly records: number; readonly groups: ReadonlySet<string> } | undefined
 }
 
 interface Partition {
@@ -192,14 +193,14 @@ export const make = (storage: LogStorage, options?: LocalEventLogOptions): Event
       return topics.has(name) ? Effect.void : Effect.asVoid(newTopic(name, partitions))
     })
 
-  /** A partition of `topic` past `maxUncommitted` records beyond some live group's commit, if any. */
+  /** A partition of `topic` past `maxUncommitted` records beyond a live held-to group's commit, if any. */
   const overCommitted = (topic: Topic, partitions: ReadonlySet<number>): boolean => {
     if (maxUncommitted === undefined) return false
     for (const group of topic.groups) {
-      if (group.members.length === 0) continue
+      if (group.members.length === 0 || !maxUncommitted.groups.has(group.name)) continue
       for (const partition of partitions) {
         const behind = storage.endOffset(topic.name, partition) - (group.committed.get(partition) ?? 0)
-        if (behind > maxUncommitted) return true
+        if (behind > maxUncommitted.records) return true
       }
     }
     return false
