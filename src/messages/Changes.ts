@@ -7,7 +7,7 @@
  * Idempotency-Key: a retry with the same key has the same id, and the actor
  * sequences it once.
  */
-import { Clock, Context, Duration, Effect, Layer, Option } from "effect"
+import { Clock, Context, Data, Duration, Effect, Layer, Option, Schedule } from "effect"
 import { randomUUID } from "node:crypto"
 import { MessageStore, type MessageStoreError } from "../ports/MessageStore.ts"
 import type { ChatId, Message, MessageId, Role, UserId } from "../schema/Domain.ts"
@@ -29,7 +29,10 @@ export type ChangeError = NotFound | Forbidden | RateLimited | Unavailable
  * client reacts to a message the moment it arrives live, and the sink may be
  * seconds behind under load (as long as a send may wait for the log).
  */
-const TargetWaitMillis = 5_000
+const targetWait = Schedule.spaced("100 millis").pipe(Schedule.upTo({ duration: Duration.seconds(5) }))
+
+/** The target seq is past what the store holds: maybe a message just sent. */
+class NotStoredYet extends Data.TaggedError("NotStoredYet") {}
 
 const storeUnavailable = (error: MessageStoreError) =>
   Effect.logWarning("message store unavailable", error).pipe(
@@ -76,24 +79,25 @@ export class Changes extends Context.Service<
       const notFound = (chatId: ChatId, seq: number) =>
         new NotFound({ message: `message ${seq} of chat ${chatId} not found` })
 
+      const lookUp = Effect.fnUntraced(function* (chatId: ChatId, seq: number) {
+        const found = yield* store.message(chatId, seq).pipe(Effect.catchTag("MessageStoreError", storeUnavailable))
+        if (Option.isSome(found)) {
+          if (found.value.deletedAt !== undefined) return yield* notFound(chatId, seq)
+          return found.value
+        }
+        const latest = yield* store.latest(chatId, 1).pipe(Effect.catchTag("MessageStoreError", storeUnavailable))
+        if (seq <= (latest[0]?.seq ?? 0)) return yield* notFound(chatId, seq)
+        return yield* new NotStoredYet()
+      })
       /**
        * The message at `seq`, not deleted. A seq past what the store holds
        * may be a message just sent: it is given a moment to arrive.
        */
-      const target = Effect.fnUntraced(function* (chatId: ChatId, seq: number) {
-        const deadline = (yield* Clock.currentTimeMillis) + TargetWaitMillis
-        while (true) {
-          const found = yield* store.message(chatId, seq).pipe(Effect.catchTag("MessageStoreError", storeUnavailable))
-          if (Option.isSome(found)) {
-            if (found.value.deletedAt !== undefined) return yield* notFound(chatId, seq)
-            return found.value
-          }
-          const latest = yield* store.latest(chatId, 1).pipe(Effect.catchTag("MessageStoreError", storeUnavailable))
-          const stored = latest[0]?.seq ?? 0
-          if (seq <= stored || (yield* Clock.currentTimeMillis) >= deadline) return yield* notFound(chatId, seq)
-          yield* Effect.sleep(Duration.millis(100))
-        }
-      })
+      const target = (chatId: ChatId, seq: number) =>
+        lookUp(chatId, seq).pipe(
+          Effect.retry({ schedule: targetWait, while: (error) => error._tag === "NotStoredYet" }),
+          Effect.catchTag("NotStoredYet", () => Effect.fail(notFound(chatId, seq)))
+        )
 
       /** Admits a change by `userId` to message `seq`: membership, the target, then `allowed`; then logs it. */
       const admit = Effect.fnUntraced(function* (
