@@ -200,7 +200,16 @@ export const make = (client: KafkaClient, tailTimeout: Duration.Duration) => {
         }
       }
       if (ranges.size === 0) return []
-      return yield* readRange(topic, ranges)
+      return yield* readRange(topic, ranges).pipe(
+        // A retriable crash — the group's coordinator still loading, right
+        // after the broker starts — ends the throwaway consumer for good
+        // (restartOnFailure is off); a fresh group a moment later joins.
+        Effect.retry({
+          while: isRetriable,
+          schedule: Schedule.exponential("200 millis").pipe(Schedule.jittered),
+          times: 5
+        })
+      )
     })
 
   return tail
