@@ -41,7 +41,6 @@ import { RateLimits } from "./state/RateLimits.ts"
 import { SearchIndex } from "./state/SearchIndex.ts"
 import { ActorsGroup } from "./schema/Topics.ts"
 import * as SearchIndexer from "./messages/SearchIndexer.ts"
-import * as SearchIndexerThread from "./messages/SearchIndexerThread.ts"
 import { Outbox } from "./state/Outbox.ts"
 import { Tokens } from "./state/Tokens.ts"
 import { ChatFeeds } from "./gateway/ChatFeeds.ts"
@@ -162,23 +161,6 @@ const stateLayer = (config: HarmonyConfig) =>
     })
   )
 
-/** The search indexer: on a thread of its own in cluster mode (SearchIndexerThread.ts), on the event loop in embedded mode. */
-const searchIndexerLayer = (config: HarmonyConfig) => {
-  if (config.mode._tag !== "Cluster") return SearchIndexer.layer({ partitions: config.kafkaPartitions })
-  const { services } = config.mode
-  return SearchIndexerThread.layer({
-    partitions: config.kafkaPartitions,
-    kafkaBrokers: services.kafkaBrokers,
-    sessionTimeoutMs: Duration.toMillis(config.kafkaSessionTimeout),
-    drainTimeoutMs: Duration.toMillis(logDrainTimeout(config)),
-    dynamodbEndpoint: services.dynamodbEndpoint,
-    region: config.awsRegion,
-    table: config.messagesTable,
-    databaseUrl: Redacted.value(services.databaseUrl),
-    stopTimeout: logDrainTimeout(config)
-  })
-}
-
 /** The message path (ingest, changes, sequencing, fanout, history) and the state path's relay and consumers. */
 const pathsLayer = (config: HarmonyConfig) =>
   Layer.mergeAll(
@@ -189,7 +171,7 @@ const pathsLayer = (config: HarmonyConfig) =>
       batchSize: 500
     }),
     EventConsumers.layer,
-    searchIndexerLayer(config)
+    SearchIndexer.layer({ partitions: config.kafkaPartitions })
   ).pipe(
     Layer.provideMerge(Changes.layer),
     Layer.provideMerge(Layer.mergeAll(Ingest.layerWith({ sendTimeout: config.sendTimeout }), History.layer)),
