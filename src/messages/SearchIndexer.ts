@@ -4,9 +4,10 @@
  * current, and `reindex`, which rebuilds that index from the message store.
  *
  * A record on the log has no seq yet (the chat's actor gives it one), so the
- * indexer takes the messages from the store: for each chat in a batch it
- * reads the log entries the store holds past how far the index has read the
- * chat and adds the messages among them — the contiguous run only, never
+ * indexer takes the messages from the chat's actor when it is active on this
+ * node (RecentMessages), and from the store otherwise: for each chat in a
+ * batch it reads the log entries past how far the index has read the chat
+ * and adds the messages among them — the contiguous run only, never
  * past a gap — until every send of the batch is indexed — waiting, with backoff,
  * for the persistence sink when it is behind. Only then is the batch's
  * offset committed. Adding is idempotent by (chat, seq), so redelivery after
@@ -32,6 +33,7 @@ import { MessageStore } from "../ports/MessageStore.ts"
 import { type ChatId, isChange, type Message } from "../schema/Domain.ts"
 import { ChatRecordJson, isChangeRecord } from "../schema/Records.ts"
 import { MessagesTopic, topicRetry } from "../schema/Topics.ts"
+import { RecentMessages } from "./RecentMessages.ts"
 import { type IndexedMessage, SearchIndex } from "../state/SearchIndex.ts"
 import { backoff, retryForever } from "../Retry.ts"
 
@@ -135,10 +137,16 @@ interface Unindexed {
  * is taken.
  */
 const nextPage = Effect.fnUntraced(function* (chatId: ChatId, watermarks: Watermarks) {
-  const store = yield* MessageStore
   const index = yield* SearchIndex
+  const recent = yield* RecentMessages
   const after = watermarks.get(chatId) ?? (yield* index.watermark(chatId))
-  const entries = yield* store.entries(chatId, after, PageSize)
+  // The chat's actor on this node holds its newest entries: read from there,
+  // not the store (a store read costs the node more than several messages'
+  // delivery). They may not be stored yet; a replay after a crash gives the
+  // same records the same seqs, so the index never names another message.
+  const held = recent.since(chatId, after)
+  const fromActor = held !== undefined && held.length > 0
+  const entries = fromActor ? held.slice(0, PageSize) : yield* (yield* MessageStore).entries(chatId, after, PageSize)
   const messages: Array<Message> = []
   let upTo = after
   for (const entry of entries) {
@@ -146,7 +154,8 @@ const nextPage = Effect.fnUntraced(function* (chatId: ChatId, watermarks: Waterm
     upTo = entry.seq
     if (!isChange(entry)) messages.push(entry)
   }
-  return { chatId, messages, upTo, more: entries.length === PageSize && upTo === entries.at(-1)?.seq }
+  const full = fromActor ? held.length > PageSize : entries.length === PageSize
+  return { chatId, messages, upTo, more: full && upTo === entries.at(-1)?.seq }
 })
 
 /**
@@ -325,7 +334,7 @@ export const layer = (options: { readonly partitions: number }) =>
       const log = yield* EventLog
       yield* log.createTopic(MessagesTopic, options.partitions).pipe(Effect.retry(topicRetry))
       const pending = new Map<number, number>()
-      const context = yield* Effect.context<MessageStore | SearchIndex | SqlClient.SqlClient>()
+      const context = yield* Effect.context<MessageStore | SearchIndex | SqlClient.SqlClient | RecentMessages>()
       yield* registerGauge(searchIndexLag, () => {
         let oldest = Number.POSITIVE_INFINITY
         for (const timestamp of pending.values()) oldest = Math.min(oldest, timestamp)

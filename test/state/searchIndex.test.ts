@@ -11,6 +11,7 @@ import { SqlClient } from "effect/sql"
 import { randomUUID } from "node:crypto"
 import * as Dynalite from "../../src/adapters/dynamo/Dynalite.ts"
 import * as MemoryEventLog from "../../src/adapters/memory/MemoryEventLog.ts"
+import { RecentMessages } from "../../src/messages/RecentMessages.ts"
 import * as SearchIndexer from "../../src/messages/SearchIndexer.ts"
 import { EventLog, type LogRecord } from "../../src/ports/EventLog.ts"
 import { MessageStore } from "../../src/ports/MessageStore.ts"
@@ -28,7 +29,25 @@ import { uniqueName } from "../support/services.ts"
 import { embeddedSql, eventually } from "./support.ts"
 
 const store = Dynalite.embeddedLayer({ table: uniqueName("messages") })
-const services = Layer.mergeAll(SearchIndex.layer.pipe(Layer.provideMerge(embeddedSql)), store)
+const services = Layer.mergeAll(
+  SearchIndex.layer.pipe(Layer.provideMerge(embeddedSql)),
+  store,
+  // No actors here: every read goes to the store (the test below gives the indexer an actor's ring).
+  RecentMessages.none
+)
+
+/** A chat's actor on this node, as RecentMessages shows it: its ring holds `entries`, oldest first. */
+const actorHolding = (chatId: ChatId, entries: ReadonlyArray<Message>) =>
+  RecentMessages.of({
+    since: (asked, sinceSeq) => {
+      if (asked !== chatId) return undefined
+      const first = entries[0]
+      if (first === undefined || first.seq > sinceSeq + 1) return undefined
+      return entries.filter((entry) => entry.seq > sinceSeq)
+    },
+    lastSeq: (asked) => (asked === chatId ? entries.at(-1)?.seq : undefined),
+    epoch: () => undefined
+  })
 
 const user = Effect.fnUntraced(function* (name: string) {
   const sql = yield* SqlClient.SqlClient
@@ -150,6 +169,29 @@ layer(services, { timeout: 120_000, excludeTestServices: true })("the search ind
       assert.deepStrictEqual((yield* search(bob, "zebrafish")).hits, [])
       assert.strictEqual((yield* search(ann, "zebrafish")).hits.length, 1)
     })
+  )
+
+  it.effect(
+    "what the chat's actor on this node holds is indexed from its ring, not read from the store; older messages from the store",
+    () =>
+      Effect.gen(function* () {
+        const ann = yield* user("ann")
+        const chatId = yield* chatOf([ann])
+        const messages = Array.from({ length: 150 }, (_, i) => message(chatId, i + 1, ann, `narwhal ${i + 1}`))
+        // The store holds the first 30; the actor's ring the newest 130 (none of them stored yet past 30).
+        yield* (yield* MessageStore).putBatch(messages.slice(0, 30))
+        const ring = actorHolding(chatId, messages.slice(20))
+        const records = messages.map(recordOf)
+        yield* SearchIndexer.applyBatch(records.slice(0, 10))
+        assert.strictEqual(yield* rowsOf(chatId), 30, "before the ring: the store's 30")
+        yield* SearchIndexer.applyBatch(records).pipe(Effect.provideService(RecentMessages, ring))
+        assert.strictEqual(yield* rowsOf(chatId), 150)
+        const page = yield* search(ann, "narwhal 150")
+        assert.strictEqual(page.hits[0]?.seq, 150)
+        // Redelivered: nothing twice.
+        yield* SearchIndexer.applyBatch(records.slice(100)).pipe(Effect.provideService(RecentMessages, ring))
+        assert.strictEqual(yield* rowsOf(chatId), 150)
+      })
   )
 
   it.effect("redelivered records, overlapping batches and retried sends index each message once", () =>
