@@ -103,6 +103,14 @@ const GiveUpAfter = Duration.minutes(2)
 const storeWait = (giveUpAfter: Duration.Duration) =>
   backoff("50 millis", "2 seconds").pipe(Schedule.upTo({ duration: giveUpAfter }))
 
+/** Which of the chats still exist: one statement for a round of the catch-up. */
+const existingChats = Effect.fnUntraced(function* (chatIds: ReadonlyArray<ChatId>) {
+  if (chatIds.length === 0) return new Set<ChatId>()
+  const sql = yield* SqlClient.SqlClient
+  const rows = yield* sql<{ id: ChatId }>`SELECT id FROM chats WHERE ${sql.in("id", chatIds)}`
+  return new Set(rows.map((row) => row.id))
+})
+
 const chatExists = Effect.fnUntraced(function* (chatId: ChatId) {
   const sql = yield* SqlClient.SqlClient
   const rows = yield* sql`SELECT 1 FROM chats WHERE id = ${chatId}`
@@ -170,7 +178,12 @@ const catchUp = Effect.fnUntraced(function* (chatIds: Iterable<ChatId>, watermar
   const added = new Set<string>()
   let behind = Array.from(chatIds)
   while (behind.length > 0) {
-    const pages: ReadonlyArray<Unindexed> = yield* Effect.forEach(behind, (chatId) => nextPage(chatId, watermarks))
+    const read: ReadonlyArray<Unindexed> = yield* Effect.forEach(behind, (chatId) => nextPage(chatId, watermarks))
+    // A chat deleted meanwhile has no rows to get (its messages outlive it in
+    // the store and in its actor for a while): one row of it would fail the
+    // whole statement, and the batch with it, for good.
+    const existing = yield* existingChats(read.filter((page) => page.messages.length > 0).map((page) => page.chatId))
+    const pages = read.filter((page) => page.messages.length === 0 || existing.has(page.chatId))
     const messages = pages.flatMap((page) => page.messages.map(toIndexed))
     // Within Postgres's 65,535 parameters a statement (six a row).
     for (const rows of Arr.chunksOf(messages, RowsPerWrite)) yield* index.add(rows)

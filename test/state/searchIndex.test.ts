@@ -194,6 +194,27 @@ layer(services, { timeout: 120_000, excludeTestServices: true })("the search ind
       })
   )
 
+  it.effect(
+    "a chat deleted before its stored messages are indexed is skipped; the other chats of the batch are indexed",
+    () =>
+      Effect.gen(function* () {
+        const ann = yield* user("ann")
+        const [gone, kept] = [yield* chatOf([ann]), yield* chatOf([ann])]
+        const messages = [gone, kept].flatMap((chatId) =>
+          Array.from({ length: 3 }, (_, i) => message(chatId, i + 1, ann, `pangolin ${i + 1}`))
+        )
+        yield* (yield* MessageStore).putBatch(messages)
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`DELETE FROM chats WHERE id = ${gone}`
+        // A row for the deleted chat would break the foreign key: the whole batch would be retried forever.
+        yield* SearchIndexer.applyBatch(messages.map(recordOf)).pipe(
+          Effect.timeoutOrElse({ duration: "20 seconds", orElse: () => Effect.die("the batch never completed") })
+        )
+        assert.strictEqual(yield* rowsOf(kept), 3)
+        assert.strictEqual(yield* rowsOf(gone), 0)
+      })
+  )
+
   it.effect("redelivered records, overlapping batches and retried sends index each message once", () =>
     Effect.gen(function* () {
       const ann = yield* user("ann")
