@@ -42,13 +42,10 @@ export const SearchIndexerGroup = "search-indexer"
 /**
  * Records are indexed in batches of up to this many, or what came within the
  * window: one store read and one index write per chat per batch, instead of
- * one per fetch (a few records each, under steady load). A store read costs
- * the node as much as the delivery of several messages, so a busy chat is
- * read once a second, not four times: search trails the chat by a second
- * more.
+ * one per fetch (a few records each, under steady load).
  */
 const BatchSize = 2_000
-const BatchWindow = Duration.seconds(1)
+const BatchWindow = Duration.millis(250)
 
 /** Messages read from the store per page (the store's most). */
 const PageSize = 100

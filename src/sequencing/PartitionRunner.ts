@@ -36,8 +36,6 @@ export interface RunnerOptions {
    */
   readonly backlog: number
   readonly batchSize: number
-  /** How long the sink lets a short batch wait for more before writing it (PersistenceSink's `linger`). */
-  readonly persistLinger: Duration.Duration
   /** How often the committed offset catches up with the persisted prefix. */
   readonly commitInterval: Duration.Duration
   /**
@@ -73,8 +71,7 @@ export const run = (
       lastSeqs,
       tracker,
       backlog: options.backlog,
-      batchSize: options.batchSize,
-      linger: options.persistLinger
+      batchSize: options.batchSize
     }).pipe(Scope.provide(workers))
     const spans = yield* syncSpans
     const context = yield* Effect.context<never>()

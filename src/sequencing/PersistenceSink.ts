@@ -14,7 +14,7 @@
  * Each write is a span (`PersistenceSink.persist`, a root: a batch belongs to
  * many traces) linking the sequencing spans of the messages it carries.
  */
-import { Cause, Deferred, Duration, Effect, Exit, Fiber, Metric, Queue } from "effect"
+import { Cause, Deferred, Effect, Exit, Fiber, Metric, Queue } from "effect"
 import { messagesPersisted, observeStage, sinkBatchSize, sinkRetries, stampNow } from "../Metrics.ts"
 import type { Scope, Tracer } from "effect"
 import { SqlClient } from "effect/sql"
@@ -45,13 +45,6 @@ export interface SinkOptions {
   readonly backlog: number
   /** The most messages in one store write. */
   readonly batchSize: number
-  /**
-   * How long a batch short of `batchSize` waits for more before it is
-   * written: a store request costs the node far more than a message in it
-   * (signing, HTTP, a transaction), so a trickle is written a few times a
-   * second, not once per message. Delivery never waits for the store.
-   */
-  readonly linger: Duration.Duration
 }
 
 export interface PersistenceSink {
@@ -179,17 +172,7 @@ export const make = Effect.fnUntraced(function* (
     return options.lastSeqs.record(last)
   }
 
-  // What came during the linger joins the batch; a queue ended meanwhile (drain) has nothing more.
-  const topUp = (batch: Array<SinkItem>) =>
-    batch.length >= options.batchSize || Duration.isZero(options.linger)
-      ? Effect.succeed(batch)
-      : Effect.sleep(options.linger).pipe(
-          Effect.andThen(Queue.takeBetween(queue, 0, options.batchSize - batch.length)),
-          Effect.catchIf(Cause.isDone, () => Effect.succeed([])),
-          Effect.map((more) => (more.length === 0 ? batch : batch.concat(more)))
-        )
   const run = Queue.takeBetween(queue, 1, options.batchSize).pipe(
-    Effect.flatMap(topUp),
     Effect.flatMap(persist),
     Effect.forever,
     Effect.catchIf(Cause.isDone, () => Effect.void)

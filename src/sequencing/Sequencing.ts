@@ -25,7 +25,6 @@ export const defaultRunnerOptions: PartitionRunner.RunnerOptions = {
   },
   backlog: 1000,
   batchSize: 500,
-  persistLinger: Duration.millis(50),
   commitInterval: Duration.millis(200),
   drainTimeout: Duration.seconds(10)
 }

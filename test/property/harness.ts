@@ -97,8 +97,6 @@ export interface Scenario {
   readonly mailboxSize: number
   readonly backlog: number
   readonly batchSize: number
-  /** How long a sink's short batch waits for more (default 0). */
-  readonly lingerMillis?: number
   readonly commitMillis: number
   readonly idleMillis: number
   readonly ringSize: number
@@ -168,7 +166,6 @@ export const scenario: ArbitraryT<Scenario> = Arbitrary.map(
     mailboxSize: int(1, 4),
     backlog: int(1, 8),
     batchSize: int(1, 6),
-    lingerMillis: int(0, 15),
     commitMillis: int(2, 40),
     idleMillis: int(5, 100),
     ringSize: int(1, 8)
@@ -313,7 +310,6 @@ export const runnerOptions = (s: Scenario): RunnerOptions => ({
   },
   backlog: s.backlog,
   batchSize: s.batchSize,
-  persistLinger: Duration.millis(s.lingerMillis ?? 0),
   commitInterval: Duration.millis(s.commitMillis),
   drainTimeout: Duration.millis(s.runnerDrainMillis ?? 5_000)
 })
