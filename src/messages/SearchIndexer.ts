@@ -100,7 +100,7 @@ const GiveUpAfter = Duration.minutes(2)
 const storeWait = (giveUpAfter: Duration.Duration) =>
   backoff("50 millis", "2 seconds").pipe(Schedule.upTo({ duration: giveUpAfter }))
 
-/** Which of the chats still exist: one statement for a round of the catch-up. */
+/** Which of the chats still exist, in one statement. */
 const existingChats = Effect.fnUntraced(function* (chatIds: ReadonlyArray<ChatId>) {
   if (chatIds.length === 0) return new Set<ChatId>()
   const sql = yield* SqlClient.SqlClient
@@ -176,14 +176,34 @@ const catchUp = Effect.fnUntraced(function* (chatIds: Iterable<ChatId>, watermar
   let behind = Array.from(chatIds)
   while (behind.length > 0) {
     const read: ReadonlyArray<Unindexed> = yield* Effect.forEach(behind, (chatId) => nextPage(chatId, watermarks))
-    // A chat deleted meanwhile has no rows to get (its messages outlive it in
-    // the store and in its actor for a while): one row of it would fail the
-    // whole statement, and the batch with it, for good.
-    const existing = yield* existingChats(read.filter((page) => page.messages.length > 0).map((page) => page.chatId))
-    const pages = read.filter((page) => page.messages.length === 0 || existing.has(page.chatId))
-    const messages = pages.flatMap((page) => page.messages.map(toIndexed))
     // Within Postgres's 65,535 parameters a statement (six a row).
-    for (const rows of Arr.chunksOf(messages, RowsPerWrite)) yield* index.add(rows)
+    const write = (pages: ReadonlyArray<Unindexed>) =>
+      Effect.forEach(
+        Arr.chunksOf(
+          pages.flatMap((page) => page.messages.map(toIndexed)),
+          RowsPerWrite
+        ),
+        index.add,
+        {
+          discard: true
+        }
+      )
+    const pages = yield* write(read).pipe(
+      Effect.as(read),
+      // A chat deleted meanwhile (its messages outlive it in the store and in
+      // its actor for a while) fails the statement on its foreign key, and
+      // would fail the batch for good: the round is written again without it.
+      Effect.catchTag("SqlError", (error) =>
+        Effect.gen(function* () {
+          const existing = yield* existingChats(read.map((page) => page.chatId))
+          const kept = read.filter((page) => existing.has(page.chatId))
+          if (kept.length === read.length) return yield* error
+          yield* write(kept)
+          return kept
+        })
+      )
+    )
+    const messages = pages.flatMap((page) => page.messages)
     yield* Metric.update(searchIndexed, messages.length)
     if (watermarks.size + pages.length > MaxWatermarks) watermarks.clear()
     for (const page of pages) {
