@@ -95,9 +95,8 @@ export const cacheLayer = (config: HarmonyConfig) => {
 /**
  * Embedded mode: how many records a partition of the log may hold past what
  * the actors have persisted before senders wait (a bounded backlog between
- * the ack and the message store). The search indexer is not waited for: it
- * reads the store, so it trails the actors by their persist latency at least,
- * and a search index behind is search lag, not messages at risk.
+ * the ack and the message store). The search indexer is not waited for: a
+ * search index behind is search lag, not messages at risk.
  */
 const embeddedMaxUncommitted = { records: 1_000, groups: new Set([ActorsGroup]) }
 

@@ -108,11 +108,7 @@ const existingChats = Effect.fnUntraced(function* (chatIds: ReadonlyArray<ChatId
   return new Set(rows.map((row) => row.id))
 })
 
-const chatExists = Effect.fnUntraced(function* (chatId: ChatId) {
-  const sql = yield* SqlClient.SqlClient
-  const rows = yield* sql`SELECT 1 FROM chats WHERE id = ${chatId}`
-  return rows.length > 0
-})
+const chatExists = (chatId: ChatId) => Effect.map(existingChats([chatId]), (existing) => existing.has(chatId))
 
 /**
  * How far the index has read each chat's log, as far as this claim knows:
@@ -125,18 +121,18 @@ type Watermarks = Map<ChatId, number>
 /** Enough for every chat a partition sees in a while; beyond it, watermarks are read again. */
 const MaxWatermarks = 10_000
 
-/** A chat's unindexed messages read from the store, and how far that takes its watermark. */
+/** A chat's unindexed messages (from its actor or the store), and how far that takes its watermark. */
 interface Unindexed {
   readonly chatId: ChatId
   readonly messages: ReadonlyArray<Message>
   readonly upTo: number
-  /** The page was full and contiguous: the store may hold more past `upTo`. */
+  /** The page was full and contiguous: there may be more past `upTo`. */
   readonly more: boolean
 }
 
 /**
- * The store's next page of the chat's log past the watermark, the messages
- * among it. It reads the log's entries, not only its messages: the store can
+ * The next page of the chat's log past the watermark, the messages among
+ * it. It reads the log's entries, not only its messages: the store can
  * hold a seq above a gap (a batch half written), and indexing past a gap would
  * move the watermark over messages still to come, so only the contiguous run
  * is taken.
@@ -164,7 +160,7 @@ const nextPage = Effect.fnUntraced(function* (chatId: ChatId, watermarks: Waterm
 })
 
 /**
- * Adds the store's messages of the chats past their watermarks, a page of
+ * Adds the messages of the chats past their watermarks, a page of
  * each chat per round and one index write per round (on PGlite every
  * statement is a round trip through one connection, so a statement per chat
  * capped the indexer, and the log's back-pressure the senders). Answers the
@@ -173,21 +169,21 @@ const nextPage = Effect.fnUntraced(function* (chatId: ChatId, watermarks: Waterm
 const catchUp = Effect.fnUntraced(function* (chatIds: Iterable<ChatId>, watermarks: Watermarks) {
   const index = yield* SearchIndex
   const added = new Set<string>()
+  // Within Postgres's 65,535 parameters a statement (six a row).
+  const write = (pages: ReadonlyArray<Unindexed>) =>
+    Effect.forEach(
+      Arr.chunksOf(
+        pages.flatMap((page) => page.messages.map(toIndexed)),
+        RowsPerWrite
+      ),
+      index.add,
+      {
+        discard: true
+      }
+    )
   let behind = Array.from(chatIds)
   while (behind.length > 0) {
     const read: ReadonlyArray<Unindexed> = yield* Effect.forEach(behind, (chatId) => nextPage(chatId, watermarks))
-    // Within Postgres's 65,535 parameters a statement (six a row).
-    const write = (pages: ReadonlyArray<Unindexed>) =>
-      Effect.forEach(
-        Arr.chunksOf(
-          pages.flatMap((page) => page.messages.map(toIndexed)),
-          RowsPerWrite
-        ),
-        index.add,
-        {
-          discard: true
-        }
-      )
     const pages = yield* write(read).pipe(
       Effect.as(read),
       // A chat deleted meanwhile (its messages outlive it in the store and in
