@@ -1,6 +1,6 @@
 import * as Net from "node:net"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Layer, Result, Scope, Stream } from "effect"
+import { Context, Duration, Effect, Exit, Fiber, Layer, Result, Scope, Stream } from "effect"
 import { Redis as IORedis } from "ioredis"
 import { Cache, CacheError } from "../../src/ports/Cache.ts"
 import { PubSub } from "../../src/ports/PubSub.ts"
@@ -100,6 +100,8 @@ describe("Redis adapter", () => {
     Effect.gen(function* () {
       const raw = yield* rawClient
       const { pubsub } = yield* services(redisUrl)
+      // Another node publishes: a node's own publishes reach its subscribers without Redis.
+      const other = yield* services(redisUrl)
       const channel = uniqueName("confirmed")
       // Keeps the server busy for 500 ms, so a SUBSCRIBE written now is only
       // processed afterwards, and possibly after a PUBLISH written later.
@@ -112,9 +114,54 @@ describe("Redis adapter", () => {
       const start = Date.now()
       const messages = yield* pubsub.subscribe(channel)
       assert.isAtLeast(Date.now() - start, 300, "subscribe returned while Redis could not have confirmed it")
-      yield* pubsub.publish(channel, "first")
+      yield* other.pubsub.publish(channel, "first")
       assert.deepStrictEqual(yield* firstMessage(messages), ["first"])
       yield* Effect.promise(() => busy)
+    })
+  )
+
+  it.live("a node's own publish reaches its subscribers at once and once; another node's comes through Redis", () =>
+    Effect.gen(function* () {
+      const raw = yield* rawClient
+      const here = yield* services(redisUrl)
+      const there = yield* services(redisUrl)
+      const channel = uniqueName("local-first")
+      const received = { here: [] as Array<string>, there: [] as Array<string> }
+      for (const [node, into] of [
+        [here, received.here],
+        [there, received.there]
+      ] as const) {
+        const messages = yield* node.pubsub.subscribe(channel)
+        yield* Effect.forkScoped(Stream.runForEach(messages, (message) => Effect.sync(() => into.push(message))))
+      }
+      // Redis is busy for 300 ms: what arrives meanwhile did not come through it.
+      const busy = raw.eval(
+        "local t = redis.call('TIME') local s = t[1] * 1000000 + t[2] " +
+          "repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - s > 300000 return 1",
+        0
+      )
+      yield* Effect.sleep(Duration.millis(50))
+      const publishing = yield* Effect.forkScoped(here.pubsub.publish(channel, "from here, with spaces"))
+      yield* Effect.sleep(Duration.millis(50))
+      assert.deepStrictEqual(received.here, ["from here, with spaces"])
+      assert.deepStrictEqual(received.there, [])
+      yield* Effect.promise(() => busy)
+      yield* Fiber.join(publishing)
+      const deadline = Date.now() + 5_000
+      const until = (delivered: () => boolean) =>
+        Effect.gen(function* () {
+          while (!delivered()) {
+            assert.isBelow(Date.now(), deadline, `not delivered: ${JSON.stringify(received)}`)
+            yield* Effect.sleep(Duration.millis(20))
+          }
+        })
+      yield* until(() => received.there.length === 1)
+      yield* there.pubsub.publish(channel, "from there")
+      yield* until(() => received.here.length === 2)
+      // Redis' echo of a node's own publish is not delivered a second time.
+      yield* Effect.sleep(Duration.millis(200))
+      assert.deepStrictEqual(received.here, ["from here, with spaces", "from there"])
+      assert.deepStrictEqual(received.there, ["from here, with spaces", "from there"])
     })
   )
 
@@ -162,6 +209,8 @@ describe("Redis adapter", () => {
     Effect.gen(function* () {
       const proxy = yield* outageProxy
       const { cache, pubsub } = yield* services(proxy.url)
+      // Another node, not behind the proxy: what it publishes reaches this one only through Redis.
+      const other = yield* services(redisUrl)
       const channel = uniqueName("outage")
       const messages = yield* pubsub.subscribe(channel)
       const received: Array<string> = []
@@ -172,7 +221,8 @@ describe("Redis adapter", () => {
       const failed = yield* Effect.result(cache.get(uniqueName("key")))
       assert.isTrue(Result.isFailure(failed), "a command succeeded with Redis unreachable")
       assert.isBelow(Date.now() - start, 2_000, "a command took too long to fail")
-      assert.isTrue(Result.isFailure(yield* Effect.result(pubsub.publish(channel, "lost"))))
+      assert.isTrue(Result.isFailure(yield* Effect.result(pubsub.publish(uniqueName("outage-publish"), "lost"))))
+      yield* other.pubsub.publish(channel, "lost")
       const later = uniqueName("outage-later")
       const refused = yield* Effect.result(pubsub.subscribe(later))
       assert.isTrue(Result.isFailure(refused), "subscribed with Redis unreachable")
@@ -188,7 +238,7 @@ describe("Redis adapter", () => {
       // The subscriber connection resubscribes on its own; publish until it has.
       while (received.length === 0) {
         assert.isBelow(Date.now(), deadline, "never resubscribed")
-        yield* Effect.result(pubsub.publish(channel, "after"))
+        yield* other.pubsub.publish(channel, "after")
         yield* Effect.sleep(Duration.millis(100))
       }
       assert.strictEqual(received[0], "after")

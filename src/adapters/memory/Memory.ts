@@ -67,6 +67,8 @@ export interface ChannelFanout {
    * on any of them; answers false when the channel has no local registration.
    */
   readonly deliver: (channel: string, payload: string) => boolean
+  /** Whether the channel has a local registration. */
+  readonly has: (channel: string) => boolean
   readonly subscribe: (channel: string) => Effect.Effect<Stream.Stream<string>, CacheError, Scope.Scope>
 }
 
@@ -154,7 +156,7 @@ export const makeChannelFanout = Effect.fnUntraced(function* (options: ChannelFa
     return Stream.fromQueue(queue)
   })
 
-  const fanout: ChannelFanout = { deliver, subscribe }
+  const fanout: ChannelFanout = { deliver, has: (channel) => channels.has(channel), subscribe }
   return fanout
 })
 
