@@ -21,6 +21,7 @@ import {
   Metric,
   Option,
   Queue,
+  Result,
   Schedule,
   type Tracer
 } from "effect"
@@ -301,8 +302,13 @@ export class Ingest extends Context.Service<
         const send = Effect.fnUntraced(
           function* (authorId: UserId, chatId: ChatId, clientMsgId: string, body: string) {
             const arrivedAt = stampNow()
-            yield* limits.take("send", authorId)
-            yield* memberRole(membership, chatId, authorId)
+            // Together, so both lookups share one round trip; a rate limit is still answered first.
+            const [limit, role] = yield* Effect.all(
+              [limits.take("send", authorId), memberRole(membership, chatId, authorId)],
+              { concurrency: 2, mode: "result" }
+            )
+            if (Result.isFailure(limit)) return yield* Effect.fail(limit.failure)
+            if (Result.isFailure(role)) return yield* Effect.fail(role.failure)
             const id = messageIdOf(chatId, authorId, clientMsgId)
             const acceptedAt = yield* Clock.currentTimeMillis
             const sentAt = new Date(acceptedAt).toISOString()
