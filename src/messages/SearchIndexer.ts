@@ -47,6 +47,10 @@ export const SearchIndexerGroup = "search-indexer"
 const BatchSize = 2_000
 const BatchWindow = Duration.millis(250)
 
+/** How long after a batch's catch-up its chats still missing sends are caught up again, and how many times. */
+const SecondLookAfter = Duration.millis(50)
+const SecondLooks = 3
+
 /** Messages read from the store per page (the store's most). */
 const PageSize = 100
 
@@ -288,13 +292,31 @@ export const applyBatch = Effect.fnUntraced(function* (
       }
     }
   }
-  // Usually the store holds the batch's sends already: one catch-up for all
-  // its chats. A chat still missing some goes the way of `indexChat`.
-  const added = yield* catchUp(sends.keys(), watermarks).pipe(
-    Effect.tapError((error) => Effect.logWarning("search indexer: a batch failed, retrying", error)),
-    Effect.retry(retryForever),
-    Effect.orDie
-  )
+  const added = new Set<string>()
+  /** The batch's chats with sends not added yet. */
+  const behind = () => Array.from(sends.keys()).filter((chatId) => sends.get(chatId)?.some((id) => !added.has(id)))
+  const addAll = (chatIds: ReadonlyArray<ChatId>) =>
+    catchUp(chatIds, watermarks).pipe(
+      Effect.tapError((error) => Effect.logWarning("search indexer: a batch failed, retrying", error)),
+      Effect.retry(retryForever),
+      Effect.orDie,
+      Effect.map((more) => {
+        for (const id of more) added.add(id)
+        return behind()
+      })
+    )
+  // Usually the store, or the chat's actor here, holds the batch's sends
+  // already: one catch-up for all its chats. The indexer reads the log beside
+  // the actors, so the newest sends may not be sequenced yet: their chats are
+  // caught up again together, a moment later, before any goes the way of
+  // `indexChat` (a lookup in the index, one of the chat and a store read each).
+  const laggards = yield* addAll(Array.from(sends.keys()))
+  if (laggards.length > 0) {
+    yield* Effect.suspend(() => addAll(behind())).pipe(
+      Effect.delay(SecondLookAfter),
+      Effect.repeat({ schedule: Schedule.spaced(SecondLookAfter), times: SecondLooks - 1, until: Arr.isArrayEmpty })
+    )
+  }
   for (const [chatId, ids] of sends) {
     const missing = ids.filter((id) => !added.has(id))
     if (missing.length > 0) yield* indexChat(chatId, missing, watermarks, giveUpAfter)

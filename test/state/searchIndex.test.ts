@@ -290,6 +290,48 @@ layer(services, { timeout: 120_000, excludeTestServices: true })("the search ind
     })
   )
 
+  it.effect(
+    "sends their actors sequence just after the indexer first looks are caught up together, in one index write",
+    () =>
+      Effect.gen(function* () {
+        const ann = yield* user("ann")
+        const chats = [yield* chatOf([ann]), yield* chatOf([ann]), yield* chatOf([ann])]
+        const messages = chats.flatMap((chatId) =>
+          Array.from({ length: 2 }, (_, i) => message(chatId, i + 1, ann, `quokka ${i + 1}`))
+        )
+        // The indexer reads the log beside the actors: at its first look no
+        // actor has sequenced these yet; at the next, each has.
+        const looked = new Set<string>()
+        const ring = RecentMessages.of({
+          since: (chatId, sinceSeq) => {
+            if (!looked.has(chatId)) {
+              looked.add(chatId)
+              return []
+            }
+            return messages.filter((m) => m.chatId === chatId && m.seq > sinceSeq)
+          },
+          lastSeq: () => undefined,
+          epoch: () => undefined
+        })
+        const index = yield* SearchIndex
+        let writes = 0
+        const counted = SearchIndex.of({
+          ...index,
+          add: (rows) =>
+            Effect.suspend(() => {
+              writes++
+              return index.add(rows)
+            })
+        })
+        yield* SearchIndexer.applyBatch(messages.map(recordOf)).pipe(
+          Effect.provideService(RecentMessages, ring),
+          Effect.provideService(SearchIndex, counted)
+        )
+        for (const chatId of chats) assert.strictEqual(yield* rowsOf(chatId), 2)
+        assert.strictEqual(writes, 1, "one index write for the chats caught up again, not one per chat")
+      })
+  )
+
   it.effect("a send the store does not hold yet is waited for; a deleted chat's sends are skipped", () =>
     Effect.gen(function* () {
       const ann = yield* user("ann")
