@@ -484,12 +484,12 @@ const harmonyTarget = (mode: "cluster" | "embedded", otel: OtelVariant = "off", 
       }
       const startOne = async (name: string, nodeEnv: Record<string, string>, url: string): Promise<Child> => {
         for (let attempt = 1; ; attempt++) {
-          const candidate = startNode(
-            `${name}${attempt === 1 ? "" : `-${attempt}`}`,
-            ["src/main.ts", "serve"],
+          // As `npm start` runs it: Node's own type stripping (no tsx), with bin/harmony.mjs's flags.
+          const candidate = spawnNode(
+            [...profileArgs(name), "bin/harmony.mjs", "serve"],
             nodeEnv,
-            profileArgs(name),
-            serverDir
+            serverDir,
+            join(resultsDir, `${runStamp}-${name}${attempt === 1 ? "" : `-${attempt}`}.log`)
           )
           try {
             await waitReady(candidate, `${url}/readyz`, 120)
