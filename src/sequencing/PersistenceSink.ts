@@ -68,7 +68,6 @@ const LastSeqsEvery = Duration.millis(100)
  * through the Postgres protocol on the event loop. A sink does not wait for
  * it before its next write; only its offsets do.
  */
-
 export interface LastSeqs {
   /**
    * Raises the chats' last seqs (never lowers them) and answers once that is
