@@ -5,16 +5,20 @@
  * completed prefix. Committing only that prefix is what makes a crash safe:
  * everything after it is replayed.
  *
- * How far a crash replays is also bounded here: the runner waits for
- * capacity before registering more, so no more records than the actors'
- * dedupe window ever sit past the committed position — a replayed record is
- * always recognised as already sequenced.
+ * How far a crash replays is also bounded here: it replays everything past
+ * the offset the log last confirmed as committed (`committed`), completed or
+ * not, and the runner waits for capacity before registering more, so no more
+ * records than the actors' dedupe window ever sit past it — a replayed record
+ * is always recognised as already sequenced.
  */
 import { Effect } from "effect"
 
 export class OffsetTracker {
+  /** Registered and not yet part of the completed prefix, in offset order. */
   private readonly pending: Array<number> = []
   private readonly done = new Set<number>()
+  /** The completed prefix the log has not confirmed as committed yet, in offset order. */
+  private readonly uncommitted: Array<number> = []
   private next: number | undefined
   private waiters: Array<() => void> = []
 
@@ -30,13 +34,16 @@ export class OffsetTracker {
     for (let head = this.pending[0]; head !== undefined && this.done.has(head); head = this.pending[0]) {
       this.pending.shift()
       this.done.delete(head)
+      this.uncommitted.push(head)
       this.next = head + 1
     }
-    if (this.waiters.length > 0) {
-      const waiters = this.waiters
-      this.waiters = []
-      for (const wake of waiters) wake()
-    }
+    this.wake()
+  }
+
+  /** The log confirmed `next` as the committed offset: what lies before it is never replayed. */
+  committed(next: number): void {
+    while (this.uncommitted[0] !== undefined && this.uncommitted[0] < next) this.uncommitted.shift()
+    this.wake()
   }
 
   /** The offset to commit (the next record to read); before any completion, the first registered offset. */
@@ -44,19 +51,20 @@ export class OffsetTracker {
     return this.next
   }
 
-  /** Records past the committable position: what a crash now would replay. */
+  /** Records past the last confirmed commit: what a crash now would replay. */
   get inFlight(): number {
-    return this.pending.length
+    return this.pending.length + this.uncommitted.length
   }
 
-  /** Waits until fewer than `limit` records are in flight. */
-  awaitCapacity(limit: number): Effect.Effect<void> {
-    return Effect.suspend(() =>
-      this.pending.length < limit
-        ? Effect.void
-        : Effect.callback<void>((resume) => {
-            this.waiters.push(() => resume(Effect.void))
-          }).pipe(Effect.andThen(this.awaitCapacity(limit)))
-    )
+  /** Waits for the next completion or confirmed commit. */
+  readonly changed: Effect.Effect<void> = Effect.callback<void>((resume) => {
+    this.waiters.push(() => resume(Effect.void))
+  })
+
+  private wake() {
+    if (this.waiters.length === 0) return
+    const waiters = this.waiters
+    this.waiters = []
+    for (const wake of waiters) wake()
   }
 }

@@ -12,7 +12,7 @@
  * under the producer span named by its `traceparent` header — the trace
  * crosses Kafka here — and the actor sequences it under that span.
  */
-import { Duration, Effect, Exit, Option, Schedule, Scope, Stream, type Tracer } from "effect"
+import { Duration, Effect, Exit, Option, Schedule, Scope, Semaphore, Stream, type Tracer } from "effect"
 import type { SqlClient } from "effect/sql"
 import type { ActiveChats } from "./ActiveChats.ts"
 import * as ChatActors from "./ChatActors.ts"
@@ -86,20 +86,41 @@ export const run = (
     }).pipe(Scope.provide(workers))
 
     let committed: number | undefined
+    const commits = yield* Semaphore.make(1)
+    /** Commits the persisted prefix when it moved; answers whether the log holds it now. One at a time, in order. */
     const commit = Effect.suspend(() => {
       const next = tracker.committable
-      if (next === undefined || next === committed) return Effect.void
+      if (next === undefined || next === committed) return Effect.succeed(true)
       return claim.commit(next).pipe(
+        Effect.as(true),
         Effect.tap(() =>
           Effect.sync(() => {
             committed = next
+            tracker.committed(next)
           })
         ),
-        Effect.catchCause((cause) => Effect.logWarning(`partition ${claim.partition}: commit of ${next} failed`, cause))
+        Effect.catchCause((cause) =>
+          Effect.logWarning(`partition ${claim.partition}: commit of ${next} failed`, cause).pipe(Effect.as(false))
+        )
       )
-    })
+    }).pipe(commits.withPermits(1))
     yield* Effect.forkScoped(commit.pipe(Effect.repeat(Schedule.spaced(options.commitInterval))))
     yield* registerLag(claim, tracker)
+
+    /**
+     * Waits until a crash would replay fewer than inFlightLimit records. When
+     * persisted records are what holds the runner back, they are committed
+     * now rather than at the next periodic commit; otherwise (or when the
+     * commit fails) it waits for the next completion or commit.
+     */
+    const awaitCapacity: Effect.Effect<void> = Effect.suspend(() => {
+      if (tracker.inFlight < inFlightLimit) return Effect.void
+      const released = tracker.committable === committed ? Effect.succeed(false) : commit
+      return released.pipe(
+        Effect.flatMap((moved) => (moved ? Effect.void : tracker.changed)),
+        Effect.andThen(awaitCapacity)
+      )
+    })
 
     const decoder = new TextDecoder()
     /** The record's send or change, or undefined (logged, and completed: nothing to persist) when it is neither. */
@@ -128,7 +149,7 @@ export const run = (
         },
         (span) =>
           Effect.gen(function* () {
-            yield* tracker.awaitCapacity(inFlightLimit)
+            yield* awaitCapacity
             tracker.register(record.offset)
             const send = decode(record)
             if (send === undefined) return yield* undecodable(record)
@@ -149,7 +170,7 @@ export const run = (
               yield* receiveTraced(record, receivedAt, parent)
               continue
             }
-            if (tracker.inFlight >= inFlightLimit) yield* tracker.awaitCapacity(inFlightLimit)
+            if (tracker.inFlight >= inFlightLimit) yield* awaitCapacity
             tracker.register(record.offset)
             const send = decode(record)
             if (send === undefined) yield* undecodable(record)

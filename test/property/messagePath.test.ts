@@ -182,5 +182,37 @@ describe("message path", () => {
           assert.deepStrictEqual(report.violations, [], explain(report, report.violations))
         })
     )
+
+    // The sink persists chat 0's messages at once and their offsets complete,
+    // but the committed offset moves only on the next commit, 2 s away. A
+    // runner that counted only the uncompleted records as replayable let
+    // twelve records pass the committed offset against a dedupe window of
+    // four: the crash replayed all twelve, and those the restored actor no
+    // longer remembered were sequenced (and published) again as new messages.
+    // (A busy machine's slow commits did that to production's 1000 in the
+    // kill -9 suite.)
+    const slowCommit: Scenario = {
+      partitions: 1,
+      steps: [
+        ...Array.from({ length: 12 }, () => ({ _tag: "Send", op: { chat: 0, author: 1, retry: 9, back: 0 } }) as const),
+        { _tag: "Pause", millis: 600 },
+        { _tag: "Crash", pick: 0 }
+      ],
+      faults: [],
+      mailboxSize: 4,
+      backlog: 8,
+      batchSize: 2,
+      commitMillis: 2_000,
+      idleMillis: 5_000,
+      ringSize: 4,
+      dedupeWindow: 4
+    }
+
+    it.effect("a crash replays no more of a chat than its dedupe window covers, however late the commit", () =>
+      Effect.gen(function* () {
+        const report = yield* runMessagePath(slowCommit)
+        assert.deepStrictEqual(report.violations, [], explain(report, report.violations))
+      })
+    )
   })
 })
