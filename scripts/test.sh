@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ -z "${DATABASE_URL:-}${KAFKA_BROKERS:-}${REDIS_URL:-}${DYNAMODB_ENDPOINT:-}" ]; then
+  # Under CI the services it started stop with it; a developer's stay up for the next run.
+  if [ -n "${CI:-}" ]; then trap 'bash scripts/services.sh down' EXIT; fi
   bash scripts/services.sh up
   eval "$(bash scripts/services.sh env)"
 fi
@@ -18,4 +20,4 @@ bash scripts/browser.sh
 node scripts/build-web.mjs
 export HARMONY_WEB_BUILT=1
 
-exec vitest run "$@"
+vitest run "$@"
