@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 if [ -z "${DATABASE_URL:-}${KAFKA_BROKERS:-}${REDIS_URL:-}${DYNAMODB_ENDPOINT:-}" ]; then
   # Under CI the services it started stop with it; a developer's stay up for the next run.
-  if [ -n "${CI:-}" ]; then trap 'bash scripts/services.sh down' EXIT; fi
+  if [ -n "${CI:-}" ]; then trap 'bash scripts/services.sh down || true' EXIT; fi
   bash scripts/services.sh up
   eval "$(bash scripts/services.sh env)"
 fi
